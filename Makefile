@@ -1,0 +1,38 @@
+# Two commands do all set-up: `make run` (installs, then trains the default job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# albumentations otherwise checks the network for updates on import.
+export NO_ALBUMENTATIONS_UPDATE := 1
+# Extra Hydra overrides for `make run`, e.g. make run ARGS="dataset=yale dataset.root=/data/yalefaces model=face"
+ARGS ?=
+
+.PHONY: install run test preview ui clean
+
+install: $(VENV)/.installed
+
+# torch 2.13.0 goes in first and on its own: it is the local CPU build, and the project's
+# torch range admits it, so nothing afterwards asks for a CUDA wheel.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: install
+	$(BIN)/python -m anonemo.train $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+preview: install
+	$(BIN)/python -m anonemo.data.preview $(ARGS)
+
+ui: install
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
+		--backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db \
+		--default-artifact-root $(CURDIR)/outputs/mlartifacts
+
+clean:
+	rm -rf outputs/cache outputs/runs outputs/multirun

@@ -1,0 +1,1 @@
+"""Datasets, preprocessing, augmentation, grouped folds and the LightningDataModule."""

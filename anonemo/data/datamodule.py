@@ -1,0 +1,115 @@
+"""The LightningDataModule that serves one cross-validation fold from in-memory tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from anonemo.data.folds import FoldSplit, grouped_fold_split
+from anonemo.data.records import FaceRecords
+
+# The label each task predicts, as keyed in every batch.
+TASKS = ("emotion", "identity")
+
+
+class FaceTensors(Dataset):
+    """Images scaled to [0, 1] as a ``(N, 1, S, S)`` float tensor plus labels, indexed by batch.
+
+    Indexing takes a whole list of indices and slices the tensors once, so a batch costs one
+    gather instead of ``batch_size`` item lookups and a collate.
+    """
+
+    def __init__(self, faces: FaceRecords, indices: np.ndarray):
+        index = torch.as_tensor(indices, dtype=torch.long)
+        self.images = torch.as_tensor(np.asarray(faces.images))[index].unsqueeze(1).float().div_(255)
+        self.labels = {
+            "emotion": torch.as_tensor(faces.emotions)[index],
+            "identity": torch.as_tensor(faces.subjects)[index],
+        }
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, batch: list[int]) -> dict[str, torch.Tensor]:
+        return {"image": self.images[batch], **{task: labels[batch] for task, labels in self.labels.items()}}
+
+
+class GroupedFoldDataModule(pl.LightningDataModule):
+    """Fold ``fold`` of a grouped, stratified ``n_splits``-fold split of ``faces``.
+
+    Batches are dicts with ``image``, ``emotion`` and ``identity``. The split is computed once and
+    is the same for every model given the same data and seed; the test side is served only by
+    ``test_dataloader`` and is never used for any choice.
+    """
+
+    def __init__(
+        self,
+        faces: FaceRecords,
+        fold: int,
+        n_splits: int = 10,
+        val_fraction: float = 0.1,
+        batch_size: int = 64,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.faces = faces
+        self.fold = fold
+        self.batch_size = batch_size
+        self.seed = seed
+        self.split: FoldSplit = grouped_fold_split(
+            faces.subjects, faces.emotions, faces.sources, fold, n_splits, val_fraction, seed
+        )
+        self._sides: dict[str, FaceTensors] = {}
+
+    @property
+    def num_subjects(self) -> int:
+        return self.faces.num_subjects
+
+    @property
+    def num_emotions(self) -> int:
+        return self.faces.num_emotions
+
+    @property
+    def subject_names(self) -> tuple[str, ...]:
+        return self.faces.subject_names
+
+    @property
+    def emotion_names(self) -> tuple[str, ...]:
+        return self.faces.emotion_names
+
+    def num_classes(self, task: str) -> int:
+        return self.num_emotions if task == "emotion" else self.num_subjects
+
+    def class_names(self, task: str) -> tuple[str, ...]:
+        return self.emotion_names if task == "emotion" else self.subject_names
+
+    def side(self, name: str) -> FaceTensors:
+        """The tensors of one side of the split: ``train``, ``val`` or ``test``."""
+        if name not in self._sides:
+            self._sides[name] = FaceTensors(self.faces, getattr(self.split, name))
+        return self._sides[name]
+
+    def setup(self, stage: str | None = None) -> None:
+        for name in ("train", "val") if stage == "fit" else ("test",) if stage == "test" else ():
+            self.side(name)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        data = self.side(name)
+        # A fixed generator makes the per-epoch shuffles reproducible for a seed.
+        order = RandomSampler(data, generator=torch.Generator().manual_seed(self.seed)) if shuffle else SequentialSampler(data)
+        # batch_size=None: the sampler yields whole batches of indices and the dataset slices them.
+        return DataLoader(data, batch_size=None, sampler=BatchSampler(order, self.batch_size, drop_last=False))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def labels(self, name: str, task: str) -> torch.Tensor:
+        return self.side(name).labels[task]

@@ -1,0 +1,103 @@
+"""Grouped, stratified cross-validation folds, as in the paper's protocol.
+
+An original photograph and all its augmented copies always fall on the same side of a split.
+Every training side must contain every subject and every emotion: identity accuracy is only
+defined for subjects the base has seen (which is why the paper rules out leave-one-subject-out).
+Folds depend only on the labels, the groups and the seed, so every model sees the same folds.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from anonemo.errors import ConfigError
+
+MAX_ATTEMPTS = 50  # reshuffles tried before concluding the data cannot satisfy the coverage rule
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """Indices (into the augmented set) of one fold's training, validation and test sides."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def grouped_fold_split(
+    subjects: np.ndarray,
+    emotions: np.ndarray,
+    groups: np.ndarray,
+    fold: int,
+    n_splits: int = 10,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> FoldSplit:
+    """Split ``fold`` of ``n_splits``; validation is carved, grouped, from its training side."""
+    _check_arguments(subjects, emotions, groups, fold, n_splits, val_fraction)
+    everything = np.arange(len(groups))
+    folds = _covering_folds(subjects, emotions, groups, everything, n_splits, seed, "cv.n_splits")
+    train_val, test = folds[fold]
+    val_splits = max(2, round(1 / val_fraction))
+    # A different stream of the seed per fold, so the validation carve is not the same shuffle twice.
+    train, val = _covering_folds(
+        subjects, emotions, groups, train_val, val_splits, seed * 1000 + fold + 1, "cv.val_fraction"
+    )[0]
+    return FoldSplit(train=train, val=val, test=test)
+
+
+def _check_arguments(subjects, emotions, groups, fold, n_splits, val_fraction) -> None:
+    if n_splits < 2:
+        raise ConfigError(f"cv.n_splits={n_splits} must be at least 2.")
+    if not 0 <= fold < n_splits:
+        raise ConfigError(f"fold={fold} is out of range for cv.n_splits={n_splits}: use fold=0..{n_splits - 1}.")
+    if not 0 < val_fraction <= 0.5:
+        raise ConfigError(
+            f"cv.val_fraction={val_fraction} must be in (0, 0.5]: a validation side is needed for "
+            "early stopping and model selection, which never look at the test fold."
+        )
+    n_groups = len(np.unique(groups))
+    if n_splits > n_groups:
+        raise ConfigError(
+            f"cv.n_splits={n_splits} is larger than the number of original images ({n_groups}): "
+            f"use at most {n_groups} folds."
+        )
+    for name, labels in (("subject", subjects), ("emotion", emotions)):
+        for label in np.unique(labels):
+            count = len(np.unique(groups[labels == label]))
+            if count < 2:
+                raise ConfigError(
+                    f"{name} {label} has only {count} original image: with one image it cannot be on "
+                    "the training side of the fold that tests it. Every subject and every emotion "
+                    "needs at least two original images; add images or drop that class."
+                )
+
+
+def _covering_folds(subjects, emotions, groups, indices, n_splits, seed, option):
+    """Grouped folds of ``indices``, stratified on subject, whose every training side holds every
+    subject and emotion present in ``indices``; reshuffled until they do."""
+    needed_subjects, needed_emotions = set(subjects[indices]), set(emotions[indices])
+    for attempt in range(MAX_ATTEMPTS):
+        state = int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0] % 2**31)
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=state)
+        with warnings.catch_warnings():
+            # Fewer images per subject than folds is expected here; coverage is checked below.
+            warnings.filterwarnings("ignore", message="The least populated class")
+            splits = [
+                (indices[a], indices[b])
+                for a, b in splitter.split(indices, subjects[indices], groups[indices])
+            ]
+        if all(
+            set(subjects[train]) == needed_subjects and set(emotions[train]) == needed_emotions
+            for train, _ in splits
+        ):
+            return splits
+    raise ConfigError(
+        f"Could not find {n_splits} grouped folds in which every training side holds every subject "
+        f"and every emotion ({MAX_ATTEMPTS} shuffles tried). Some subject or emotion has too few "
+        f"original images for {option}: lower it, or add images."
+    )

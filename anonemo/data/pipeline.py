@@ -1,0 +1,138 @@
+"""From a `dataset` config to the augmented image set, cached on disk.
+
+Loading, face detection and augmentation run once per distinct input; the result is stored under
+``paths.cache_dir`` keyed by everything that changes the pixels (the source files' bytes or the
+generator's settings, the crop and size, the augmentation and its seed, and the pipeline version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from anonemo.data.augment import Augmentation
+from anonemo.data.files import JaffeFaces, LabelledImageFolder, YaleFaces
+from anonemo.data.preprocess import FaceCropper, preprocess
+from anonemo.data.records import FaceRecords
+from anonemo.data.synthetic import SyntheticFaces
+from anonemo.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Bump whenever a code change alters the pixels the pipeline produces, so old caches are not reused.
+PIXEL_PIPELINE_VERSION = 1
+MIN_IMAGE_SIZE = 8  # three 2x2 poolings need at least 8 pixels to leave one
+
+
+def dataset_source(dataset: DictConfig) -> LabelledImageFolder | SyntheticFaces:
+    """The loader that the `dataset` config group selects."""
+    if dataset.name == "synthetic":
+        return SyntheticFaces(
+            num_subjects=dataset.num_subjects,
+            num_emotions=dataset.num_emotions,
+            images_per_cell=dataset.images_per_cell,
+            seed=dataset.generator_seed,
+        )
+    folders = {"yale": YaleFaces, "jaffe": JaffeFaces}
+    if dataset.name not in folders:
+        raise ConfigError(f"dataset.name={dataset.name!r} is not known: use synthetic, yale or jaffe.")
+    return folders[dataset.name](dataset.root, OmegaConf.to_container(dataset.emotions))
+
+
+def face_cropper(dataset: DictConfig) -> FaceCropper:
+    return FaceCropper(**OmegaConf.to_container(dataset.face_crop))
+
+
+def check_image_size(image_size: int) -> None:
+    if image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(
+            f"dataset.image_size={image_size} is too small for the three 2x2 poolings of the "
+            f"convolutional base: use at least {MIN_IMAGE_SIZE} (the paper's setting here is 64)."
+        )
+
+
+def load_originals(dataset: DictConfig) -> FaceRecords:
+    """The original images, face-cropped and resized, not augmented (no cache)."""
+    check_image_size(dataset.image_size)
+    return preprocess(dataset_source(dataset).load(), face_cropper(dataset), dataset.image_size)
+
+
+def load_faces(dataset: DictConfig, augment: DictConfig, cache_dir: str | Path) -> FaceRecords:
+    """Originals plus augmented copies (``augment.total`` images in all), from cache if possible."""
+    check_image_size(dataset.image_size)
+    source = dataset_source(dataset)
+    augmentation = Augmentation(
+        total=augment.total,
+        rotation_limit=augment.rotation_limit,
+        hflip_p=augment.hflip_p,
+        noise_std=tuple(augment.noise_std),
+        seed=augment.seed,
+    )
+    key = _cache_key(
+        version=PIXEL_PIPELINE_VERSION,
+        source=source.fingerprint(),
+        crop=repr(face_cropper(dataset)),
+        image_size=dataset.image_size,
+        augmentation=repr(augmentation),
+    )
+    path = Path(cache_dir) / f"{dataset.name}-{key[:20]}.npz"
+    if path.exists():
+        log.info("Using cached %s images from %s", dataset.name, path)
+        return _read_cache(path)
+    started = time.perf_counter()
+    originals = preprocess(source.load(), face_cropper(dataset), dataset.image_size)
+    faces = augmentation.apply(originals)
+    _write_cache(path, faces)
+    log.info(
+        "Prepared %d %s images (%d originals) in %.1f s; cached at %s",
+        len(faces), dataset.name, len(originals), time.perf_counter() - started, path,
+    )
+    return faces
+
+
+def _cache_key(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _write_cache(path: Path, faces: FaceRecords) -> None:
+    # Write to a temporary file and rename: an interrupted run never leaves a half-written cache.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    os.close(handle)
+    try:
+        np.savez(
+            tmp,
+            images=faces.images,
+            subjects=faces.subjects,
+            emotions=faces.emotions,
+            sources=faces.sources,
+            subject_names=np.array(faces.subject_names),
+            emotion_names=np.array(faces.emotion_names),
+            source_names=np.array(faces.source_names),
+        )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _read_cache(path: Path) -> FaceRecords:
+    with np.load(path) as data:
+        return FaceRecords(
+            images=data["images"],
+            subjects=data["subjects"],
+            emotions=data["emotions"],
+            sources=data["sources"],
+            subject_names=tuple(str(s) for s in data["subject_names"]),
+            emotion_names=tuple(str(s) for s in data["emotion_names"]),
+            source_names=tuple(str(s) for s in data["source_names"]),
+        )

@@ -1,0 +1,65 @@
+"""The in-memory form of a face dataset: one row per image, labels alongside."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FaceRecords:
+    """Grayscale face images with subject, emotion and source-image labels.
+
+    ``images`` is a list of 2-D uint8 arrays of any size as loaded from disk, and one stacked
+    ``(N, S, S)`` uint8 array once preprocessed. ``sources[i]`` is the index of the original
+    photograph that image ``i`` is (a copy of): originals have ``sources == arange(N)`` and
+    augmented copies repeat their original's index, which is what the folds group on.
+    """
+
+    images: Sequence[np.ndarray] | np.ndarray
+    subjects: np.ndarray
+    emotions: np.ndarray
+    sources: np.ndarray
+    subject_names: tuple[str, ...]
+    emotion_names: tuple[str, ...]
+    source_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        for name in ("subjects", "emotions", "sources"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"FaceRecords.{name} has {len(getattr(self, name))} entries for {n} images")
+
+    @classmethod
+    def originals(
+        cls,
+        images: Sequence[np.ndarray],
+        subjects: Sequence[int],
+        emotions: Sequence[int],
+        subject_names: Sequence[str],
+        emotion_names: Sequence[str],
+        source_names: Sequence[str],
+    ) -> FaceRecords:
+        """Records of original photographs: each image is its own source."""
+        return cls(
+            images=list(images),
+            subjects=np.asarray(subjects, dtype=np.int64),
+            emotions=np.asarray(emotions, dtype=np.int64),
+            sources=np.arange(len(images), dtype=np.int64),
+            subject_names=tuple(subject_names),
+            emotion_names=tuple(emotion_names),
+            source_names=tuple(source_names),
+        )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_subjects(self) -> int:
+        return len(self.subject_names)
+
+    @property
+    def num_emotions(self) -> int:
+        return len(self.emotion_names)

@@ -1,0 +1,21 @@
+"""Errors a user can fix. Each message names the file or option at fault and says what to do.
+
+The command-line entry points print these as one paragraph and exit with status 2 instead of a
+traceback; anything else escaping is a bug in anonemo.
+"""
+
+
+class AnonemoError(Exception):
+    """Base class: a problem with the user's input, explained in the message."""
+
+
+class ConfigError(AnonemoError, ValueError):
+    """A configuration value is invalid or inconsistent with the data."""
+
+
+class DatasetError(AnonemoError):
+    """A dataset folder or archive is missing, empty or holds no usable images."""
+
+
+class ImageReadError(DatasetError):
+    """One image file could not be decoded."""

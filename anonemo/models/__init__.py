@@ -1,0 +1,1 @@
+"""Networks (``networks``) and the LightningModules that train them."""

@@ -1,0 +1,150 @@
+"""MLflow: where runs are stored, and one run's lifecycle.
+
+Defaults: a SQLite database at ``<paths.output_dir>/mlflow.db`` (MLflow 3 refuses a plain file
+store) with artifacts under ``<paths.output_dir>/mlartifacts``. ``MLFLOW_TRACKING_URI`` in the
+environment wins over that, and ``logger.tracking_uri`` wins over both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import MLFlowLogger
+
+import anonemo
+from anonemo.errors import ConfigError
+
+log = logging.getLogger(__name__)
+# MLflow's schema migrations log a page of INFO lines the first time a database is created.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    if cfg.logger.tracking_uri:
+        return str(cfg.logger.tracking_uri)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    database = Path(cfg.paths.output_dir).resolve() / "mlflow.db"
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{database}"  # the absolute path's own leading slash makes the fourth
+
+
+def ensure_experiment(client: MlflowClient, cfg: DictConfig, uri: str) -> str:
+    """The experiment's id, creating it (with an explicit artifact location) if needed."""
+    name = cfg.logger.experiment_name
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        # A local database needs an explicit artifact root; a tracking server has its own.
+        location = None
+        if uri.startswith("sqlite:"):
+            location = (Path(cfg.logger.artifact_location).resolve() / name).as_uri()
+        return client.create_experiment(name, artifact_location=location)
+    if experiment.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"MLflow experiment {name!r} in {uri} is deleted: restore it in the MLflow UI, or pick "
+            "another name with logger.experiment_name=..."
+        )
+    return experiment.experiment_id
+
+
+class RunLogger(MLFlowLogger):
+    """Lightning's MLflow logger bound to a run that anonemo opens and closes.
+
+    Lightning finalizes its logger when ``fit`` ends; the run must stay open for the test fold,
+    artifacts and any later phase, so ending it is left to :func:`mlflow_run`.
+    """
+
+    def finalize(self, status: str = "success") -> None:
+        pass
+
+    @property
+    def client(self) -> MlflowClient:
+        return self.experiment
+
+    def log_figure(self, figure: plt.Figure, path: str) -> None:
+        self.client.log_figure(self.run_id, figure, path)
+        plt.close(figure)
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.run_id, text, path)
+
+
+@contextmanager
+def mlflow_run(cfg: DictConfig) -> Iterator[RunLogger]:
+    """Open an MLflow run for this job with its config as params; always close it.
+
+    The run ends FINISHED on success, FAILED with the error as the ``error`` tag on an exception,
+    and KILLED on Ctrl-C, so no run is left RUNNING.
+    """
+    uri = tracking_uri(cfg)
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, cfg, uri)
+    tags = {
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "fold": str(cfg.fold),
+        "anonemo.version": anonemo.__version__,
+        "mlflow.source.name": "anonemo.train",
+    }
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    run_name = cfg.logger.run_name or f"{cfg.model.name}-{cfg.dataset.name}-fold{cfg.fold}"
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    logger = RunLogger(experiment_name=cfg.logger.experiment_name, tracking_uri=uri, run_id=run.info.run_id)
+    try:
+        logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        logger.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        yield logger
+    except KeyboardInterrupt:
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as error:
+        client.set_tag(run.info.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"lr": 0.1}}`` -> ``{"model.lr": 0.1}``; lists stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def git_commit() -> str | None:
+    """The commit anonemo's source is at (with ``-dirty`` if modified), or None outside git."""
+    source = Path(anonemo.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def run_url(logger: RunLogger) -> str:
+    return f"#/experiments/{logger.experiment_id}/runs/{logger.run_id}"
+

@@ -1,0 +1,74 @@
+"""The LightningDataModule's batches and the networks' shapes."""
+
+import numpy as np
+import pytest
+import torch
+
+from anonemo.data.augment import Augmentation
+from anonemo.data.datamodule import GroupedFoldDataModule
+from anonemo.data.preprocess import FaceCropper, preprocess
+from anonemo.data.synthetic import SyntheticFaces
+from anonemo.models.networks import ClassifierHead, ConvBase
+from anonemo.models.single_task import SingleTaskModule
+
+
+@pytest.fixture(scope="module")
+def faces():
+    originals = preprocess(SyntheticFaces(num_subjects=4, num_emotions=3, images_per_cell=4).load(), FaceCropper("none"), 32)
+    return Augmentation(total=200, seed=0).apply(originals)
+
+
+def test_batches_are_dicts_of_scaled_images_and_both_labels(faces):
+    dm = GroupedFoldDataModule(faces, fold=1, n_splits=4, val_fraction=0.25, batch_size=16)
+    assert (dm.num_subjects, dm.num_emotions) == (4, 3)
+    assert dm.emotion_names == ("neutral", "happy", "sad")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"image", "emotion", "identity"}
+    assert batch["image"].shape == (16, 1, 32, 32) and batch["image"].dtype == torch.float32
+    assert 0 <= batch["image"].min() and batch["image"].max() <= 1
+    test = torch.cat([b["image"] for b in dm.test_dataloader()])
+    expected = torch.as_tensor(faces.images[dm.split.test]).float().div(255).unsqueeze(1)
+    assert torch.equal(test, expected)  # the test loader serves exactly the test side, in order
+    assert torch.equal(dm.labels("test", "identity"), torch.as_tensor(faces.subjects[dm.split.test]))
+
+
+def test_training_order_is_reproducible_for_a_seed(faces):
+    def first_epoch_labels(seed):
+        dm = GroupedFoldDataModule(faces, fold=0, n_splits=4, val_fraction=0.25, batch_size=8, seed=seed)
+        return torch.cat([b["emotion"] for b in dm.train_dataloader()])
+
+    assert torch.equal(first_epoch_labels(3), first_epoch_labels(3))
+    assert not torch.equal(first_epoch_labels(3), first_epoch_labels(4))
+
+
+@pytest.mark.parametrize("size", [8, 36, 64])
+def test_conv_base_feature_count_matches_its_output(size):
+    base = ConvBase(size, (4, 8, 16))
+    features = base(torch.zeros(2, 1, size, size))
+    assert features.shape == (2, base.out_features)
+    assert len([m for m in base.modules() if isinstance(m, torch.nn.Conv2d)]) == 3
+    assert all(m.kernel_size == (3, 3) and m.stride == (1, 1) for m in base.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_classifier_head_has_three_fully_connected_layers():
+    head = ClassifierHead(20, 5, (8, 6))
+    assert [m.out_features for m in head.modules() if isinstance(m, torch.nn.Linear)] == [8, 6, 5]
+    assert head(torch.zeros(3, 20)).shape == (3, 5)
+
+
+def test_single_task_module_can_overfit_one_batch_of_its_task(faces):
+    """The standard sanity check: from chance-level loss, repeated steps on one batch fit it."""
+    torch.manual_seed(0)
+    dm = GroupedFoldDataModule(faces, fold=0, n_splits=4, val_fraction=0.25, batch_size=32)
+    batch = next(iter(dm.train_dataloader()))
+    module = SingleTaskModule("identity", 4, 32, conv_channels=(8, 16, 16), fc_hidden=(64, 32), dropout=0.0, lr=3e-3)
+    optimizer = module.configure_optimizers()
+    losses = []
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(module(batch["image"]), batch["identity"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    assert np.isclose(losses[0], np.log(4), atol=0.3)  # starts near chance

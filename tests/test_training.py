@@ -1,0 +1,75 @@
+"""End-to-end jobs: training, selection on validation, one test-fold evaluation, MLflow contract."""
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from anonemo.tracking import tracking_uri
+from anonemo.workflow import build_datamodule, run
+
+
+def only_run(cfg):
+    client = MlflowClient(tracking_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.logger.experiment_name)
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_emotion_run_logs_the_mlflow_contract(tiny_config):
+    cfg = tiny_config("model=emotion", "fold=2", "seed=3")
+    metrics = run(cfg)
+    client, logged = only_run(cfg)
+    assert logged.info.status == "FINISHED"
+    assert logged.data.metrics["Emotion"] == pytest.approx(metrics["Emotion"])
+    assert 0 <= logged.data.metrics["Emotion"] <= 100
+    assert logged.data.metrics["Emotion/chance"] == pytest.approx(100 / 3)
+    assert "Emotion/macro_f1" in logged.data.metrics and "Face" not in logged.data.metrics
+    assert len(client.get_metric_history(logged.info.run_id, "val/acc")) == 2  # one value per epoch
+    params = logged.data.params
+    assert (params["fold"], params["model.name"], params["seed"], params["dataset.name"]) == ("2", "emotion", "3", "synthetic")
+    assert params["trainer.precision"] == "bf16-mixed"
+    assert logged.data.tags["dataset"] == "synthetic"
+    assert logged.data.tags["mlflow.runName"] == "emotion-synthetic-fold2"
+    artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
+    assert {"config.yaml", "confusion_Emotion.png"} <= artifacts
+    assert tracking_uri(cfg).startswith("sqlite:////")
+
+
+def test_same_config_gives_same_folds_and_accuracies(tiny_config, tmp_path):
+    cfg = tiny_config("model=face")
+    first, second = run(cfg), run(cfg)
+    for name in ("Face", "Face/macro_f1"):
+        assert first[name] == second[name]
+    a, b = build_datamodule(cfg).split, build_datamodule(cfg).split
+    assert all(np.array_equal(getattr(a, s), getattr(b, s)) for s in ("train", "val", "test"))
+
+
+def test_face_on_real_yale_faces(yale_root, tmp_path):
+    from conftest import make_config
+
+    cfg = make_config(
+        tmp_path, "dataset=yale", f"dataset.root={yale_root}", "model=face", "dataset.image_size=32",
+        "augment.total=300", "trainer.max_epochs=2", "fold=4",
+    )
+    metrics = run(cfg)
+    _, logged = only_run(cfg)
+    assert logged.data.metrics["Face/chance"] == pytest.approx(100 / 15)
+    assert logged.data.metrics["Face"] == pytest.approx(metrics["Face"])
+    assert logged.data.params["dataset.root"] == str(yale_root)
+
+
+def test_default_synthetic_emotion_is_not_solved_in_one_epoch(tmp_path):
+    """The built-in data must be hard enough to be a benchmark."""
+    from conftest import make_config
+
+    cfg = make_config(tmp_path, "trainer.max_epochs=1")
+    assert run(cfg)["Emotion"] < 90
+
+
+def test_tracking_uri_precedence(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(tiny_config()) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/env.db")
+    assert tracking_uri(tiny_config()) == "sqlite:////elsewhere/env.db"
+    assert tracking_uri(tiny_config("logger.tracking_uri=sqlite:////x/cli.db")) == "sqlite:////x/cli.db"
