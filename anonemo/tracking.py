@@ -102,6 +102,9 @@ def mlflow_run(cfg: DictConfig) -> Iterator[RunLogger]:
     run_name = cfg.logger.run_name or f"{cfg.model.name}-{cfg.dataset.name}-fold{cfg.fold}"
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     logger = RunLogger(experiment_name=cfg.logger.experiment_name, tracking_uri=uri, run_id=run.info.run_id)
+    # Lightning's logger calls mlflow.set_tracking_uri, which writes MLFLOW_TRACKING_URI into the
+    # environment; restore the caller's value so the next job in this process finds its own store.
+    caller_uri = os.environ.get("MLFLOW_TRACKING_URI")
     try:
         logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
         logger.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
@@ -115,6 +118,11 @@ def mlflow_run(cfg: DictConfig) -> Iterator[RunLogger]:
         raise
     else:
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    finally:
+        if caller_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = caller_uri
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -67,6 +67,17 @@ def test_default_synthetic_emotion_is_not_solved_in_one_epoch(tmp_path):
     assert run(cfg)["Emotion"] < 90
 
 
+def test_jobs_in_one_process_each_use_their_own_store(tiny_config, tmp_path, monkeypatch):
+    """Lightning's MLflow logger sets MLFLOW_TRACKING_URI process-wide; it must not leak."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = tiny_config("paths.output_dir=" + str(tmp_path / "a"))
+    second = tiny_config("paths.output_dir=" + str(tmp_path / "b"))
+    run(first)
+    run(second)
+    only_run(first)
+    only_run(second)
+
+
 def test_tracking_uri_precedence(tiny_config, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert tracking_uri(tiny_config()) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
