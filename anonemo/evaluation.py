@@ -62,3 +62,31 @@ def confusion_figure(result: ClassificationResult, title: str) -> plt.Figure:
                       color="white" if count > threshold else "black")
     figure.tight_layout()
     return figure
+
+
+def round_curves_figure(history: list[dict[str, float]], title: str) -> plt.Figure:
+    """Per-round accuracies of the Hybrid's heads (Algorithm 1), training and validation sides.
+
+    ``history`` rows hold ``round`` and ``round/<curve>/<side>`` percentages.
+    """
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    rounds = [row["round"] for row in history]
+    styles = {"train": "--", "val": "-"}
+    curves = {
+        "emotion_acc": ("emotion head", "tab:blue"),
+        "identity_acc": ("identity head, after the adversarial step", "tab:red"),
+        "refit_identity_acc": ("identity head, re-fitted", "tab:orange"),
+    }
+    for curve, (label, color) in curves.items():
+        for side, style in styles.items():
+            key = f"round/{curve}/{side}"
+            points = [(r, row[key]) for r, row in zip(rounds, history) if key in row]
+            if points:
+                axes.plot(*zip(*points), style, color=color, marker=".", label=f"{label} ({side})")
+    axes.set_xlabel("round t (0: after multi-task initialisation)")
+    axes.set_ylabel("accuracy (%)")
+    axes.set_ylim(0, 100)
+    axes.set_title(title)
+    axes.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    return figure

@@ -1,9 +1,23 @@
-"""What one training job does: prepare the fold, train, select on validation, test once, log."""
+"""What one training job does, per model: prepare the fold, train, select on validation, test
+once, and log every paper number to one MLflow run.
+
+==============  =====================================================================
+model=          MLflow metrics (test fold, percent)
+==============  =====================================================================
+emotion         Emotion
+face            Face
+emotion2face    Emotion, Emotion2Face (fresh identity head on Emotion's frozen base)
+hybrid          Hybrid2Emotion, Hybrid2Face (fresh heads on the final Hybrid base),
+                Hybrid/emotion_head, Hybrid/identity_head (the Hybrid's own heads)
+==============  =====================================================================
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -11,28 +25,30 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from torch.utils.data import DataLoader
 
 from anonemo.data.datamodule import GroupedFoldDataModule
+from anonemo.data.features import FeatureDataModule
 from anonemo.data.pipeline import load_faces
 from anonemo.errors import ConfigError
-from anonemo.evaluation import ClassificationResult, confusion_figure, score
-from anonemo.models.single_task import SingleTaskModule
+from anonemo.evaluation import ClassificationResult, confusion_figure, round_curves_figure, score
+from anonemo.models.classifiers import ClassifierModule, SingleTaskModule, TransferModule
+from anonemo.models.hybrid import HybridModule, HybridSchedule
+from anonemo.models.networks import ConvBase
 from anonemo.tracking import RunLogger, mlflow_run, run_url, tracking_uri
 
 log = logging.getLogger(__name__)
 
-SINGLE_TASK_MODELS = ("emotion", "face")
-
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and evaluate ``cfg.model`` on fold ``cfg.fold``; returns the metrics logged to MLflow."""
-    if cfg.model.name not in SINGLE_TASK_MODELS:
-        raise ConfigError(f"model={cfg.model.name} is not known: use one of {', '.join(SINGLE_TASK_MODELS)}.")
+    if cfg.model.name not in WORKFLOWS:
+        raise ConfigError(f"model={cfg.model.name} is not known: use one of {', '.join(WORKFLOWS)}.")
     started = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     with mlflow_run(cfg) as logger:
-        metrics = train_single_task(cfg, datamodule, logger)
+        metrics = WORKFLOWS[cfg.model.name](cfg, datamodule, logger)
         metrics["wall_time_s"] = time.perf_counter() - started
         logger.log_metrics({"wall_time_s": metrics["wall_time_s"]})
     log.info(
@@ -56,48 +72,162 @@ def build_datamodule(cfg: DictConfig) -> GroupedFoldDataModule:
     )
 
 
-def train_single_task(cfg: DictConfig, datamodule: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
-    task = cfg.model.task
+def train_single_task(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
+    """``model=emotion`` / ``model=face``."""
+    return fit_single_task(cfg, data, logger)[0]
+
+
+def train_emotion2face(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
+    """``model=emotion2face``: Emotion, then a fresh identity head on its frozen base."""
+    metrics, emotion = fit_single_task(cfg, data, logger)
+    features = FeatureDataModule(emotion.base, data, bf16=uses_bf16(cfg))
+    metrics |= fit_transfer(cfg, emotion.base, features, data, logger, "identity", cfg.model.transfer_metric)
+    return metrics
+
+
+def train_hybrid(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
+    """``model=hybrid``: Algorithm 1, then Hybrid2Emotion and Hybrid2Face on the final base."""
+    m, net = cfg.model, cfg.network
+    schedule = HybridSchedule(m.init_epochs, m.rounds, m.adversarial_epochs, m.refit_epochs)
+    hybrid = HybridModule(
+        num_emotions=data.num_emotions,
+        num_subjects=data.num_subjects,
+        image_size=cfg.dataset.image_size,
+        schedule=schedule,
+        alpha=m.alpha,
+        beta=m.beta,
+        conv_channels=tuple(net.conv_channels),
+        fc_hidden=tuple(net.fc_hidden),
+        dropout=net.dropout,
+        lr=m.lr,
+        identity_lr=m.identity_lr,
+        weight_decay=m.weight_decay,
+        channels_last=net.channels_last,
+        max_feature_growth=m.max_feature_growth,
+        seed=cfg.seed,
+    )
+    log.info(
+        "Algorithm 1: %d epochs of multi-task initialisation, then %d rounds of %d adversarial epoch(s) "
+        "and a %d-pass identity re-fit (alpha=%g, beta=%g)",
+        schedule.init_epochs, schedule.rounds, schedule.adversarial_epochs, schedule.refit_epochs, m.alpha, m.beta,
+    )
+    # No validation loop or checkpoint selection: each round is scored on both sides by the module.
+    trainer = instantiate_trainer(
+        cfg, logger, [], max_epochs=schedule.total_epochs, limit_val_batches=0, enable_checkpointing=False
+    )
+    try:
+        with warnings.catch_warnings():
+            # The datamodule offers a val loader; the Hybrid scores rounds itself and needs none.
+            warnings.filterwarnings("ignore", message=".*no `validation_step`.*")
+            trainer.fit(hybrid, datamodule=data)
+    finally:
+        if hybrid.history:  # partial curves too, when training stopped early
+            logger.log_figure(round_curves_figure(hybrid.history, f"Hybrid on {cfg.dataset.name}, fold {cfg.fold}"),
+                              "hybrid_rounds.png")
+
+    features = FeatureDataModule(hybrid.base, data, bf16=uses_bf16(cfg))
+    metrics: dict[str, float] = {}
+    own_heads = hybrid.head_logits(features.sides["test"].tensors["features"])
+    for task, name in (("emotion", "Hybrid/emotion_head"), ("identity", "Hybrid/identity_head")):
+        result = score(own_heads[task], data.labels("test", task), data.class_names(task))
+        logger.log_metrics({name: result.accuracy})
+        metrics[name] = result.accuracy
+    for task, name in (("emotion", "Hybrid2Emotion"), ("identity", "Hybrid2Face")):
+        metrics |= fit_transfer(cfg, hybrid.base, features, data, logger, task, name)
+    return metrics
+
+
+WORKFLOWS: dict[str, Callable[[DictConfig, GroupedFoldDataModule, RunLogger], dict[str, float]]] = {
+    "emotion": train_single_task,
+    "face": train_single_task,
+    "emotion2face": train_emotion2face,
+    "hybrid": train_hybrid,
+}
+
+
+def fit_single_task(
+    cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger
+) -> tuple[dict[str, float], SingleTaskModule]:
+    """Train the Emotion or Face CNN, keep its best validation checkpoint, score it on the test fold."""
+    task, net = cfg.model.task, cfg.network
     module = SingleTaskModule(
         task=task,
-        num_classes=datamodule.num_classes(task),
+        num_classes=data.num_classes(task),
         image_size=cfg.dataset.image_size,
-        conv_channels=tuple(cfg.model.conv_channels),
-        fc_hidden=tuple(cfg.model.fc_hidden),
-        dropout=cfg.model.dropout,
+        conv_channels=tuple(net.conv_channels),
+        fc_hidden=tuple(net.fc_hidden),
+        dropout=net.dropout,
         lr=cfg.model.lr,
         weight_decay=cfg.model.weight_decay,
-        channels_last=cfg.model.channels_last,
+        channels_last=net.channels_last,
     )
-    trainer = make_trainer(cfg, logger)
-    trainer.fit(module, datamodule=datamodule)
-    result = test_once(trainer, module, datamodule, task)
+    trainer = selecting_trainer(cfg, logger, phase=cfg.model.metric, monitor="val/acc", patience=cfg.callbacks.patience)
+    trainer.fit(module, datamodule=data)
+    result = test_once(trainer, module, data.test_dataloader(), data, task)
     log_result(logger, result, cfg.model.metric)
-    return result.as_metrics(cfg.model.metric)
+    return result.as_metrics(cfg.model.metric), module
 
 
-def make_trainer(cfg: DictConfig, logger: RunLogger) -> pl.Trainer:
-    """The configured Trainer, selecting and early-stopping on the validation side."""
+def fit_transfer(
+    cfg: DictConfig,
+    base: ConvBase,
+    features: FeatureDataModule,
+    data: GroupedFoldDataModule,
+    logger: RunLogger,
+    task: str,
+    name: str,
+) -> dict[str, float]:
+    """A fresh head on the frozen ``base``, trained on its cached features, scored as ``name``."""
+    module = TransferModule(
+        base,
+        task=task,
+        num_classes=data.num_classes(task),
+        fc_hidden=tuple(cfg.network.fc_hidden),
+        dropout=cfg.network.dropout,
+        lr=cfg.transfer.lr,
+        weight_decay=cfg.transfer.weight_decay,
+        metric_prefix=f"{name}/",
+    )
+    trainer = selecting_trainer(
+        cfg, logger, phase=name, monitor=f"{name}/val/acc", patience=cfg.transfer.patience,
+        max_epochs=cfg.transfer.max_epochs,
+    )
+    trainer.fit(module, datamodule=features)
+    result = test_once(trainer, module, features.test_dataloader(), data, task)
+    log_result(logger, result, name)
+    return result.as_metrics(name)
+
+
+def selecting_trainer(cfg: DictConfig, logger: RunLogger, phase: str, monitor: str, patience: int, **overrides) -> pl.Trainer:
+    """A Trainer that early-stops on ``monitor`` and keeps the best checkpoint by it (validation only)."""
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
-            dirpath=Path(cfg.paths.output_dir) / "checkpoints" / logger.run_id,
+            dirpath=Path(cfg.paths.output_dir) / "checkpoints" / logger.run_id / phase,
             filename="best",
-            monitor=cfg.callbacks.monitor,
+            monitor=monitor,
             mode=cfg.callbacks.mode,
         ),
-        EarlyStopping(monitor=cfg.callbacks.monitor, mode=cfg.callbacks.mode, patience=cfg.callbacks.patience),
+        EarlyStopping(monitor=monitor, mode=cfg.callbacks.mode, patience=patience),
     ]
+    return instantiate_trainer(cfg, logger, callbacks, **overrides)
+
+
+def instantiate_trainer(cfg: DictConfig, logger: RunLogger, callbacks: list[pl.Callback], **overrides) -> pl.Trainer:
     if cfg.trainer.enable_progress_bar:
-        callbacks.append(RichProgressBar())
-    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+        callbacks = [*callbacks, RichProgressBar()]
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
+
+
+def uses_bf16(cfg: DictConfig) -> bool:
+    return str(cfg.trainer.precision).startswith("bf16")
 
 
 def test_once(
-    trainer: pl.Trainer, module: pl.LightningModule, datamodule: GroupedFoldDataModule, task: str
+    trainer: pl.Trainer, module: ClassifierModule, loader: DataLoader, data: GroupedFoldDataModule, task: str
 ) -> ClassificationResult:
-    """Score the checkpoint selected on validation on the test fold; the only look at the test fold."""
-    batches = trainer.predict(module, dataloaders=datamodule.test_dataloader(), ckpt_path="best")
-    return score(torch.cat(batches), datamodule.labels("test", task), datamodule.class_names(task))
+    """Score the checkpoint selected on validation on the test fold: the only look at it."""
+    batches = trainer.predict(module, dataloaders=loader, ckpt_path="best")
+    return score(torch.cat(batches), data.labels("test", task), data.class_names(task))
 
 
 def log_result(logger: RunLogger, result: ClassificationResult, name: str) -> None:

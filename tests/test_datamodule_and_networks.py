@@ -9,7 +9,7 @@ from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.synthetic import SyntheticFaces
 from anonemo.models.networks import ClassifierHead, ConvBase
-from anonemo.models.single_task import SingleTaskModule
+from anonemo.models.classifiers import SingleTaskModule
 
 
 @pytest.fixture(scope="module")

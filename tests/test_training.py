@@ -28,7 +28,7 @@ def test_emotion_run_logs_the_mlflow_contract(tiny_config):
     assert len(client.get_metric_history(logged.info.run_id, "val/acc")) == 2  # one value per epoch
     params = logged.data.params
     assert (params["fold"], params["model.name"], params["seed"], params["dataset.name"]) == ("2", "emotion", "3", "synthetic")
-    assert params["trainer.precision"] == "bf16-mixed"
+    assert params["trainer.precision"] == "bf16-mixed" and params["network.conv_channels"] == "[16, 32, 64]"
     assert logged.data.tags["dataset"] == "synthetic"
     assert logged.data.tags["mlflow.runName"] == "emotion-synthetic-fold2"
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}

@@ -14,26 +14,42 @@ from anonemo.data.records import FaceRecords
 TASKS = ("emotion", "identity")
 
 
-class FaceTensors(Dataset):
-    """Images scaled to [0, 1] as a ``(N, 1, S, S)`` float tensor plus labels, indexed by batch.
+class TensorBatches(Dataset):
+    """Named tensors of equal length, indexed by whole batches.
 
-    Indexing takes a whole list of indices and slices the tensors once, so a batch costs one
-    gather instead of ``batch_size`` item lookups and a collate.
+    Indexing takes a list of indices and slices every tensor once, so a batch costs one gather
+    instead of ``batch_size`` item lookups and a collate.
     """
 
-    def __init__(self, faces: FaceRecords, indices: np.ndarray):
-        index = torch.as_tensor(indices, dtype=torch.long)
-        self.images = torch.as_tensor(np.asarray(faces.images))[index].unsqueeze(1).float().div_(255)
-        self.labels = {
-            "emotion": torch.as_tensor(faces.emotions)[index],
-            "identity": torch.as_tensor(faces.subjects)[index],
-        }
+    def __init__(self, **tensors: torch.Tensor):
+        lengths = {len(t) for t in tensors.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors of different lengths: { {k: len(t) for k, t in tensors.items()} }")
+        self.tensors = tensors
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(next(iter(self.tensors.values())))
 
     def __getitem__(self, batch: list[int]) -> dict[str, torch.Tensor]:
-        return {"image": self.images[batch], **{task: labels[batch] for task, labels in self.labels.items()}}
+        return {name: tensor[batch] for name, tensor in self.tensors.items()}
+
+
+def face_tensors(faces: FaceRecords, indices: np.ndarray) -> TensorBatches:
+    """``image`` scaled to [0, 1] as ``(N, 1, S, S)`` float, with ``emotion`` and ``identity``."""
+    index = torch.as_tensor(indices, dtype=torch.long)
+    return TensorBatches(
+        image=torch.as_tensor(np.asarray(faces.images))[index].unsqueeze(1).float().div_(255),
+        emotion=torch.as_tensor(faces.emotions)[index],
+        identity=torch.as_tensor(faces.subjects)[index],
+    )
+
+
+def batch_loader(data: TensorBatches, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """In-process batches (no worker processes: the data are already tensors in memory)."""
+    # A fixed generator makes the per-epoch shuffles reproducible for a seed.
+    order = RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(data)
+    # batch_size=None: the sampler yields whole batches of indices and the dataset slices them.
+    return DataLoader(data, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=False))
 
 
 class GroupedFoldDataModule(pl.LightningDataModule):
@@ -61,7 +77,7 @@ class GroupedFoldDataModule(pl.LightningDataModule):
         self.split: FoldSplit = grouped_fold_split(
             faces.subjects, faces.emotions, faces.sources, fold, n_splits, val_fraction, seed
         )
-        self._sides: dict[str, FaceTensors] = {}
+        self._sides: dict[str, TensorBatches] = {}
 
     @property
     def num_subjects(self) -> int:
@@ -85,31 +101,24 @@ class GroupedFoldDataModule(pl.LightningDataModule):
     def class_names(self, task: str) -> tuple[str, ...]:
         return self.emotion_names if task == "emotion" else self.subject_names
 
-    def side(self, name: str) -> FaceTensors:
+    def side(self, name: str) -> TensorBatches:
         """The tensors of one side of the split: ``train``, ``val`` or ``test``."""
         if name not in self._sides:
-            self._sides[name] = FaceTensors(self.faces, getattr(self.split, name))
+            self._sides[name] = face_tensors(self.faces, getattr(self.split, name))
         return self._sides[name]
 
     def setup(self, stage: str | None = None) -> None:
         for name in ("train", "val") if stage == "fit" else ("test",) if stage == "test" else ():
             self.side(name)
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        data = self.side(name)
-        # A fixed generator makes the per-epoch shuffles reproducible for a seed.
-        order = RandomSampler(data, generator=torch.Generator().manual_seed(self.seed)) if shuffle else SequentialSampler(data)
-        # batch_size=None: the sampler yields whole batches of indices and the dataset slices them.
-        return DataLoader(data, batch_size=None, sampler=BatchSampler(order, self.batch_size, drop_last=False))
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return batch_loader(self.side("train"), self.batch_size, shuffle=True, seed=self.seed)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return batch_loader(self.side("val"), self.batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return batch_loader(self.side("test"), self.batch_size, shuffle=False)
 
     def labels(self, name: str, task: str) -> torch.Tensor:
-        return self.side(name).labels[task]
+        return self.side(name).tensors[task]

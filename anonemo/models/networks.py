@@ -15,7 +15,9 @@ class ConvBase(nn.Module):
     flat vector of ``channels[-1] * (S // 8) ** 2`` features.
     """
 
-    def __init__(self, image_size: int, channels: Sequence[int] = (16, 32, 64), in_channels: int = 1):
+    def __init__(
+        self, image_size: int, channels: Sequence[int] = (16, 32, 64), in_channels: int = 1, channels_last: bool = False
+    ):
         super().__init__()
         if len(channels) != 3:
             raise ValueError(f"ConvBase has three convolutional layers; got {len(channels)} widths: {list(channels)}")
@@ -25,8 +27,14 @@ class ConvBase(nn.Module):
             in_channels = out_channels
         self.layers = nn.Sequential(*layers, nn.Flatten())
         self.out_features = channels[-1] * (image_size // 8) ** 2
+        self.channels_last = channels_last
+        if channels_last:
+            # On CPU, channels_last convolutions under bf16 autocast were ~2x faster here.
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.layers(images)
 
 

@@ -1,0 +1,129 @@
+"""Single-task classifiers: the paper's Emotion and Face CNNs, and fresh heads on a frozen base."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from anonemo.data.datamodule import TASKS
+from anonemo.errors import ConfigError
+from anonemo.models.networks import ClassifierHead, ConvBase
+
+
+def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "macro_f1": MulticlassF1Score(num_classes, average="macro"),
+        },
+        prefix=prefix,
+    )
+
+
+class ClassifierModule(pl.LightningModule):
+    """Cross-entropy training of ``head`` for one task; subclasses say what the head reads.
+
+    Metrics are logged per epoch as ``<metric_prefix>{train,val}/{loss,acc,macro_f1}``, so that
+    several phases of one job (e.g. Emotion, then Emotion2Face) can share one MLflow run.
+    """
+
+    def __init__(self, task: str, lr: float, weight_decay: float, metric_prefix: str, num_classes: int):
+        super().__init__()
+        if task not in TASKS:
+            raise ConfigError(f"model.task={task!r} is not known: use one of {', '.join(TASKS)}.")
+        self.task = task
+        self.lr, self.weight_decay = lr, weight_decay
+        self.metric_prefix = metric_prefix
+        self.train_metrics = classification_metrics(num_classes, f"{metric_prefix}train/")
+        self.val_metrics = classification_metrics(num_classes, f"{metric_prefix}val/")
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> torch.Tensor:
+        logits = self.logits(batch)
+        targets = batch[self.task]
+        loss = F.cross_entropy(logits, targets)
+        metrics.update(logits.detach(), targets)
+        # on_epoch only: per-step logging would force a host sync every batch.
+        self.log(f"{self.metric_prefix}{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(targets))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train", self.train_metrics)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val", self.val_metrics)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.logits(batch).float()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(trainable, lr=self.lr, weight_decay=self.weight_decay)
+
+
+class SingleTaskModule(ClassifierModule):
+    """``model=emotion`` (task ``emotion``) and ``model=face`` (task ``identity``): base + head on images."""
+
+    def __init__(
+        self,
+        task: str,
+        num_classes: int,
+        image_size: int,
+        conv_channels: Sequence[int] = (16, 32, 64),
+        fc_hidden: Sequence[int] = (256, 128),
+        dropout: float = 0.3,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        channels_last: bool = True,
+        metric_prefix: str = "",
+    ):
+        super().__init__(task, lr, weight_decay, metric_prefix, num_classes)
+        self.save_hyperparameters(logger=False)
+        self.base = ConvBase(image_size, conv_channels, channels_last=channels_last)
+        self.head = ClassifierHead(self.base.out_features, num_classes, fc_hidden, dropout)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.base(images))
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self(batch["image"])
+
+
+class TransferModule(ClassifierModule):
+    """A frozen, given ``ConvBase`` and a fresh head of the paper's shape trained for one task.
+
+    Emotion2Face, Hybrid2Emotion and Hybrid2Face. The base never changes, so the head trains on
+    the base's features computed once per side (batches with a ``features`` key, see
+    :class:`~anonemo.data.features.FeatureDataModule`); ``forward`` still maps images to logits.
+    """
+
+    def __init__(
+        self,
+        base: ConvBase,
+        task: str,
+        num_classes: int,
+        fc_hidden: Sequence[int] = (256, 128),
+        dropout: float = 0.3,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        metric_prefix: str = "",
+    ):
+        super().__init__(task, lr, weight_decay, metric_prefix, num_classes)
+        self.save_hyperparameters(ignore=["base"], logger=False)
+        self.base = base
+        self.base.requires_grad_(False)
+        self.head = ClassifierHead(base.out_features, num_classes, fc_hidden, dropout)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.base(images))
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(batch["features"])

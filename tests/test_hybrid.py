@@ -1,0 +1,249 @@
+"""Algorithm 1 (the Hybrid model), the transfer heads, and the jobs that use them."""
+
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from mlflow.tracking import MlflowClient
+
+from anonemo.data.augment import Augmentation
+from anonemo.data.datamodule import GroupedFoldDataModule
+from anonemo.data.features import FeatureDataModule
+from anonemo.data.preprocess import FaceCropper, preprocess
+from anonemo.data.synthetic import SyntheticFaces
+from anonemo.errors import ConfigError
+from anonemo.models.classifiers import SingleTaskModule, TransferModule
+from anonemo.models.hybrid import HybridModule, HybridSchedule, TrainingDivergedError
+from anonemo.tracking import tracking_uri
+from anonemo.workflow import run
+
+SMALL_NET = {"conv_channels": (4, 8, 8), "fc_hidden": (32, 16), "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def data():
+    originals = preprocess(SyntheticFaces(num_subjects=4, num_emotions=3, images_per_cell=4).load(), FaceCropper("none"), 32)
+    faces = Augmentation(total=160, seed=0).apply(originals)
+    return GroupedFoldDataModule(faces, fold=0, n_splits=4, val_fraction=0.25, batch_size=32)
+
+
+def hybrid(schedule, **kwargs):
+    return HybridModule(num_emotions=3, num_subjects=4, image_size=32, schedule=schedule, **{**SMALL_NET, **kwargs})
+
+
+def quiet_trainer(epochs, callbacks=()):
+    return pl.Trainer(
+        max_epochs=epochs, limit_val_batches=0, enable_checkpointing=False, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+    )
+
+
+def test_schedule_says_which_phase_each_epoch_is_in():
+    schedule = HybridSchedule(init_epochs=2, rounds=3, adversarial_epochs=2, refit_epochs=4)
+    assert schedule.total_epochs == 2 + 3 * 2
+    phases = [schedule.phase(e) for e in range(schedule.total_epochs)]
+    assert [(p.kind, p.round, p.ends_round) for p in phases] == [
+        ("init", 0, False), ("init", 0, True),
+        ("adversarial", 1, False), ("adversarial", 1, True),
+        ("adversarial", 2, False), ("adversarial", 2, True),
+        ("adversarial", 3, False), ("adversarial", 3, True),
+    ]
+
+
+@pytest.mark.parametrize("option", ["init_epochs", "rounds", "adversarial_epochs", "refit_epochs"])
+def test_schedule_rejects_empty_phases(option):
+    arguments = {"init_epochs": 1, "rounds": 1, "adversarial_epochs": 1, "refit_epochs": 1, option: 0}
+    with pytest.raises(ConfigError, match=f"model.{option}=0 must be at least 1"):
+        HybridSchedule(**arguments)
+
+
+@pytest.mark.parametrize("option", ["alpha", "beta"])
+def test_negative_weights_are_refused(option):
+    with pytest.raises(ConfigError, match=f"model.{option}=-1 must be non-negative"):
+        hybrid(HybridSchedule(1, 1), **{option: -1})
+
+
+class PhaseSnapshots(pl.Callback):
+    """Records which parts of the Hybrid each phase changed.
+
+    Callbacks' ``on_train_epoch_end`` runs before the module's, where the re-fit happens, so
+    epoch start -> callback epoch end is the training steps, and callback epoch end -> next epoch
+    start (or train end) is the re-fit.
+    """
+
+    def __init__(self):
+        self.changes = []  # (phase kind or "refit", round, {part: changed})
+
+    @staticmethod
+    def state(module):
+        return {part: copy.deepcopy(getattr(module, part).state_dict()) for part in ("base", "emotion_head", "identity_head")}
+
+    @staticmethod
+    def changed(before, after):
+        return {part: any(not torch.equal(before[part][k], after[part][k]) for k in before[part]) for part in before}
+
+    def on_train_epoch_start(self, trainer, module):
+        if getattr(self, "pending_refit", None):
+            self._close_refit(module)
+        self.start = self.state(module)
+
+    def on_train_epoch_end(self, trainer, module):
+        phase = module.schedule.phase(trainer.current_epoch)
+        self.end = self.state(module)
+        self.changes.append((phase.kind, phase.round, self.changed(self.start, self.end)))
+        self.pending_refit = phase.ends_round and phase.kind == "adversarial" and phase.round
+
+    def on_train_end(self, trainer, module):
+        if self.pending_refit:
+            self._close_refit(module)
+
+    def _close_refit(self, module):
+        self.changes.append(("refit", self.pending_refit, self.changed(self.end, self.state(module))))
+        self.pending_refit = None
+
+
+def test_algorithm_1_alternates(data):
+    """Adversarial steps never touch W_i; re-fits never touch W_c or W_e; the init trains all."""
+    torch.manual_seed(0)
+    snapshots = PhaseSnapshots()
+    module = hybrid(HybridSchedule(init_epochs=1, rounds=2, adversarial_epochs=1, refit_epochs=1))
+    quiet_trainer(module.schedule.total_epochs, [snapshots]).fit(module, datamodule=data)
+    assert [(kind, t) for kind, t, _ in snapshots.changes] == [
+        ("init", 0), ("adversarial", 1), ("refit", 1), ("adversarial", 2), ("refit", 2),
+    ]
+    for kind, _, changed in snapshots.changes:
+        expected = {
+            "init": {"base": True, "emotion_head": True, "identity_head": True},
+            "adversarial": {"base": True, "emotion_head": True, "identity_head": False},
+            "refit": {"base": False, "emotion_head": False, "identity_head": True},
+        }[kind]
+        assert changed == expected, kind
+    assert [row["round"] for row in module.history] == [0, 1, 2]
+    assert "round/refit_identity_acc/val" in module.history[1]
+
+
+def test_adversarial_objective_subtracts_beta_times_identity_loss(data):
+    """The base's gradient is grad(Le) - beta * grad(Li): identity is pushed out, not in."""
+    torch.manual_seed(0)
+    module = hybrid(HybridSchedule(1, 1), beta=2.5)
+    batch = next(iter(data.train_dataloader()))
+
+    def base_gradient(loss_of):
+        module.zero_grad()
+        emotion_loss, identity_loss, _ = module.losses(batch)
+        loss_of(emotion_loss, identity_loss).backward()
+        return torch.cat([p.grad.flatten() for p in module.base.parameters()])
+
+    combined = base_gradient(module.adversarial_objective)
+    emotion_only = base_gradient(lambda le, li: le)
+    identity_only = base_gradient(lambda le, li: li)
+    assert torch.allclose(combined, emotion_only - 2.5 * identity_only, atol=1e-6)
+
+
+def test_adversarial_steps_raise_the_frozen_identity_heads_loss(data):
+    """As in Algorithm 1, a multi-task start gives a reliable W_i; from there, steps with beta=1
+    make that frozen head worse than it was, and worse than steps on emotion alone (beta=0)."""
+    batch = next(iter(data.train_dataloader()))
+    torch.manual_seed(0)
+    start = hybrid(HybridSchedule(1, 1))
+    everything = torch.optim.Adam(start.parameters(), lr=1e-2)
+    for _ in range(80):
+        emotion_loss, identity_loss, _ = start.losses(batch)
+        everything.zero_grad()
+        (emotion_loss + 0.5 * identity_loss).backward()
+        everything.step()
+    trained = start.losses(batch)[1].item()
+    assert trained < 0.5  # W_i identifies the batch
+
+    def identity_loss_after_adversarial_steps(beta):
+        module = copy.deepcopy(start)
+        module.beta = beta
+        main = torch.optim.Adam([*module.base.parameters(), *module.emotion_head.parameters()], lr=1e-2)
+        for _ in range(20):
+            emotion_loss, identity_loss, _ = module.losses(batch)
+            main.zero_grad()
+            module.adversarial_objective(emotion_loss, identity_loss).backward()
+            main.step()
+        return module.losses(batch)[1].item()
+
+    adversarial, emotion_only = identity_loss_after_adversarial_steps(1.0), identity_loss_after_adversarial_steps(0.0)
+    assert adversarial > trained + 1.0
+    assert adversarial > emotion_only + 1.0
+
+
+def test_transfer_heads_start_fresh_on_a_frozen_base(data):
+    torch.manual_seed(0)
+    source = SingleTaskModule("emotion", 3, 32, channels_last=False, **SMALL_NET)
+    base_before = copy.deepcopy(source.base.state_dict())
+    transfer = TransferModule(source.base, "identity", 4, fc_hidden=(32, 16), dropout=0.0, metric_prefix="T/")
+    assert transfer.base is source.base
+    assert not any(p.requires_grad for p in transfer.base.parameters())
+    assert not any(p is q for p in transfer.head.parameters() for q in source.head.parameters())
+    source_first = next(source.head.parameters())
+    transfer_first = next(transfer.head.parameters())
+    assert source_first.shape[1] == transfer_first.shape[1] and not torch.equal(source_first, transfer_first)
+
+    features = FeatureDataModule(source.base, data)
+    head_before = copy.deepcopy(transfer.head.state_dict())
+    quiet_trainer(3).fit(transfer, datamodule=features)
+    assert all(torch.equal(v, source.base.state_dict()[k]) for k, v in base_before.items())
+    assert any(not torch.equal(v, transfer.head.state_dict()[k]) for k, v in head_before.items())
+    # the cached features are exactly what the frozen base computes from the images
+    images = data.side("train").tensors["image"][:5]
+    with torch.no_grad():
+        assert torch.allclose(features.sides["train"].tensors["features"][:5], source.base.eval()(images), atol=1e-5)
+
+
+def test_divergence_message_names_the_round_and_settings():
+    module = hybrid(HybridSchedule(init_epochs=1, rounds=3), beta=4.0)
+    module._nonfinite = torch.tensor(True)
+    with pytest.raises(TrainingDivergedError) as raised:
+        module._check_divergence(module.schedule.phase(2))
+    message = str(raised.value)
+    assert "round 2 of 3" in message and "model.beta=4.0" in message and "NaN or infinite" in message
+
+
+def run_history(cfg, key):
+    client = MlflowClient(tracking_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.logger.experiment_name)
+    (logged,) = client.search_runs([experiment.experiment_id])
+    return client, logged, [m.step for m in client.get_metric_history(logged.info.run_id, key)]
+
+
+TINY_HYBRID = ("model=hybrid", "model.init_epochs=2", "model.rounds=3", "model.refit_epochs=2", "transfer.max_epochs=3")
+
+
+def test_hybrid_job_logs_the_papers_numbers_and_round_curves(tiny_config):
+    cfg = tiny_config(*TINY_HYBRID)
+    metrics = run(cfg)
+    client, logged, rounds = run_history(cfg, "round/emotion_acc/val")
+    assert logged.info.status == "FINISHED"
+    for name in ("Hybrid2Emotion", "Hybrid2Face", "Hybrid/emotion_head", "Hybrid/identity_head"):
+        assert logged.data.metrics[name] == pytest.approx(metrics[name])
+    assert logged.data.metrics["Hybrid2Face/chance"] == pytest.approx(25.0)
+    assert rounds == [0, 1, 2, 3]
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "round/refit_identity_acc/train")] == [1, 2, 3]
+    artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
+    assert {"hybrid_rounds.png", "confusion_Hybrid2Emotion.png", "confusion_Hybrid2Face.png"} <= artifacts
+    assert logged.data.params["model.beta"] == "1.0" and logged.data.params["model.rounds"] == "3"
+
+
+def test_emotion2face_job_logs_both_numbers(tiny_config):
+    cfg = tiny_config("model=emotion2face", "transfer.max_epochs=3")
+    metrics = run(cfg)
+    _, logged, _ = run_history(cfg, "Emotion2Face")
+    assert {"Emotion", "Emotion2Face", "Emotion2Face/chance"} <= set(logged.data.metrics)
+    assert logged.data.metrics["Emotion2Face"] == pytest.approx(metrics["Emotion2Face"])
+
+
+def test_diverged_hybrid_stops_and_keeps_partial_metrics(tiny_config):
+    # A growth limit of one millionth trips on the first adversarial round: the guard's full path runs.
+    cfg = tiny_config(*TINY_HYBRID, "model.max_feature_growth=1e-6")
+    with pytest.raises(TrainingDivergedError, match="round 1 of 3"):
+        run(cfg)
+    client, logged, rounds = run_history(cfg, "round/emotion_acc/val")
+    assert logged.info.status == "FAILED"
+    assert "TrainingDivergedError" in logged.data.tags["error"]
+    assert rounds == [0]
+    assert "hybrid_rounds.png" in {a.path for a in client.list_artifacts(logged.info.run_id)}
