@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # file output only; no display on training machines
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchmetrics.functional.classification import (  # noqa: E402
@@ -83,6 +84,7 @@ def round_curves_figure(history: list[dict[str, float]], title: str) -> plt.Figu
             points = [(r, row[key]) for r, row in zip(rounds, history) if key in row]
             if points:
                 axes.plot(*zip(*points), style, color=color, marker=".", label=f"{label} ({side})")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("round t (0: after multi-task initialisation)")
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0, 100)
