@@ -7,7 +7,12 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # Extra Hydra overrides for `make run`, e.g. make run ARGS="dataset=yale dataset.root=/data/yalefaces model=face"
 ARGS ?=
 
-.PHONY: install run test preview ui clean
+# Parallel jobs for the paper sweeps (joblib launcher); torch threads are split among them.
+JOBS ?= 2
+SWEEP := -m hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) trainer.enable_progress_bar=false \
+	model=face,emotion,emotion2face,hybrid 'fold=range(10)'
+
+.PHONY: install run test preview ui clean paper-yale paper-jaffe report
 
 install: $(VENV)/.installed
 
@@ -28,6 +33,17 @@ test: install
 
 preview: install
 	$(BIN)/python -m anonemo.data.preview $(ARGS)
+
+# The paper's tables: 4 models x 10 folds. Point at the data with ANONEMO_YALE_ROOT /
+# ANONEMO_JAFFE_ROOT (or ARGS="dataset.root=..."); then `make report`.
+paper-yale: install
+	$(BIN)/python -m anonemo.train $(SWEEP) experiment=paper_yale $(ARGS)
+
+paper-jaffe: install
+	$(BIN)/python -m anonemo.train $(SWEEP) experiment=paper_jaffe $(ARGS)
+
+report: install
+	$(BIN)/python -m anonemo.report $(ARGS)
 
 ui: install
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \

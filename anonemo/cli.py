@@ -9,13 +9,20 @@ from contextlib import contextmanager
 from rich.console import Console
 
 from anonemo.errors import AnonemoError
+from anonemo.tracking import in_multirun
 
 
 @contextmanager
 def user_errors_reported() -> Iterator[None]:
-    """Print an :class:`AnonemoError` as one paragraph on stderr and exit with status 2."""
+    """Print an :class:`AnonemoError` as one paragraph on stderr and exit with status 2.
+
+    Inside a Hydra multirun the job just ends there: its MLflow run is already marked FAILED
+    with the error, and the sweep goes on with the other jobs (an exit would end it) and exits
+    non-zero at the end (see :mod:`anonemo.sweep`).
+    """
     try:
         yield
     except AnonemoError as error:
         Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {error}", soft_wrap=True)
-        sys.exit(2)
+        if not in_multirun():
+            sys.exit(2)

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -25,16 +27,24 @@ import anonemo
 from anonemo.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+# Set by anonemo.sweep.MlflowSweepCallback for the jobs of a Hydra multirun.
+PARENT_RUN_ENV = "ANONEMO_MLFLOW_PARENT_RUN_ID"
 # MLflow's schema migrations log a page of INFO lines the first time a database is created.
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def tracking_uri(cfg: DictConfig) -> str:
-    if cfg.logger.tracking_uri:
-        return str(cfg.logger.tracking_uri)
+    return resolve_tracking_uri(cfg.logger.tracking_uri, cfg.paths.output_dir)
+
+
+def resolve_tracking_uri(explicit: str | None, output_dir: str | Path) -> str:
+    """``explicit`` if given, else ``$MLFLOW_TRACKING_URI``, else SQLite under ``output_dir``."""
+    if explicit:
+        return str(explicit)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    database = Path(cfg.paths.output_dir).resolve() / "mlflow.db"
+    database = Path(output_dir).resolve() / "mlflow.db"
     database.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{database}"  # the absolute path's own leading slash makes the fourth
 
@@ -96,6 +106,7 @@ def mlflow_run(cfg: DictConfig) -> Iterator[RunLogger]:
         "anonemo.version": anonemo.__version__,
         "mlflow.source.name": "anonemo.train",
     }
+    tags.update(sweep_tags())
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -123,6 +134,20 @@ def mlflow_run(cfg: DictConfig) -> Iterator[RunLogger]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = caller_uri
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_tags() -> dict[str, str]:
+    """Tags that tie a job's run to its sweep: the parent run and the job's own overrides."""
+    if not in_multirun():
+        return {}
+    tags = {f"override.{o.split('=', 1)[0]}": o.split("=", 1)[1] for o in HydraConfig.get().overrides.task if "=" in o}
+    if os.environ.get(PARENT_RUN_ENV):
+        tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
+    return tags
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -6,13 +6,16 @@ import hydra
 from omegaconf import DictConfig
 
 from anonemo.cli import user_errors_reported
-from anonemo.workflow import run
+from anonemo.workflow import run, search_objective
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> dict[str, float]:
+def main(cfg: DictConfig) -> dict[str, float] | float | None:
+    """The job's metrics, or under a hyper-parameter search (``search`` set) its objective."""
     with user_errors_reported():
-        return run(cfg)
+        metrics = run(cfg)
+        return search_objective(cfg, metrics) if cfg.get("search") else metrics
+    return None
 
 
 if __name__ == "__main__":

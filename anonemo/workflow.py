@@ -35,6 +35,7 @@ from anonemo.evaluation import ClassificationResult, confusion_figure, round_cur
 from anonemo.models.classifiers import ClassifierModule, SingleTaskModule, TransferModule
 from anonemo.models.hybrid import HybridModule, HybridSchedule
 from anonemo.models.networks import ConvBase
+from anonemo.sweep import configure_threads
 from anonemo.tracking import RunLogger, mlflow_run, run_url, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     # Weights and activations that decay into the subnormal range make CPU arithmetic several
     # times slower (seen here: 6x per epoch once the adversarial base collapsed); flush them to 0.
     torch.set_flush_denormal(True)
+    threads = configure_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
     with mlflow_run(cfg) as logger:
+        logger.client.set_tag(logger.run_id, "torch_threads", str(threads))
+        datamodule = build_datamodule(cfg)
         metrics = WORKFLOWS[cfg.model.name](cfg, datamodule, logger)
         metrics["wall_time_s"] = time.perf_counter() - started
         logger.log_metrics({"wall_time_s": metrics["wall_time_s"]})
@@ -61,6 +64,20 @@ def run(cfg: DictConfig) -> dict[str, float]:
         logger.run_id, tracking_uri(cfg), run_url(logger),
     )
     return metrics
+
+
+def search_objective(cfg: DictConfig, metrics: dict[str, float]) -> float:
+    """The value a hyper-parameter search maximises (``search.objective``), from validation only.
+
+    ``hybrid_privacy``: the validation accuracy of Hybrid2Emotion, penalised by how far the
+    validation accuracy of Hybrid2Face exceeds ``search.identity_ceiling``.
+    """
+    if cfg.search.objective != "hybrid_privacy":
+        raise ConfigError(f"search.objective={cfg.search.objective!r} is not known: use hybrid_privacy.")
+    if "Hybrid2Emotion/val_acc" not in metrics:
+        raise ConfigError("search.objective=hybrid_privacy needs model=hybrid (it scores Hybrid2Emotion and Hybrid2Face).")
+    excess = max(0.0, metrics["Hybrid2Face/val_acc"] - cfg.search.identity_ceiling)
+    return metrics["Hybrid2Emotion/val_acc"] - cfg.search.penalty * excess
 
 
 def build_datamodule(cfg: DictConfig) -> GroupedFoldDataModule:
@@ -198,7 +215,10 @@ def fit_transfer(
     trainer.fit(module, datamodule=features)
     result = test_once(trainer, module, features.test_dataloader(), data, task)
     log_result(logger, result, name)
-    return result.as_metrics(name)
+    # The selected head's validation accuracy: what hyper-parameter searches may optimise.
+    val_acc = {f"{name}/val_acc": 100 * float(trainer.checkpoint_callback.best_model_score)}
+    logger.log_metrics(val_acc)
+    return result.as_metrics(name) | val_acc
 
 
 def selecting_trainer(cfg: DictConfig, logger: RunLogger, phase: str, monitor: str, patience: int, **overrides) -> pl.Trainer:

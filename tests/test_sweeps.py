@@ -1,0 +1,129 @@
+"""Sweeps (Hydra multirun with parent runs, joblib, submitit, optuna) and the report."""
+
+import os
+import statistics
+
+import pytest
+import yaml
+from conftest import TINY_SYNTHETIC
+from mlflow.tracking import MlflowClient
+from test_bad_input import cli
+
+from anonemo.report import build_report, collect_groups
+
+TINY_JOB = (*TINY_SYNTHETIC, "trainer.enable_progress_bar=false")
+
+
+def make_run(client, experiment_id, params, metrics, status="FINISHED", tags=None):
+    run = client.create_run(experiment_id, tags=tags or {})
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, value)
+    for key, value in metrics.items():
+        client.log_metric(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+@pytest.fixture
+def store(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    return client, client.create_experiment("yale", artifact_location=(tmp_path / "artifacts").as_uri())
+
+
+def test_report_groups_by_everything_but_the_fold(store, tmp_path):
+    client, experiment = store
+    common = {"dataset.name": "yale", "seed": "0", "paths.output_dir": "/somewhere"}
+    face = [100.0, 90.0, 95.0]
+    for fold, value in enumerate(face):
+        make_run(client, experiment, {**common, "model.name": "face", "fold": fold}, {"Face": value, "Face/chance": 100 / 15})
+    for beta, h2e in (("1.0", [40.0, 50.0]), ("0.5", [60.0, 70.0])):
+        for fold, value in enumerate(h2e):
+            make_run(client, experiment, {**common, "model.name": "hybrid", "model.beta": beta, "fold": fold},
+                     {"Hybrid2Emotion": value, "Hybrid2Face": 10.0 + fold, "Hybrid2Emotion/chance": 25.0})
+    # not reported: a failed run, a sweep parent, and an older duplicate of face fold 0
+    make_run(client, experiment, {**common, "model.name": "face", "fold": 5}, {"Face": 0.0}, status="FAILED")
+    make_run(client, experiment, {}, {}, tags={"anonemo.sweep": "parent"})
+    groups = collect_groups(client, [experiment])
+    assert [(g.model, g.params.get("model.beta")) for g in groups] == [("face", None), ("hybrid", "0.5"), ("hybrid", "1.0")]
+    assert groups[0].summary("Face") == pytest.approx((95.0, statistics.stdev(face), 3))
+    assert groups[2].summary("Hybrid2Emotion") == pytest.approx((45.0, statistics.stdev([40.0, 50.0]), 2))
+    assert groups[1].summary("Face") is None
+
+    tables, files = build_report(client, [experiment], "", tmp_path / "report")
+    rows = {(row[0], row[1]): row for row in tables["yale"]}
+    assert rows[("face", "")][2] == "95.00 ± 5.00 (3)"
+    assert rows[("hybrid", "model.beta=0.5")][5] == "65.00 ± 7.07 (2)"
+    assert rows[("paper (Narula et al. 2020)", "")][2:] == ["87.96", "44.61", "78.44", "49.12", "1.00"]
+    assert rows[("chance", "")][2] == "6.67" and rows[("chance", "")][5] == "25.00"
+    names = {f.name for f in files}
+    assert {"report.md", "report.csv", "tradeoff_yale.png"} <= names
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "| hybrid | model.beta=1.0 |  |  |  | 45.00 ± 7.07 (2) | 10.50 ± 0.71 (2) |" in markdown
+    csv_lines = (tmp_path / "report" / "report.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("experiment,dataset,model,settings,folds,Face_mean")
+    assert len(csv_lines) == 4
+
+
+def test_latest_run_of_a_fold_wins(store):
+    client, experiment = store
+    params = {"dataset.name": "yale", "model.name": "face", "fold": 0}
+    make_run(client, experiment, params, {"Face": 10.0})
+    make_run(client, experiment, params, {"Face": 90.0})
+    (group,) = collect_groups(client, [experiment])
+    assert group.summary("Face") == (90.0, 0.0, 1)
+
+
+def runs_of(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("synthetic")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("anonemo.sweep") == "parent"]
+    children = [r for r in runs if r.data.tags.get("anonemo.sweep") != "parent"]
+    return client, parents, children
+
+
+def test_parallel_sweep_records_every_job_and_survives_a_failing_one(tmp_path):
+    """joblib, 2 jobs at a time on one fresh SQLite store; fold 9 of 4 fails, the others finish."""
+    result = cli("-m", *TINY_JOB, f"paths.output_dir={tmp_path}", "hydra/launcher=joblib",
+                 "hydra.launcher.n_jobs=2", "fold=0,1,9")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "fold=9 is out of range for cv.n_splits=4" in result.stderr
+    client, (parent,), children = runs_of(tmp_path)
+    by_fold = {r.data.tags["override.fold"]: r for r in children}
+    assert {fold: r.info.status for fold, r in by_fold.items()} == {"0": "FINISHED", "1": "FINISHED", "9": "FAILED"}
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    assert all("Emotion" in by_fold[f].data.metrics and "Emotion/macro_f1" in by_fold[f].data.metrics for f in "01")
+    assert "ConfigError" in by_fold["9"].data.tags["error"]
+    # two jobs share the cores: each gets its half of the threads
+    assert by_fold["0"].data.tags["torch_threads"] == str(max(1, os.cpu_count() // 2))
+    assert parent.info.status == "FAILED"
+    assert (parent.data.tags["sweep.jobs_finished"], parent.data.tags["sweep.jobs_failed"]) == ("2", "1")
+    assert "fold=0,1,9" in parent.data.tags["sweep.overrides"]
+
+    report = cli(f"parent_run={parent.info.run_id}", f"paths.output_dir={tmp_path}", f"output_dir={tmp_path}/report",
+                 module="anonemo.report")
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "(2)" in report.stdout  # the two finished folds, averaged
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/report.csv"} <= logged
+
+
+def test_submitit_local_launcher_runs_a_job(tmp_path):
+    result = cli("-m", *TINY_JOB, f"paths.output_dir={tmp_path}", "hydra/launcher=submitit_local", "fold=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, (parent,), (child,) = runs_of(tmp_path)
+    assert child.info.status == "FINISHED" and parent.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+
+def test_optuna_search_optimises_a_validation_objective(tmp_path):
+    result = cli("-m", "hparams_search=hybrid_optuna", *TINY_JOB, "model.init_epochs=1", "transfer.max_epochs=2",
+                 f"paths.output_dir={tmp_path}", "hydra.sweeper.n_trials=2", "model.rounds=range(1,2)")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (results,) = (tmp_path / "multirun").glob("*/optimization_results.yaml")
+    best = yaml.safe_load(results.read_text())
+    assert set(best["best_params"]) == {"model.beta", "model.rounds"}
+    _, _, children = runs_of(tmp_path)
+    assert len(children) == 2
+    for child in children:  # the objective reads validation numbers, logged beside the test ones
+        assert {"Hybrid2Emotion/val_acc", "Hybrid2Face/val_acc", "Hybrid2Emotion"} <= set(child.data.metrics)
