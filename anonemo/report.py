@@ -36,6 +36,8 @@ PAPER_RESULTS = {
     "jaffe": dict(zip(PAPER_METRICS, (99.26, 84.27, 90.41, 81.57, 25.79))),
     "yale": dict(zip(PAPER_METRICS, (87.96, 44.61, 78.44, 49.12, 1.00))),
 }
+AUDIT_METRICS = ("audit/identity/max", "audit/emotion/max")
+COLUMNS = (*PAPER_METRICS, *AUDIT_METRICS)
 MODEL_ORDER = ("face", "emotion", "emotion2face", "hybrid")
 # Parameters that differ between runs without changing their results.
 NOT_GROUPED = ("fold", "paths.", "logger.", "threads", "trainer.enable_progress_bar", "trainer.enable_model_summary")
@@ -75,7 +77,9 @@ class RunGroup:
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
 
     def chance(self, metric: str) -> float | None:
-        values = self.values(f"{metric}/chance")
+        """The chance level logged with ``metric`` (``Face/chance``; ``audit/identity/chance``)."""
+        key = f"{metric.rsplit('/', 1)[0]}/chance" if metric.startswith("audit/") else f"{metric}/chance"
+        values = self.values(key)
         return values[0] if values else None
 
 
@@ -114,19 +118,35 @@ def format_cell(summary: tuple[float, float, int] | None) -> str:
     return f"{mean:.2f} ± {std:.2f} ({n})"
 
 
+def anonymity(group: RunGroup, groups: list[RunGroup]) -> float | None:
+    """1 - (identity leakage - chance) / (leakage of the plain Emotion base - chance), with the
+    strongest audit attacker as the leakage: 0 leaks as much as an emotion CNN, 1 is chance."""
+    leakage, chance = group.summary("audit/identity/max"), group.chance("audit/identity/max")
+    baseline = next((g.summary("audit/identity/max") for g in groups
+                     if g.model in ("emotion", "emotion2face") and g.summary("audit/identity/max")), None)
+    if leakage is None or baseline is None or chance is None or baseline[0] <= chance:
+        return None
+    return 1 - (leakage[0] - chance) / (baseline[0] - chance)
+
+
 def table_rows(groups: list[RunGroup]) -> list[list[str]]:
     """Rows of one experiment's table: one per group, then the paper's row and chance."""
     labels = settings_labels(groups)
-    rows = [[g.model, labels[id(g)], *(format_cell(g.summary(m)) for m in PAPER_METRICS)] for g in groups]
+    rows = []
+    for g in groups:
+        score = anonymity(g, groups)
+        rows.append([g.model, labels[id(g)], *(format_cell(g.summary(m)) for m in COLUMNS),
+                     "" if score is None else f"{score:.2f}"])
     dataset = groups[0].dataset
     if dataset in PAPER_RESULTS:
-        rows.append(["paper (Narula et al. 2020)", "", *(f"{PAPER_RESULTS[dataset][m]:.2f}" for m in PAPER_METRICS)])
-    chance = {m: next((g.chance(m) for g in groups if g.chance(m) is not None), None) for m in PAPER_METRICS}
-    rows.append(["chance", "", *("" if chance[m] is None else f"{chance[m]:.2f}" for m in PAPER_METRICS)])
+        rows.append(["paper (Narula et al. 2020)", "", *(f"{PAPER_RESULTS[dataset][m]:.2f}" for m in PAPER_METRICS),
+                     "", "", ""])
+    chance = {m: next((g.chance(m) for g in groups if g.chance(m) is not None), None) for m in COLUMNS}
+    rows.append(["chance", "", *("" if chance[m] is None else f"{chance[m]:.2f}" for m in COLUMNS), ""])
     return rows
 
 
-HEADER = ["model", "settings", *PAPER_METRICS]
+HEADER = ["model", "settings", *PAPER_METRICS, "audit identity max", "audit emotion max", "anonymity"]
 
 
 def write_markdown(tables: dict[str, list[list[str]]], path: Path) -> None:
@@ -145,35 +165,49 @@ def write_csv(groups: list[RunGroup], path: Path) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["experiment", "dataset", "model", "settings", "folds",
-                         *(f"{m}_{s}" for m in PAPER_METRICS for s in ("mean", "std", "n"))])
+                         *(f"{m}_{s}" for m in COLUMNS for s in ("mean", "std", "n")), "anonymity"])
         for g in groups:
             cells = []
-            for metric in PAPER_METRICS:
+            for metric in COLUMNS:
                 summary = g.summary(metric)
                 cells += ["", "", ""] if summary is None else [f"{summary[0]:.4f}", f"{summary[1]:.4f}", summary[2]]
-            writer.writerow([g.experiment, g.dataset, g.model, labels[id(g)], len(g.runs), *cells])
+            score = anonymity(g, [h for h in groups if h.experiment == g.experiment])
+            writer.writerow([g.experiment, g.dataset, g.model, labels[id(g)], len(g.runs), *cells,
+                             "" if score is None else f"{score:.4f}"])
 
 
 def tradeoff_figure(groups: list[RunGroup], title: str) -> plt.Figure | None:
-    """Hybrid2Emotion (utility) against Hybrid2Face (leakage), one point per Hybrid setting."""
+    """Hybrid2Emotion (utility) against identity leakage, one point per Hybrid setting.
+
+    Leakage is the strongest audit attacker (``audit/identity/max``) when every Hybrid setting
+    was audited, else the paper's single-head Hybrid2Face.
+    """
     hybrids = [g for g in groups if g.summary("Hybrid2Emotion") and g.summary("Hybrid2Face")]
     if not hybrids:
         return None
+    audited = all(g.summary("audit/identity/max") for g in hybrids)
+    leakage = "audit/identity/max" if audited else "Hybrid2Face"
     labels = settings_labels(groups)
     figure, axes = plt.subplots(figsize=(6.5, 5))
     for g in hybrids:
-        (x, dx, _), (y, dy, n) = g.summary("Hybrid2Face"), g.summary("Hybrid2Emotion")
+        (x, dx, _), (y, dy, n) = g.summary(leakage), g.summary("Hybrid2Emotion")
         axes.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", capsize=3)
         axes.annotate(labels[id(g)] or f"hybrid ({n} folds)", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    for metric, draw, style in (("Emotion", axes.axhline, "-"), ("Emotion2Face", axes.axvline, "-")):
-        reference = next((g.summary(metric) for g in groups if g.summary(metric)), None)
+    # References: the Emotion CNN's accuracy, and the leakage of its base by the same measure.
+    references = [("Emotion", "Emotion", axes.axhline, ("emotion", "emotion2face"))]
+    if audited:
+        references.append(("Emotion base, strongest attacker", "audit/identity/max", axes.axvline, ("emotion", "emotion2face")))
+    else:
+        references.append(("Emotion2Face", "Emotion2Face", axes.axvline, ("emotion2face",)))
+    for label, metric, draw, models in references:
+        reference = next((g.summary(metric) for g in groups if g.model in models and g.summary(metric)), None)
         if reference:
-            draw(reference[0], color="gray", linestyle=style, linewidth=1, label=f"{metric} {reference[0]:.1f}")
-    for metric, draw in (("Hybrid2Emotion", axes.axhline), ("Hybrid2Face", axes.axvline)):
+            draw(reference[0], color="gray", linewidth=1, label=f"{label} {reference[0]:.1f}")
+    for metric, draw in (("Hybrid2Emotion", axes.axhline), (leakage, axes.axvline)):
         chance = next((g.chance(metric) for g in hybrids if g.chance(metric) is not None), None)
         if chance is not None:
             draw(chance, color="gray", linestyle=":", linewidth=1, label=f"chance ({metric}) {chance:.1f}")
-    axes.set_xlabel("identity leakage: Hybrid2Face accuracy (%)  ← more private")
+    axes.set_xlabel(f"identity leakage: {leakage} accuracy (%)  ← more private")
     axes.set_ylabel("utility: Hybrid2Emotion accuracy (%)")
     axes.set_xlim(0, 100)
     axes.set_ylim(0, 100)

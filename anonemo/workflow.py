@@ -10,6 +10,9 @@ emotion2face    Emotion, Emotion2Face (fresh identity head on Emotion's frozen b
 hybrid          Hybrid2Emotion, Hybrid2Face (fresh heads on the final Hybrid base),
                 Hybrid/emotion_head, Hybrid/identity_head (the Hybrid's own heads)
 ==============  =====================================================================
+
+Every model with a conv base is also audited (``audit.enabled``): ``audit/identity/max`` and
+``audit/emotion/max`` are the strongest of several attackers on the frozen base's features.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from torch.utils.data import DataLoader
 
+from anonemo.audit import audit_features
+from anonemo.audit.attackers import default_attackers
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule
 from anonemo.data.pipeline import load_faces
@@ -94,7 +99,10 @@ def build_datamodule(cfg: DictConfig) -> GroupedFoldDataModule:
 
 def train_single_task(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
     """``model=emotion`` / ``model=face``."""
-    return fit_single_task(cfg, data, logger)[0]
+    metrics, module = fit_single_task(cfg, data, logger)
+    if cfg.audit.enabled:
+        metrics |= audit_base(cfg, FeatureDataModule(module.base, data, bf16=uses_bf16(cfg)), data, logger)
+    return metrics
 
 
 def train_emotion2face(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
@@ -102,6 +110,8 @@ def train_emotion2face(cfg: DictConfig, data: GroupedFoldDataModule, logger: Run
     metrics, emotion = fit_single_task(cfg, data, logger)
     features = FeatureDataModule(emotion.base, data, bf16=uses_bf16(cfg))
     metrics |= fit_transfer(cfg, emotion.base, features, data, logger, "identity", cfg.model.transfer_metric)
+    if cfg.audit.enabled:
+        metrics |= audit_base(cfg, features, data, logger)
     return metrics
 
 
@@ -154,6 +164,8 @@ def train_hybrid(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger
         metrics[name] = result.accuracy
     for task, name in (("emotion", "Hybrid2Emotion"), ("identity", "Hybrid2Face")):
         metrics |= fit_transfer(cfg, hybrid.base, features, data, logger, task, name)
+    if cfg.audit.enabled:
+        metrics |= audit_base(cfg, features, data, logger)
     return metrics
 
 
@@ -219,6 +231,24 @@ def fit_transfer(
     val_acc = {f"{name}/val_acc": 100 * float(trainer.checkpoint_callback.best_model_score)}
     logger.log_metrics(val_acc)
     return result.as_metrics(name) | val_acc
+
+
+def audit_base(cfg: DictConfig, features: FeatureDataModule, data: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
+    """The identity audit of the features of a frozen base (see :mod:`anonemo.audit`)."""
+    started = time.perf_counter()
+    metrics = audit_features(
+        features.sides,
+        {"emotion": data.num_emotions, "identity": data.num_subjects},
+        seed=cfg.seed,
+        attackers=default_attackers(tuple(cfg.network.fc_hidden)),
+    )
+    logger.log_metrics(metrics)
+    log.info(
+        "Audit: strongest identity attacker %.1f%% (chance %.1f%%), strongest emotion attacker %.1f%% (%.0f s)",
+        metrics["audit/identity/max"], metrics["audit/identity/chance"], metrics["audit/emotion/max"],
+        time.perf_counter() - started,
+    )
+    return metrics
 
 
 def selecting_trainer(cfg: DictConfig, logger: RunLogger, phase: str, monitor: str, patience: int, **overrides) -> pl.Trainer:

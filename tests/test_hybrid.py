@@ -227,6 +227,11 @@ def test_hybrid_job_logs_the_papers_numbers_and_round_curves(tiny_config):
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
     assert {"hybrid_rounds.png", "confusion_Hybrid2Emotion.png", "confusion_Hybrid2Face.png"} <= artifacts
     assert logged.data.params["model.beta"] == "1.0" and logged.data.params["model.rounds"] == "3"
+    # the final base is audited by every attacker, for identity and emotion
+    for task, chance in (("identity", 25.0), ("emotion", 100 / 3)):
+        for attacker in ("logistic", "paper_head", "wide_mlp", "knn"):
+            assert 0 <= logged.data.metrics[f"audit/{task}/{attacker}"] <= logged.data.metrics[f"audit/{task}/max"]
+        assert logged.data.metrics[f"audit/{task}/chance"] == pytest.approx(chance)
 
 
 def test_emotion2face_job_logs_both_numbers(tiny_config):

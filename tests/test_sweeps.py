@@ -36,32 +36,42 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
     face = [100.0, 90.0, 95.0]
     for fold, value in enumerate(face):
         make_run(client, experiment, {**common, "model.name": "face", "fold": fold}, {"Face": value, "Face/chance": 100 / 15})
+    audit_chance = {"audit/identity/chance": 100 / 15, "audit/emotion/chance": 25.0}
+    for fold in range(2):
+        make_run(client, experiment, {**common, "model.name": "emotion", "fold": fold},
+                 {"Emotion": 50.0, "audit/identity/max": 90.0, "audit/emotion/max": 55.0, **audit_chance})
     for beta, h2e in (("1.0", [40.0, 50.0]), ("0.5", [60.0, 70.0])):
         for fold, value in enumerate(h2e):
             make_run(client, experiment, {**common, "model.name": "hybrid", "model.beta": beta, "fold": fold},
-                     {"Hybrid2Emotion": value, "Hybrid2Face": 10.0 + fold, "Hybrid2Emotion/chance": 25.0})
+                     {"Hybrid2Emotion": value, "Hybrid2Face": 10.0 + fold, "Hybrid2Emotion/chance": 25.0,
+                      "audit/identity/max": 20.0, "audit/emotion/max": 50.0, **audit_chance})
     # not reported: a failed run, a sweep parent, and an older duplicate of face fold 0
     make_run(client, experiment, {**common, "model.name": "face", "fold": 5}, {"Face": 0.0}, status="FAILED")
     make_run(client, experiment, {}, {}, tags={"anonemo.sweep": "parent"})
     groups = collect_groups(client, [experiment])
-    assert [(g.model, g.params.get("model.beta")) for g in groups] == [("face", None), ("hybrid", "0.5"), ("hybrid", "1.0")]
+    assert [(g.model, g.params.get("model.beta")) for g in groups] == [
+        ("face", None), ("emotion", None), ("hybrid", "0.5"), ("hybrid", "1.0")
+    ]
     assert groups[0].summary("Face") == pytest.approx((95.0, statistics.stdev(face), 3))
-    assert groups[2].summary("Hybrid2Emotion") == pytest.approx((45.0, statistics.stdev([40.0, 50.0]), 2))
+    assert groups[3].summary("Hybrid2Emotion") == pytest.approx((45.0, statistics.stdev([40.0, 50.0]), 2))
     assert groups[1].summary("Face") is None
 
     tables, files = build_report(client, [experiment], "", tmp_path / "report")
     rows = {(row[0], row[1]): row for row in tables["yale"]}
     assert rows[("face", "")][2] == "95.00 ± 5.00 (3)"
     assert rows[("hybrid", "model.beta=0.5")][5] == "65.00 ± 7.07 (2)"
-    assert rows[("paper (Narula et al. 2020)", "")][2:] == ["87.96", "44.61", "78.44", "49.12", "1.00"]
-    assert rows[("chance", "")][2] == "6.67" and rows[("chance", "")][5] == "25.00"
+    assert rows[("paper (Narula et al. 2020)", "")][2:7] == ["87.96", "44.61", "78.44", "49.12", "1.00"]
+    assert rows[("chance", "")][2] == "6.67" and rows[("chance", "")][5] == "25.00" and rows[("chance", "")][7] == "6.67"
+    # anonymity: 1 - (20 - 6.67) / (90 - 6.67) against the Emotion base's leakage
+    assert rows[("hybrid", "model.beta=0.5")][7:] == ["20.00 ± 0.00 (2)", "50.00 ± 0.00 (2)", "0.84"]
+    assert rows[("emotion", "")][9] == "0.00"
     names = {f.name for f in files}
     assert {"report.md", "report.csv", "tradeoff_yale.png"} <= names
     markdown = (tmp_path / "report" / "report.md").read_text()
-    assert "| hybrid | model.beta=1.0 |  |  |  | 45.00 ± 7.07 (2) | 10.50 ± 0.71 (2) |" in markdown
+    assert "| hybrid | model.beta=1.0 |  |  |  | 45.00 ± 7.07 (2) | 10.50 ± 0.71 (2) | 20.00 ± 0.00 (2) |" in markdown
     csv_lines = (tmp_path / "report" / "report.csv").read_text().splitlines()
     assert csv_lines[0].startswith("experiment,dataset,model,settings,folds,Face_mean")
-    assert len(csv_lines) == 4
+    assert len(csv_lines) == 5 and csv_lines[0].endswith(",anonymity")
 
 
 def test_latest_run_of_a_fold_wins(store):
