@@ -39,8 +39,11 @@ PAPER_RESULTS = {
 AUDIT_METRICS = ("audit/identity/max", "audit/emotion/max")
 COLUMNS = (*PAPER_METRICS, *AUDIT_METRICS)
 MODEL_ORDER = ("face", "emotion", "emotion2face", "hybrid")
-# Parameters that differ between runs without changing their results.
-NOT_GROUPED = ("fold", "paths.", "logger.", "threads", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+# Parameters that differ between runs without changing their results (the audit only adds
+# measurements of the trained base).
+NOT_GROUPED = (
+    "fold", "paths.", "logger.", "threads", "audit.", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+)
 ROUND_CURVES = tuple(
     f"round/{curve}/{side}" for curve in ("emotion_acc", "identity_acc", "refit_identity_acc") for side in ("train", "val")
 )

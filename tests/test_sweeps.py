@@ -74,6 +74,16 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
     assert len(csv_lines) == 5 and csv_lines[0].endswith(",anonymity")
 
 
+def test_settings_that_do_not_change_results_do_not_split_groups(store):
+    client, experiment = store
+    base = {"dataset.name": "yale", "model.name": "emotion"}
+    make_run(client, experiment, {**base, "fold": 0, "threads": "1", "paths.output_dir": "/a"}, {"Emotion": 40.0})
+    make_run(client, experiment, {**base, "fold": 1, "audit.enabled": "True", "logger.run_name": "x"}, {"Emotion": 60.0})
+    make_run(client, experiment, {**base, "fold": 2, "seed": "1"}, {"Emotion": 10.0})  # a different seed is a different setting
+    groups = collect_groups(client, [experiment])
+    assert sorted(g.summary("Emotion")[2] for g in groups) == [1, 2]
+
+
 def test_latest_run_of_a_fold_wins(store):
     client, experiment = store
     params = {"dataset.name": "yale", "model.name": "face", "fold": 0}
