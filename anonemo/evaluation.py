@@ -34,6 +34,11 @@ class ClassificationResult:
         return {name: self.accuracy, f"{name}/macro_f1": self.macro_f1, f"{name}/chance": self.chance}
 
 
+def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Percent of ``predictions`` (class indices) equal to ``labels``."""
+    return 100 * (predictions.cpu() == labels.cpu()).float().mean().item()
+
+
 def score(logits: torch.Tensor, targets: torch.Tensor, class_names: tuple[str, ...]) -> ClassificationResult:
     k = len(class_names)
     predictions = logits.argmax(dim=1)

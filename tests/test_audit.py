@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from anonemo.audit import audit_features
-from anonemo.audit.attackers import CosineKnnAttacker, Split, accuracy, default_attackers
+from anonemo.audit.attackers import CosineKnnAttacker, Split, default_attackers
 from anonemo.data.datamodule import TensorBatches
+from anonemo.evaluation import accuracy
 
 CLASSES = 5
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import time
 
-from anonemo.audit.attackers import Attacker, accuracy, as_split, default_attackers
+from anonemo.audit.attackers import Attacker, as_split, default_attackers
 from anonemo.data.datamodule import TASKS, TensorBatches
+from anonemo.evaluation import accuracy
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anonemo.evaluation import accuracy
 from anonemo.models.networks import ClassifierHead
 
 
@@ -25,10 +26,6 @@ class Split:
 
     features: torch.Tensor  # (N, D) float32
     labels: torch.Tensor  # (N,) int64
-
-
-def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100 * (predictions == labels).float().mean().item()
 
 
 class Standardiser:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from anonemo.data.features import extract_features
 from anonemo.errors import AnonemoError, ConfigError
+from anonemo.evaluation import accuracy
 from anonemo.models.networks import ClassifierHead, ConvBase
 
 
@@ -177,8 +178,9 @@ class HybridModule(pl.LightningModule):
         }
         metrics = {}
         for name, (features, labels) in sides.items():
-            metrics[f"round/emotion_acc/{name}"] = self._accuracy(self.emotion_head, features, labels["emotion"])
-            metrics[f"round/identity_acc/{name}"] = self._accuracy(self.identity_head, features, labels["identity"])
+            logits = self.head_logits(features)
+            for task in ("emotion", "identity"):
+                metrics[f"round/{task}_acc/{name}"] = accuracy(logits[task].argmax(1), labels[task])
         train_features, train_labels = sides["train"]
         metrics["round/feature_scale"] = train_features.abs().mean().item()
         if phase.kind == "init":
@@ -186,9 +188,8 @@ class HybridModule(pl.LightningModule):
         else:
             self.refit_identity_head(train_features, train_labels["identity"].to(self.device), phase.round)
             for name, (features, labels) in sides.items():
-                metrics[f"round/refit_identity_acc/{name}"] = self._accuracy(
-                    self.identity_head, features, labels["identity"]
-                )
+                refitted = self.head_logits(features)["identity"]
+                metrics[f"round/refit_identity_acc/{name}"] = accuracy(refitted.argmax(1), labels["identity"])
         self.history.append({"round": phase.round, **metrics})
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=phase.round)
@@ -201,14 +202,6 @@ class HybridModule(pl.LightningModule):
         logits = {"emotion": self.emotion_head(features), "identity": self.identity_head(features)}
         self.train(was_training)
         return logits
-
-    def _accuracy(self, head: ClassifierHead, features: torch.Tensor, labels: torch.Tensor) -> float:
-        was_training = head.training
-        head.eval()
-        with torch.no_grad():
-            correct = (head(features).argmax(1).cpu() == labels.cpu()).float().mean().item()
-        head.train(was_training)
-        return 100 * correct
 
     # Divergence guard. -beta*Li is unbounded below: the base can "win" by inflating the identity
     # logits instead of removing identity. The watch accumulates on-device (no per-step host sync)
