@@ -19,3 +19,11 @@ class DatasetError(AnonemoError):
 
 class ImageReadError(DatasetError):
     """One image file could not be decoded."""
+
+
+class ModelFileError(AnonemoError):
+    """A saved model or base file is unreadable, or not what anonemo wrote."""
+
+
+class TrackingError(AnonemoError):
+    """An MLflow run or artifact that a command needs is missing or unreachable."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,9 +26,12 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 import anonemo
 from anonemo.errors import ConfigError
+from anonemo.models.networks import ConvBase, save_base
 
 log = logging.getLogger(__name__)
 
+# Where each run keeps its frozen conv base (W_c), inside its artifacts.
+BASE_ARTIFACT = Path("model/conv_base.pt")
 # Set by anonemo.sweep.MlflowSweepCallback for the jobs of a Hydra multirun.
 PARENT_RUN_ENV = "ANONEMO_MLFLOW_PARENT_RUN_ID"
 # MLflow's schema migrations log a page of INFO lines the first time a database is created.
@@ -87,6 +91,13 @@ class RunLogger(MLFlowLogger):
 
     def log_text(self, text: str, path: str) -> None:
         self.client.log_text(self.run_id, text, path)
+
+    def log_base(self, base: ConvBase) -> None:
+        """The frozen base as ``model/conv_base.pt``, so that ``python -m anonemo.audit`` can re-audit it."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / BASE_ARTIFACT.name
+            save_base(base, path)
+            self.client.log_artifact(self.run_id, str(path), str(BASE_ARTIFACT.parent))
 
 
 @contextmanager

@@ -38,6 +38,7 @@ from anonemo.data.pipeline import load_faces
 from anonemo.errors import ConfigError
 from anonemo.evaluation import ClassificationResult, confusion_figure, round_curves_figure, score
 from anonemo.models.classifiers import ClassifierModule, SingleTaskModule, TransferModule
+from anonemo.models.adversary import Adversary
 from anonemo.models.hybrid import HybridModule, HybridSchedule
 from anonemo.models.networks import ConvBase
 from anonemo.sweep import configure_threads
@@ -100,6 +101,7 @@ def build_datamodule(cfg: DictConfig) -> GroupedFoldDataModule:
 def train_single_task(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
     """``model=emotion`` / ``model=face``."""
     metrics, module = fit_single_task(cfg, data, logger)
+    logger.log_base(module.base)
     if cfg.audit.enabled:
         metrics |= audit_base(cfg, FeatureDataModule(module.base, data, bf16=uses_bf16(cfg)), data, logger)
     return metrics
@@ -108,6 +110,7 @@ def train_single_task(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunL
 def train_emotion2face(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
     """``model=emotion2face``: Emotion, then a fresh identity head on its frozen base."""
     metrics, emotion = fit_single_task(cfg, data, logger)
+    logger.log_base(emotion.base)
     features = FeatureDataModule(emotion.base, data, bf16=uses_bf16(cfg))
     metrics |= fit_transfer(cfg, emotion.base, features, data, logger, "identity", cfg.model.transfer_metric)
     if cfg.audit.enabled:
@@ -126,9 +129,17 @@ def train_hybrid(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger
         schedule=schedule,
         alpha=m.alpha,
         beta=m.beta,
+        adversary=Adversary(
+            objective=m.adversary.objective,
+            heads=tuple(m.adversary.heads),
+            target=m.adversary.target,
+            restart_every=m.adversary.restart_every,
+        ),
         conv_channels=tuple(net.conv_channels),
         fc_hidden=tuple(net.fc_hidden),
         dropout=net.dropout,
+        bottleneck=m.bottleneck,
+        feature_norm=m.feature_norm,
         lr=m.lr,
         identity_lr=m.identity_lr,
         weight_decay=m.weight_decay,
@@ -138,8 +149,9 @@ def train_hybrid(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger
     )
     log.info(
         "Algorithm 1: %d epochs of multi-task initialisation, then %d rounds of %d adversarial epoch(s) "
-        "and a %d-pass identity re-fit (alpha=%g, beta=%g)",
+        "and a %d-pass identity re-fit (alpha=%g, beta=%g, adversary: %s)",
         schedule.init_epochs, schedule.rounds, schedule.adversarial_epochs, schedule.refit_epochs, m.alpha, m.beta,
+        hybrid.adversary,
     )
     # No validation loop or checkpoint selection: each round is scored on both sides by the module.
     trainer = instantiate_trainer(
@@ -155,6 +167,7 @@ def train_hybrid(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger
             logger.log_figure(round_curves_figure(hybrid.history, f"Hybrid on {cfg.dataset.name}, fold {cfg.fold}"),
                               "hybrid_rounds.png")
 
+    logger.log_base(hybrid.base)
     features = FeatureDataModule(hybrid.base, data, bf16=uses_bf16(cfg))
     metrics: dict[str, float] = {}
     own_heads = hybrid.head_logits(features.sides["test"].tensors["features"])
@@ -234,7 +247,13 @@ def fit_transfer(
 
 
 def audit_base(cfg: DictConfig, features: FeatureDataModule, data: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
-    """The identity audit of the features of a frozen base (see :mod:`anonemo.audit`)."""
+    """The identity audit of the features of a frozen base (see :mod:`anonemo.audit`), logged."""
+    metrics = audit_fold(cfg, features, data)
+    logger.log_metrics(metrics)
+    return metrics
+
+
+def audit_fold(cfg: DictConfig, features: FeatureDataModule, data: GroupedFoldDataModule) -> dict[str, float]:
     started = time.perf_counter()
     metrics = audit_features(
         features.sides,
@@ -242,7 +261,6 @@ def audit_base(cfg: DictConfig, features: FeatureDataModule, data: GroupedFoldDa
         seed=cfg.seed,
         attackers=default_attackers(tuple(cfg.network.fc_hidden)),
     )
-    logger.log_metrics(metrics)
     log.info(
         "Audit: strongest identity attacker %.1f%% (chance %.1f%%), strongest emotion attacker %.1f%% (%.0f s)",
         metrics["audit/identity/max"], metrics["audit/identity/chance"], metrics["audit/emotion/max"],

@@ -4,10 +4,18 @@ tune on the test fold."""
 import pytest
 import torch
 
+from mlflow.tracking import MlflowClient
+
 from anonemo.audit import audit_features
+from anonemo.audit.saved_run import reaudit_run
 from anonemo.audit.attackers import CosineKnnAttacker, Split, default_attackers
 from anonemo.data.datamodule import TensorBatches
+from anonemo.errors import ModelFileError
 from anonemo.evaluation import accuracy
+from anonemo.models.networks import ConvBase, load_base, save_base
+from anonemo.tracking import tracking_uri
+from anonemo.workflow import run
+from test_bad_input import cli
 
 CLASSES = 5
 
@@ -58,3 +66,43 @@ def test_audit_never_tunes_on_the_test_fold():
     assert a["audit/identity/max"] > 85 > b["audit/identity/max"]
     assert a["audit/identity/chance"] == 100 / CLASSES and a["audit/emotion/chance"] == 50
     assert a["audit/identity/max"] == max(a["audit/identity/logistic"], a["audit/identity/knn"])
+
+
+def test_reaudit_of_a_saved_run_reproduces_its_audit(tiny_config):
+    """The logged base and config rebuild the same fold: re-auditing gives the run's numbers."""
+    cfg = tiny_config("model=emotion")
+    metrics = run(cfg)
+    client = MlflowClient(tracking_uri(cfg))
+    (logged,) = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])
+    again = reaudit_run(client, logged.info.run_id)
+    audited = {k: v for k, v in metrics.items() if k.startswith("audit/")}
+    assert again.keys() == audited.keys() and len(again) >= 10
+    assert again == pytest.approx(audited)
+    assert "audit.reaudited_s" in client.get_run(logged.info.run_id).data.tags
+
+
+def test_reaudit_names_an_unknown_run(tmp_path):
+    result = cli("run_id=0123456789abcdef", f"paths.output_dir={tmp_path}", module="anonemo.audit")
+    assert result.returncode == 2
+    assert "run_id=0123456789abcdef is not a run in the tracking store sqlite:///" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_saved_base_round_trips_and_bad_files_are_named(tmp_path):
+    base = ConvBase(32, (4, 8, 8), bottleneck=6, feature_norm="layer")
+    save_base(base, tmp_path / "base.pt")
+    loaded = load_base(tmp_path / "base.pt")
+    images = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), base.eval()(images))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelFileError, match="junk.pt is not a readable anonemo base file"):
+        load_base(tmp_path / "junk.pt")
+    torch.save({"state_dict": base.state_dict()}, tmp_path / "foreign.pt")
+    with pytest.raises(ModelFileError, match="foreign.pt is not an anonemo base file"):
+        load_base(tmp_path / "foreign.pt")
+    payload = torch.load(tmp_path / "base.pt", weights_only=True)
+    payload["architecture"]["channels"] = [4, 8, 16]  # another architecture than its weights
+    torch.save(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(ModelFileError, match="mismatch.pt: its weights do not fit the architecture"):
+        load_base(tmp_path / "mismatch.pt")

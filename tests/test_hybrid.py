@@ -14,6 +14,7 @@ from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.synthetic import SyntheticFaces
 from anonemo.errors import ConfigError
 from anonemo.models.classifiers import SingleTaskModule, TransferModule
+from anonemo.models.adversary import Adversary
 from anonemo.models.hybrid import HybridModule, HybridSchedule, TrainingDivergedError
 from anonemo.tracking import tracking_uri
 from anonemo.workflow import run
@@ -77,7 +78,7 @@ class PhaseSnapshots(pl.Callback):
 
     @staticmethod
     def state(module):
-        return {part: copy.deepcopy(getattr(module, part).state_dict()) for part in ("base", "emotion_head", "identity_head")}
+        return {part: copy.deepcopy(getattr(module, part).state_dict()) for part in ("base", "emotion_head", "identity_heads")}
 
     @staticmethod
     def changed(before, after):
@@ -114,62 +115,184 @@ def test_algorithm_1_alternates(data):
     ]
     for kind, _, changed in snapshots.changes:
         expected = {
-            "init": {"base": True, "emotion_head": True, "identity_head": True},
-            "adversarial": {"base": True, "emotion_head": True, "identity_head": False},
-            "refit": {"base": False, "emotion_head": False, "identity_head": True},
+            "init": {"base": True, "emotion_head": True, "identity_heads": True},
+            "adversarial": {"base": True, "emotion_head": True, "identity_heads": False},
+            "refit": {"base": False, "emotion_head": False, "identity_heads": True},
         }[kind]
         assert changed == expected, kind
     assert [row["round"] for row in module.history] == [0, 1, 2]
     assert "round/refit_identity_acc/val" in module.history[1]
 
 
+def base_gradient(module, loss_of_batch, batch):
+    module.zero_grad()
+    loss_of_batch(batch).backward()
+    return torch.cat([p.grad.flatten() for p in module.base.parameters()])
+
+
 def test_adversarial_objective_subtracts_beta_times_identity_loss(data):
-    """The base's gradient is grad(Le) - beta * grad(Li): identity is pushed out, not in."""
+    """The paper's step: the base's gradient is grad(Le) - beta * grad(Li), identity pushed out."""
     torch.manual_seed(0)
     module = hybrid(HybridSchedule(1, 1), beta=2.5)
     batch = next(iter(data.train_dataloader()))
-
-    def base_gradient(loss_of):
-        module.zero_grad()
-        emotion_loss, identity_loss, _ = module.losses(batch)
-        loss_of(emotion_loss, identity_loss).backward()
-        return torch.cat([p.grad.flatten() for p in module.base.parameters()])
-
-    combined = base_gradient(module.adversarial_objective)
-    emotion_only = base_gradient(lambda le, li: le)
-    identity_only = base_gradient(lambda le, li: li)
+    combined = base_gradient(module, lambda b: module.adversarial_loss(b)[0], batch)
+    emotion_only = base_gradient(module, lambda b: module.losses(b)[0], batch)
+    identity_only = base_gradient(module, lambda b: module.losses(b)[1], batch)
     assert torch.allclose(combined, emotion_only - 2.5 * identity_only, atol=1e-6)
 
 
-def test_adversarial_steps_raise_the_frozen_identity_heads_loss(data):
-    """As in Algorithm 1, a multi-task start gives a reliable W_i; from there, steps with beta=1
-    make that frozen head worse than it was, and worse than steps on emotion alone (beta=0)."""
+def test_gradient_reversal_gives_the_base_the_same_gradient_as_the_papers_step(data):
+    torch.manual_seed(0)
+    paper = hybrid(HybridSchedule(1, 1), beta=2.5)
+    grl = hybrid(HybridSchedule(1, 1), beta=2.5, adversary=Adversary(objective="grl"))
+    grl.load_state_dict(paper.state_dict())
+    batch = next(iter(data.train_dataloader()))
+    expected = base_gradient(paper, lambda b: paper.adversarial_loss(b)[0], batch)
+    assert torch.allclose(base_gradient(grl, lambda b: grl.adversarial_loss(b)[0], batch), expected, atol=1e-6)
+    # ... while the identity heads get the gradient of +Li: they learn identity in the same pass
+    head = next(grl.identity_heads.parameters())
+    grl.zero_grad()
+    grl.adversarial_loss(batch)[0].backward()
+    grl_head_gradient = head.grad.clone()
+    grl.zero_grad()
+    grl.losses(batch)[1].backward()
+    assert torch.allclose(grl_head_gradient, head.grad, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def multitask_start(data):
+    """As in Algorithm 1, a multi-task start (two identity heads) that identifies the batch."""
     batch = next(iter(data.train_dataloader()))
     torch.manual_seed(0)
-    start = hybrid(HybridSchedule(1, 1))
+    start = hybrid(HybridSchedule(1, 1), adversary=Adversary(heads=("paper", "linear")))
     everything = torch.optim.Adam(start.parameters(), lr=1e-2)
-    for _ in range(80):
+    for _ in range(80):  # until identified, not to saturation (where every gradient vanishes)
         emotion_loss, identity_loss, _ = start.losses(batch)
+        if identity_loss.item() < 0.3:
+            break
         everything.zero_grad()
         (emotion_loss + 0.5 * identity_loss).backward()
         everything.step()
+    assert start.losses(batch)[1].item() < 0.3
+    return start, batch
+
+
+def identity_posteriors(module, batch):
+    """(true-class probability, posterior entropy) of every identity head, averaged over the batch."""
+    module.eval()
+    with torch.no_grad():
+        features = module.base(batch["image"])
+        p = torch.stack([head(features).softmax(1) for head in module.identity_heads])
+    module.train()
+    true_class = p.gather(2, batch["identity"].expand(len(p), -1).unsqueeze(2)).mean().item()
+    entropy = -(p * p.clamp_min(1e-12).log()).sum(2).mean().item()
+    return true_class, entropy
+
+
+def after_adversarial_steps(start, batch, steps=20, **adversary):
+    module = copy.deepcopy(start)
+    module.adversary = Adversary(heads=("paper", "linear"), **adversary)
+    main = torch.optim.Adam([*module.base.parameters(), *module.emotion_head.parameters()], lr=1e-2)
+    for _ in range(steps):
+        main.zero_grad()
+        module.adversarial_loss(batch)[0].backward()
+        main.step()
+    return module
+
+
+def test_paper_steps_raise_the_frozen_identity_heads_loss(multitask_start):
+    """From the multi-task start, steps with beta=1 make the frozen heads worse than they were,
+    and worse than steps on emotion alone (beta=0)."""
+    start, batch = multitask_start
     trained = start.losses(batch)[1].item()
-    assert trained < 0.5  # W_i identifies the batch
+    adversarial = after_adversarial_steps(start, batch)
+    start.beta = 0.0
+    emotion_only = after_adversarial_steps(start, batch)
+    start.beta = 1.0
+    assert adversarial.losses(batch)[1].item() > trained + 1.0
+    assert adversarial.losses(batch)[1].item() > emotion_only.losses(batch)[1].item() + 1.0
+    assert identity_posteriors(adversarial, batch)[0] < identity_posteriors(start, batch)[0] - 0.3
 
-    def identity_loss_after_adversarial_steps(beta):
-        module = copy.deepcopy(start)
-        module.beta = beta
-        main = torch.optim.Adam([*module.base.parameters(), *module.emotion_head.parameters()], lr=1e-2)
-        for _ in range(20):
-            emotion_loss, identity_loss, _ = module.losses(batch)
-            main.zero_grad()
-            module.adversarial_objective(emotion_loss, identity_loss).backward()
-            main.step()
-        return module.losses(batch)[1].item()
 
-    adversarial, emotion_only = identity_loss_after_adversarial_steps(1.0), identity_loss_after_adversarial_steps(0.0)
-    assert adversarial > trained + 1.0
-    assert adversarial > emotion_only + 1.0
+@pytest.mark.parametrize("objective", ["confusion", "entropy"])
+@pytest.mark.parametrize("target", ["all", "strongest"])
+def test_bounded_objectives_push_the_identity_posterior_towards_uniform(multitask_start, objective, target):
+    start, batch = multitask_start
+    true_before, entropy_before = identity_posteriors(start, batch)
+    true_after, entropy_after = identity_posteriors(after_adversarial_steps(start, batch, objective=objective, target=target), batch)
+    uniform_entropy = torch.log(torch.tensor(4.0)).item()
+    assert entropy_after > entropy_before + 0.5 and entropy_after > 0.8 * uniform_entropy
+    assert true_after < true_before - 0.3
+    # bounded: the penalty cannot go below zero, unlike -CE
+    module = after_adversarial_steps(start, batch, objective=objective, target=target)
+    features = module.base(batch["image"])
+    assert module.adversary.penalty([h(features) for h in module.identity_heads], batch["identity"]).item() >= -1e-6
+
+
+def test_strongest_target_aims_at_the_head_with_the_lowest_identity_loss():
+    identities = torch.tensor([0, 1, 2, 0])
+    good = torch.nn.functional.one_hot(identities, 3).float() * 5
+    poor = torch.zeros(4, 3)
+    adversary = Adversary(objective="neg_ce", heads=("paper", "linear"), target="strongest")
+    good_penalty = adversary.head_penalty(good, identities)
+    assert adversary.penalty([poor, good], identities) == pytest.approx(good_penalty.item())
+    everyone = Adversary(objective="neg_ce", heads=("paper", "linear"), target="all")
+    assert everyone.penalty([poor, good], identities) == pytest.approx(
+        (good_penalty + adversary.head_penalty(poor, identities)).item() / 2
+    )
+
+
+def test_grl_step_trains_the_heads_and_turns_the_base_against_them(multitask_start):
+    """One simultaneous step: the old heads read identity worse off the new base, and the new
+    heads read it better off the old base."""
+    start, batch = multitask_start
+    module = copy.deepcopy(start)
+    module.adversary = Adversary(objective="grl", heads=("paper", "linear"))
+    both = torch.optim.SGD(module.parameters(), lr=0.05)
+    both.zero_grad()
+    module.adversarial_loss(batch)[0].backward()
+    both.step()
+    old_heads_new_base = copy.deepcopy(module)
+    old_heads_new_base.identity_heads.load_state_dict(start.identity_heads.state_dict())
+    new_heads_old_base = copy.deepcopy(start)
+    new_heads_old_base.identity_heads.load_state_dict(module.identity_heads.state_dict())
+    before = start.losses(batch)[1].item()
+    assert old_heads_new_base.losses(batch)[1].item() > before
+    assert new_heads_old_base.losses(batch)[1].item() < before
+
+
+def test_restart_gives_every_identity_head_fresh_weights_and_optimizer_state(multitask_start):
+    start, batch = multitask_start
+    module = copy.deepcopy(start)
+    identity = torch.optim.Adam(module.identity_heads.parameters())
+    module.losses(batch)[1].backward()
+    identity.step()
+    before = copy.deepcopy(module.identity_heads.state_dict())
+    module.restart_identity_heads(identity)
+    assert all(not torch.equal(before[k], v) for k, v in module.identity_heads.state_dict().items())
+    assert not identity.state
+    assert module.losses(batch)[1].item() > start.losses(batch)[1].item() + 0.5  # forgot who is who
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"objective": "neg_kl"}, "model.adversary.objective='neg_kl' is not known"),
+        ({"target": "weakest"}, "model.adversary.target='weakest' is not known"),
+        ({"heads": ()}, "model.adversary.heads is empty"),
+        ({"restart_every": -1}, "model.adversary.restart_every=-1 must be 0"),
+    ],
+)
+def test_bad_adversary_options_are_named(option, message):
+    with pytest.raises(ConfigError, match=message):
+        Adversary(**option)
+
+
+def test_unknown_identity_head_and_feature_norm_are_named():
+    with pytest.raises(ConfigError, match="model.adversary.heads: 'huge' is not a known identity head"):
+        hybrid(HybridSchedule(1, 1), adversary=Adversary(heads=("paper", "huge")))
+    with pytest.raises(ConfigError, match="feature_norm='batch' is not known"):
+        hybrid(HybridSchedule(1, 1), feature_norm="batch")
 
 
 def test_transfer_heads_start_fresh_on_a_frozen_base(data):

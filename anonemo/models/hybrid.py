@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+import logging
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from anonemo.data.features import extract_features
 from anonemo.errors import AnonemoError, ConfigError
 from anonemo.evaluation import accuracy
+from anonemo.models.adversary import Adversary, head_widths, reverse_gradient
 from anonemo.models.networks import ClassifierHead, ConvBase
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(AnonemoError):
@@ -65,14 +70,18 @@ class HybridSchedule:
 
 
 class HybridModule(pl.LightningModule):
-    """Shared base W_c, emotion head W_e and identity head W_i, trained by Algorithm 1.
+    """Shared base W_c, emotion head W_e and identity head(s) W_i, trained by Algorithm 1.
 
     Manual optimisation with two optimizers: ``main`` over W_c and W_e, ``identity`` over W_i.
-    The identity head is "frozen" during adversarial steps by toggling the ``main`` optimizer,
-    which stops its weights from changing while it still passes gradients back to W_c.
+    The identity heads are "frozen" during adversarial steps by toggling the ``main`` optimizer,
+    which stops their weights from changing while they still pass gradients back to W_c. What
+    the base is trained against is :class:`~anonemo.models.adversary.Adversary`; its defaults
+    are the paper's (one head, ``Le - beta * Li``). With ``objective="grl"`` the adversarial
+    epochs update both optimizers in one pass instead.
 
     After every round the current heads are scored on the training and validation sides, the
-    re-fitted W_i too, and logged with the round as the MLflow step; ``history`` keeps them.
+    re-fitted W_i too (the strongest head, for an ensemble), and logged with the round as the
+    MLflow step; ``history`` keeps them.
     """
 
     def __init__(
@@ -83,9 +92,12 @@ class HybridModule(pl.LightningModule):
         schedule: HybridSchedule,
         alpha: float = 0.5,
         beta: float = 1.0,
+        adversary: Adversary = Adversary(),
         conv_channels: Sequence[int] = (16, 32, 64),
         fc_hidden: Sequence[int] = (256, 128),
         dropout: float = 0.3,
+        bottleneck: int = 0,
+        feature_norm: str = "none",
         lr: float = 1e-3,
         identity_lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -99,13 +111,19 @@ class HybridModule(pl.LightningModule):
                 raise ConfigError(f"model.{option}={value} must be non-negative (the paper uses alpha=0.5, beta=1).")
         if max_feature_growth <= 0:
             raise ConfigError(f"model.max_feature_growth={max_feature_growth} must be positive (default 1000).")
-        self.save_hyperparameters(ignore=["schedule"], logger=False)
+        self.save_hyperparameters(ignore=["schedule", "adversary"], logger=False)
         self.automatic_optimization = False
         self.schedule = schedule
+        self.adversary = adversary
         self.alpha, self.beta = alpha, beta
-        self.base = ConvBase(image_size, conv_channels, channels_last=channels_last)
+        self.base = ConvBase(
+            image_size, conv_channels, channels_last=channels_last, bottleneck=bottleneck, feature_norm=feature_norm
+        )
         self.emotion_head = ClassifierHead(self.base.out_features, num_emotions, fc_hidden, dropout)
-        self.identity_head = ClassifierHead(self.base.out_features, num_subjects, fc_hidden, dropout)
+        self.identity_heads = nn.ModuleList(
+            ClassifierHead(self.base.out_features, num_subjects, head_widths(name, fc_hidden), dropout)
+            for name in adversary.heads
+        )
         self.history: list[dict[str, float]] = []
         self.reference_scale: float | None = None  # mean |W_c features| after initialisation
         self._reset_watch()
@@ -115,19 +133,33 @@ class HybridModule(pl.LightningModule):
         main = torch.optim.Adam(
             [*self.base.parameters(), *self.emotion_head.parameters()], lr=hp.lr, weight_decay=hp.weight_decay
         )
-        identity = torch.optim.Adam(self.identity_head.parameters(), lr=hp.identity_lr, weight_decay=hp.weight_decay)
+        identity = torch.optim.Adam(self.identity_heads.parameters(), lr=hp.identity_lr, weight_decay=hp.weight_decay)
         return [main, identity]
+
+    def identity_loss(self, features: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
+        """Li: the identity heads' mean cross-entropy."""
+        return torch.stack([F.cross_entropy(head(features), identities) for head in self.identity_heads]).mean()
 
     def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Le, Li, features) of one batch through the current W_c, W_e and W_i."""
         features = self.base(batch["image"])
         emotion_loss = F.cross_entropy(self.emotion_head(features), batch["emotion"])
-        identity_loss = F.cross_entropy(self.identity_head(features), batch["identity"])
-        return emotion_loss, identity_loss, features
+        return emotion_loss, self.identity_loss(features, batch["identity"]), features
 
-    def adversarial_objective(self, emotion_loss: torch.Tensor, identity_loss: torch.Tensor) -> torch.Tensor:
-        """Eq. (2): W_c and W_e keep emotion and push the frozen identity head's loss up."""
-        return emotion_loss - self.beta * identity_loss
+    def adversarial_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, Le, features) of an adversarial step: eq. (2) with the configured adversary.
+
+        For ``grl`` the loss also trains the identity heads: their input passes through a
+        gradient reversal, so the base receives ``-beta`` times the heads' gradient.
+        """
+        features = self.base(batch["image"])
+        emotion_loss = F.cross_entropy(self.emotion_head(features), batch["emotion"])
+        if self.adversary.objective == "grl":
+            reversed_features = reverse_gradient(features, self.beta)
+            logits = [head(reversed_features) for head in self.identity_heads]
+            return emotion_loss + self.adversary.penalty(logits, batch["identity"]), emotion_loss, features
+        logits = [head(features) for head in self.identity_heads]
+        return emotion_loss + self.beta * self.adversary.penalty(logits, batch["identity"]), emotion_loss, features
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         phase = self.schedule.phase(self.current_epoch)
@@ -135,22 +167,31 @@ class HybridModule(pl.LightningModule):
         if phase.kind == "init":
             emotion_loss, identity_loss, features = self.losses(batch)
             loss = emotion_loss + self.alpha * identity_loss  # eq. (1)
-            main.zero_grad()
-            identity.zero_grad()
-            self.manual_backward(loss)
-            main.step()
-            identity.step()
+            self._step(loss, main, identity)
+        elif self.adversary.objective == "grl":  # W_c, W_e and W_i in one pass
+            loss, emotion_loss, features = self.adversarial_loss(batch)
+            self._step(loss, main, identity)
         else:
             with self.toggled_optimizer(main):  # W_i frozen
-                emotion_loss, identity_loss, features = self.losses(batch)
-                loss = self.adversarial_objective(emotion_loss, identity_loss)
-                main.zero_grad()
-                self.manual_backward(loss)
-                main.step()
+                loss, emotion_loss, features = self.adversarial_loss(batch)
+                self._step(loss, main)
         self._watch(loss, features)
-        size = len(batch["emotion"])
-        self.log("train/emotion_loss", emotion_loss, on_step=False, on_epoch=True, batch_size=size)
-        self.log("train/identity_loss", identity_loss, on_step=False, on_epoch=True, batch_size=size)
+        self.log("train/emotion_loss", emotion_loss, on_step=False, on_epoch=True, batch_size=len(batch["emotion"]))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["emotion"]))
+
+    def _step(self, loss: torch.Tensor, *optimizers: torch.optim.Optimizer) -> None:
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        self.manual_backward(loss)
+        for optimizer in optimizers:
+            optimizer.step()
+
+    def restart_identity_heads(self, optimizer: torch.optim.Optimizer) -> None:
+        """Fresh weights for every identity head, and a fresh state in their ``optimizer``."""
+        for module in self.identity_heads.modules():
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
+        optimizer.state.clear()
 
     def refit_identity_head(self, features: torch.Tensor, identities: torch.Tensor, round_: int) -> None:
         """Step 6 of Algorithm 1: W_c and W_e frozen, W_i fitted to Li on cached features."""
@@ -160,10 +201,7 @@ class HybridModule(pl.LightningModule):
         with self.toggled_optimizer(identity):
             for _ in range(self.schedule.refit_epochs):
                 for batch in torch.randperm(len(features), generator=generator).split(batch_size):
-                    loss = F.cross_entropy(self.identity_head(features[batch]), identities[batch])
-                    identity.zero_grad()
-                    self.manual_backward(loss)
-                    identity.step()
+                    self._step(self.identity_loss(features[batch], identities[batch]), identity)
 
     def on_train_epoch_end(self) -> None:
         phase = self.schedule.phase(self.current_epoch)
@@ -178,28 +216,49 @@ class HybridModule(pl.LightningModule):
         }
         metrics = {}
         for name, (features, labels) in sides.items():
-            logits = self.head_logits(features)
-            for task in ("emotion", "identity"):
-                metrics[f"round/{task}_acc/{name}"] = accuracy(logits[task].argmax(1), labels[task])
+            metrics |= self.round_accuracies(features, labels, name)
         train_features, train_labels = sides["train"]
         metrics["round/feature_scale"] = train_features.abs().mean().item()
         if phase.kind == "init":
             self.reference_scale = metrics["round/feature_scale"]
         else:
+            if self.adversary.restarts_before_refit(phase.round):
+                self.restart_identity_heads(self.optimizers()[1].optimizer)
             self.refit_identity_head(train_features, train_labels["identity"].to(self.device), phase.round)
             for name, (features, labels) in sides.items():
-                refitted = self.head_logits(features)["identity"]
-                metrics[f"round/refit_identity_acc/{name}"] = accuracy(refitted.argmax(1), labels["identity"])
+                refitted = self.round_accuracies(features, labels, name)[f"round/identity_acc/{name}"]
+                metrics[f"round/refit_identity_acc/{name}"] = refitted
         self.history.append({"round": phase.round, **metrics})
+        log.info(
+            "round %d/%d: emotion head %.1f%% val, identity %.1f%% val (strongest head%s), feature scale %.3g",
+            phase.round, self.schedule.rounds, metrics["round/emotion_acc/val"],
+            metrics.get("round/refit_identity_acc/val", metrics["round/identity_acc/val"]),
+            ", re-fitted" if phase.round else "", metrics["round/feature_scale"],
+        )
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=phase.round)
 
+    def round_accuracies(self, features: torch.Tensor, labels: dict[str, torch.Tensor], side: str) -> dict[str, float]:
+        """Accuracy of the emotion head and of the strongest identity head on one side."""
+        logits = self.head_logits(features)
+        return {
+            f"round/emotion_acc/{side}": accuracy(logits["emotion"].argmax(1), labels["emotion"]),
+            f"round/identity_acc/{side}": max(
+                accuracy(head.argmax(1), labels["identity"]) for head in logits["identity_heads"]
+            ),
+        }
+
     @torch.no_grad()
-    def head_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The current heads' logits (eval mode) on cached features."""
+    def head_logits(self, features: torch.Tensor) -> dict:
+        """The current heads' logits (eval mode) on cached features: ``emotion``, ``identity``
+        (W_i, the first identity head) and ``identity_heads`` (all of them)."""
         was_training = self.training
         self.eval()
-        logits = {"emotion": self.emotion_head(features), "identity": self.identity_head(features)}
+        logits = {
+            "emotion": self.emotion_head(features),
+            "identity_heads": [head(features) for head in self.identity_heads],
+        }
+        logits["identity"] = logits["identity_heads"][0]  # W_i: the first configured head
         self.train(was_training)
         return logits
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from anonemo.errors import ConfigError, ModelFileError
+
+
+FEATURE_NORMS = ("none", "layer", "batch")
 
 
 class ConvBase(nn.Module):
@@ -13,20 +19,53 @@ class ConvBase(nn.Module):
 
     Padding keeps the spatial size through each convolution, so a ``S x S`` input leaves as a
     flat vector of ``channels[-1] * (S // 8) ** 2`` features.
+
+    Two options exist for adversarial training (off in the paper's models): ``bottleneck`` > 0
+    adds a linear projection to that many features, so that an adversary has fewer directions to
+    clean; ``feature_norm`` fixes the features' scale (no learned scale or shift), so the base
+    cannot escape the adversary by inflating its activations: ``layer`` normalises each image's
+    feature vector, ``batch`` each feature over the batch (running statistics at evaluation),
+    which is the standardisation the audit's attackers apply, so the adversary sees what they see.
     """
 
     def __init__(
-        self, image_size: int, channels: Sequence[int] = (16, 32, 64), in_channels: int = 1, channels_last: bool = False
+        self,
+        image_size: int,
+        channels: Sequence[int] = (16, 32, 64),
+        in_channels: int = 1,
+        channels_last: bool = False,
+        bottleneck: int = 0,
+        feature_norm: str = "none",
     ):
         super().__init__()
+        # What it takes to rebuild this base from a saved state dict (see save_base / load_base).
+        self.architecture = {
+            "image_size": image_size,
+            "channels": list(channels),
+            "in_channels": in_channels,
+            "bottleneck": bottleneck,
+            "feature_norm": feature_norm,
+        }
         if len(channels) != 3:
             raise ValueError(f"ConvBase has three convolutional layers; got {len(channels)} widths: {list(channels)}")
+        if feature_norm not in FEATURE_NORMS:
+            raise ConfigError(f"feature_norm={feature_norm!r} is not known: use one of {', '.join(FEATURE_NORMS)}.")
+        if bottleneck < 0:
+            raise ConfigError(f"bottleneck={bottleneck} must be 0 (none) or a positive number of features.")
         layers: list[nn.Module] = []
         for out_channels in channels:
             layers += [nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
             in_channels = out_channels
-        self.layers = nn.Sequential(*layers, nn.Flatten())
+        layers.append(nn.Flatten())
         self.out_features = channels[-1] * (image_size // 8) ** 2
+        if bottleneck:
+            layers.append(nn.Linear(self.out_features, bottleneck))
+            self.out_features = bottleneck
+        if feature_norm == "layer":
+            layers.append(nn.LayerNorm(self.out_features, elementwise_affine=False))
+        elif feature_norm == "batch":
+            layers.append(nn.BatchNorm1d(self.out_features, affine=False))
+        self.layers = nn.Sequential(*layers)
         self.channels_last = channels_last
         if channels_last:
             # On CPU, channels_last convolutions under bf16 autocast were ~2x faster here.
@@ -39,16 +78,15 @@ class ConvBase(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Three fully connected layers: two ReLU hidden layers and the class scores.
+    """Fully connected ReLU hidden layers of widths ``hidden``, then the class scores.
 
-    Returns logits; the paper's softmax output is applied by the cross-entropy loss and by
-    ``predict_proba`` callers.
+    The paper's heads have two hidden layers (three FC layers in all); adversarial identity heads
+    may have other widths or none (a linear head). Returns logits; the paper's softmax output is
+    applied by the cross-entropy loss and by ``predict_proba`` callers.
     """
 
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (256, 128), dropout: float = 0.0):
         super().__init__()
-        if len(hidden) != 2:
-            raise ValueError(f"ClassifierHead has two hidden layers; got {len(hidden)} widths: {list(hidden)}")
         layers: list[nn.Module] = []
         for width in hidden:
             layers += [nn.Linear(in_features, width), nn.ReLU(), nn.Dropout(dropout)]
@@ -57,3 +95,32 @@ class ClassifierHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.layers(features)
+
+
+BASE_FORMAT = "anonemo.ConvBase/1"
+
+
+def save_base(base: ConvBase, path: Path) -> None:
+    """The base's architecture and weights, in a file :func:`load_base` reads with ``weights_only``."""
+    torch.save({"format": BASE_FORMAT, "architecture": base.architecture, "state_dict": base.state_dict()}, path)
+
+
+def load_base(path: Path) -> ConvBase:
+    """A :class:`ConvBase` saved by :func:`save_base`, on the CPU, in eval mode.
+
+    Loaded with ``weights_only=True``: a file can carry tensors and plain values, never code.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling and zip errors come in many classes
+        raise ModelFileError(f"{path} is not a readable anonemo base file ({type(error).__name__}: {error}).") from error
+    if not isinstance(payload, dict) or payload.get("format") != BASE_FORMAT:
+        raise ModelFileError(f"{path} is not an anonemo base file (expected format {BASE_FORMAT}).")
+    base = ConvBase(**payload["architecture"])
+    try:
+        base.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise ModelFileError(
+            f"{path}: its weights do not fit the architecture it declares ({payload['architecture']}): {error}"
+        ) from error
+    return base.eval()

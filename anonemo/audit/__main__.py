@@ -1,0 +1,29 @@
+"""``python -m anonemo.audit run_id=ID``: re-audit the saved base of a finished run."""
+
+from __future__ import annotations
+
+import hydra
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from anonemo.audit.saved_run import reaudit_run
+from anonemo.cli import user_errors_reported
+from anonemo.errors import ConfigError
+from anonemo.tracking import resolve_tracking_uri
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="audit")
+def main(cfg: DictConfig) -> None:
+    with user_errors_reported():
+        if not cfg.run_id:
+            raise ConfigError("run_id is required: python -m anonemo.audit run_id=<MLflow run id>.")
+        client = MlflowClient(resolve_tracking_uri(cfg.tracking_uri, cfg.paths.output_dir))
+        metrics = reaudit_run(client, str(cfg.run_id), cfg.dataset_root)
+        print(f"Audit of run {cfg.run_id} (test fold, %):")
+        for task in ("identity", "emotion"):
+            attackers = sorted(k.split("/")[2] for k in metrics if k.count("/") == 2 and k.startswith(f"audit/{task}/"))
+            print(f"  {task:8s} " + "  ".join(f"{name} {metrics[f'audit/{task}/{name}']:.1f}" for name in attackers))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""What the Hybrid's base is trained against in an adversarial step (``model.adversary.*``).
+
+The paper (eq. 2) minimises ``Le - beta * Li`` with one identity head W_i frozen. ``-Li`` is
+unbounded below, so a base can "win" by making that one head confidently wrong (inflating its
+logits) while identity stays readable by any fresh attacker. The options here are the
+alternatives that the audit can hold to account:
+
+=============  ===================================================================================
+objective      the identity term the base minimises (weighted by beta)
+=============  ===================================================================================
+``neg_ce``     ``-CE(p, y)``: the paper's eq. (2)
+``confusion``  ``CE(p, uniform) - log K`` = KL(uniform || p): pushes the posterior to uniform;
+               bounded below by 0, so it cannot be won by confident mistakes
+``entropy``    ``log K - H(p)``: maximises the posterior's entropy (also bounded by 0)
+``grl``        gradient reversal: one backward pass trains the identity heads on ``CE(p, y)``
+               and the base (and W_e) on ``Le - beta * CE(p, y)``, simultaneously
+=============  ===================================================================================
+
+``heads`` lists the identity heads (an ensemble; widths by name, see :data:`HEAD_WIDTHS`), and
+``target`` says whether an adversarial step aims at ``all`` of them (their mean) or at the
+``strongest`` (the lowest identity loss on the batch). ``restart_every`` r > 0 re-initialises
+every identity head before the re-fit of each r-th round, so the base must fool attackers
+that did not co-adapt with it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from anonemo.errors import ConfigError
+
+OBJECTIVES = ("neg_ce", "confusion", "entropy", "grl")
+TARGETS = ("all", "strongest")
+
+
+def head_widths(name: str, paper_hidden: Sequence[int]) -> tuple[int, ...]:
+    """Hidden-layer widths of an identity head called ``name`` (``paper`` is the network config's)."""
+    widths = {"paper": tuple(paper_hidden), "linear": (), "wide": (1024, 512), "narrow": (64,)}
+    if name not in widths:
+        raise ConfigError(f"model.adversary.heads: {name!r} is not a known identity head; use {', '.join(widths)}.")
+    return widths[name]
+
+
+@dataclass(frozen=True)
+class Adversary:
+    objective: str = "neg_ce"
+    heads: tuple[str, ...] = ("paper",)
+    target: str = "all"
+    restart_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(
+                f"model.adversary.objective={self.objective!r} is not known: use one of {', '.join(OBJECTIVES)}."
+            )
+        if self.target not in TARGETS:
+            raise ConfigError(f"model.adversary.target={self.target!r} is not known: use one of {', '.join(TARGETS)}.")
+        if not self.heads:
+            raise ConfigError("model.adversary.heads is empty: name at least one identity head, e.g. [paper].")
+        if self.restart_every < 0:
+            raise ConfigError(f"model.adversary.restart_every={self.restart_every} must be 0 (never) or a number of rounds.")
+
+    def restarts_before_refit(self, round_: int) -> bool:
+        return self.restart_every > 0 and round_ % self.restart_every == 0
+
+    def penalty(self, logits: Sequence[torch.Tensor], identities: torch.Tensor) -> torch.Tensor:
+        """The identity term the base minimises, from each identity head's logits on a batch.
+
+        For ``grl`` the logits must come through :func:`reverse_gradient`; the term is then the
+        heads' own cross-entropy, which the reversal turns into ``-CE`` for the base.
+        """
+        per_head = torch.stack([self.head_penalty(head_logits.float(), identities) for head_logits in logits])
+        if self.target == "all":
+            return per_head.mean()
+        strongest = torch.stack([F.cross_entropy(head_logits.float(), identities) for head_logits in logits]).argmin()
+        return per_head[strongest]
+
+    def head_penalty(self, logits: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits, dim=1)
+        if self.objective == "neg_ce":
+            return F.nll_loss(log_p, identities).neg()
+        if self.objective == "confusion":
+            return -log_p.mean(1).mean() - math.log(logits.shape[1])
+        if self.objective == "entropy":
+            entropy = -(log_p.exp() * log_p).sum(1).mean()
+            return math.log(logits.shape[1]) - entropy
+        return F.nll_loss(log_p, identities)  # grl: reversed before the heads
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return features.view_as(features)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+def reverse_gradient(features: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward; multiplies the gradient flowing back to ``features`` by ``-scale``."""
+    return _ReverseGradient.apply(features, scale)
