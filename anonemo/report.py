@@ -38,7 +38,7 @@ PAPER_RESULTS = {
 }
 AUDIT_METRICS = ("audit/identity/max", "audit/emotion/max")
 COLUMNS = (*PAPER_METRICS, *AUDIT_METRICS)
-MODEL_ORDER = ("face", "emotion", "emotion2face", "hybrid")
+MODEL_ORDER = ("face", "emotion", "emotion2face", "hybrid", "hybrid_robust")
 # Parameters that differ between runs without changing their results (the audit only adds
 # measurements of the trained base).
 NOT_GROUPED = (
@@ -254,7 +254,7 @@ def build_report(
             files.append(output_dir / f"tradeoff_{name}.png")
             figure.savefig(files[-1], dpi=110)
             plt.close(figure)
-        for index, group in enumerate(g for g in members if g.model == "hybrid"):
+        for index, group in enumerate(g for g in members if g.model.startswith("hybrid")):
             history = mean_round_history(client, group)
             if history:
                 figure = round_curves_figure(history, f"{name}: Hybrid rounds, mean of {len(group.runs)} folds")

@@ -29,7 +29,7 @@ def yale_folder(tmp_path, files):
         (["augment.total=10"], ConfigError, "augment.total=10 is smaller than the 420 original images"),
         (["dataset.num_emotions=9"], ConfigError, "dataset.num_emotions=9 is out of range"),
         (["model.task=age"], ConfigError, "model.task='age' is not known"),
-        (["model.name=hybridx"], ConfigError, "model=hybridx is not known"),
+        (["model.workflow=hybridx"], ConfigError, "model.workflow=hybridx (model=emotion) is not known"),
     ],
 )
 def test_bad_settings(tmp_path, overrides, error, message):

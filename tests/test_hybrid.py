@@ -291,8 +291,8 @@ def test_bad_adversary_options_are_named(option, message):
 def test_unknown_identity_head_and_feature_norm_are_named():
     with pytest.raises(ConfigError, match="model.adversary.heads: 'huge' is not a known identity head"):
         hybrid(HybridSchedule(1, 1), adversary=Adversary(heads=("paper", "huge")))
-    with pytest.raises(ConfigError, match="feature_norm='batch' is not known"):
-        hybrid(HybridSchedule(1, 1), feature_norm="batch")
+    with pytest.raises(ConfigError, match="feature_norm='group' is not known"):
+        hybrid(HybridSchedule(1, 1), feature_norm="group")
 
 
 def test_transfer_heads_start_fresh_on_a_frozen_base(data):
