@@ -16,7 +16,8 @@ from anonemo.errors import ConfigError
 from anonemo.models.classifiers import SingleTaskModule, TransferModule
 from anonemo.models.adversary import Adversary
 from anonemo.models.hybrid import HybridModule, HybridSchedule, TrainingDivergedError
-from anonemo.tracking import tracking_uri
+from anonemo.models.networks import load_base
+from anonemo.tracking import BASE_ARTIFACT, tracking_uri
 from anonemo.workflow import run
 
 SMALL_NET = {"conv_channels": (4, 8, 8), "fc_hidden": (32, 16), "dropout": 0.0}
@@ -375,3 +376,26 @@ def test_diverged_hybrid_stops_and_keeps_partial_metrics(tiny_config):
     assert "TrainingDivergedError" in logged.data.tags["error"]
     assert rounds == [0]
     assert "hybrid_rounds.png" in {a.path for a in client.list_artifacts(logged.info.run_id)}
+
+
+def test_recommended_robust_hybrid_runs_and_saves_its_bottleneck_base(tiny_config, tmp_path):
+    cfg = tiny_config("model=hybrid_robust", "model.init_epochs=2", "model.rounds=2", "model.refit_epochs=2",
+                      "transfer.max_epochs=3")
+    assert cfg.model.workflow == "hybrid" and cfg.model.adversary.objective == "confusion"
+    metrics = run(cfg)
+    client, logged, rounds = run_history(cfg, "round/refit_identity_acc/val")
+    assert logged.info.status == "FINISHED" and rounds == [1, 2]
+    assert logged.data.params["model.adversary.heads"] == "['paper', 'linear', 'wide']"
+    assert 0 <= metrics["audit/identity/max"] <= 100
+    path = client.download_artifacts(logged.info.run_id, BASE_ARTIFACT.as_posix(), str(tmp_path))
+    base = load_base(path)
+    with torch.no_grad():
+        features = base(torch.rand(5, 1, 32, 32))
+    assert features.shape == (5, 8)  # the bottleneck, layer-normalised: every image's features at one scale
+    assert torch.allclose(features.mean(1), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(features.var(1, unbiased=False), torch.ones(5), atol=1e-3)
+
+
+def test_restarts_fall_on_every_rth_round():
+    assert [t for t in range(1, 7) if Adversary(restart_every=2).restarts_before_refit(t)] == [2, 4, 6]
+    assert not any(Adversary().restarts_before_refit(t) for t in range(1, 7))
