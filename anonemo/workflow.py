@@ -42,6 +42,7 @@ from anonemo.models.adversary import Adversary
 from anonemo.models.hybrid import HybridModule, HybridSchedule
 from anonemo.models.networks import ConvBase
 from anonemo.sweep import configure_threads
+from anonemo.timing import PhaseClock
 from anonemo.tracking import RunLogger, mlflow_run, run_url, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(
             f"model.workflow={cfg.model.workflow} (model={cfg.model.name}) is not known: use one of {', '.join(WORKFLOWS)}."
         )
-    started = time.perf_counter()
+    clock = PhaseClock()
     # Weights and activations that decay into the subnormal range make CPU arithmetic several
     # times slower (seen here: 6x per epoch once the adversarial base collapsed); flush them to 0.
     torch.set_flush_denormal(True)
@@ -61,10 +62,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     with mlflow_run(cfg) as logger:
         logger.client.set_tag(logger.run_id, "torch_threads", str(threads))
-        datamodule = build_datamodule(cfg)
-        metrics = WORKFLOWS[cfg.model.workflow](cfg, datamodule, logger)
-        metrics["wall_time_s"] = time.perf_counter() - started
-        logger.log_metrics({"wall_time_s": metrics["wall_time_s"]})
+        with clock.phase("data"):
+            datamodule = build_datamodule(cfg)
+            for side in ("train", "val", "test"):
+                datamodule.side(side)
+        metrics = WORKFLOWS[cfg.model.workflow](cfg, datamodule, logger, clock)
+        timings = clock.metrics()
+        logger.log_metrics(timings)
+        metrics["wall_time_s"] = timings["wall_time_s"]
     log.info(
         "Results of %s on %s fold %d: %s. MLflow run %s in %s (open with `make ui`, then %s)",
         cfg.model.name, cfg.dataset.name, cfg.fold,
@@ -100,27 +105,29 @@ def build_datamodule(cfg: DictConfig) -> GroupedFoldDataModule:
     )
 
 
-def train_single_task(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
+def train_single_task(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger, clock: PhaseClock) -> dict[str, float]:
     """``model=emotion`` / ``model=face``."""
-    metrics, module = fit_single_task(cfg, data, logger)
+    metrics, module = fit_single_task(cfg, data, logger, clock)
     logger.log_base(module.base)
     if cfg.audit.enabled:
-        metrics |= audit_base(cfg, FeatureDataModule(module.base, data, bf16=uses_bf16(cfg)), data, logger)
+        with clock.phase("frozen_base"):
+            metrics |= audit_base(cfg, FeatureDataModule(module.base, data, bf16=uses_bf16(cfg)), data, logger)
     return metrics
 
 
-def train_emotion2face(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
+def train_emotion2face(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger, clock: PhaseClock) -> dict[str, float]:
     """``model=emotion2face``: Emotion, then a fresh identity head on its frozen base."""
-    metrics, emotion = fit_single_task(cfg, data, logger)
+    metrics, emotion = fit_single_task(cfg, data, logger, clock)
     logger.log_base(emotion.base)
-    features = FeatureDataModule(emotion.base, data, bf16=uses_bf16(cfg))
-    metrics |= fit_transfer(cfg, emotion.base, features, data, logger, "identity", cfg.model.transfer_metric)
-    if cfg.audit.enabled:
-        metrics |= audit_base(cfg, features, data, logger)
+    with clock.phase("frozen_base"):
+        features = FeatureDataModule(emotion.base, data, bf16=uses_bf16(cfg))
+        metrics |= fit_transfer(cfg, emotion.base, features, data, logger, "identity", cfg.model.transfer_metric)
+        if cfg.audit.enabled:
+            metrics |= audit_base(cfg, features, data, logger)
     return metrics
 
 
-def train_hybrid(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
+def train_hybrid(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger, clock: PhaseClock) -> dict[str, float]:
     """``model=hybrid``: Algorithm 1, then Hybrid2Emotion and Hybrid2Face on the final base."""
     m, net = cfg.model, cfg.network
     schedule = HybridSchedule(m.init_epochs, m.rounds, m.adversarial_epochs, m.refit_epochs)
@@ -163,28 +170,31 @@ def train_hybrid(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger
         with warnings.catch_warnings():
             # The datamodule offers a val loader; the Hybrid scores rounds itself and needs none.
             warnings.filterwarnings("ignore", message=".*no `validation_step`.*")
-            trainer.fit(hybrid, datamodule=data)
+            with clock.phase("base_training"):
+                trainer.fit(hybrid, datamodule=data)
     finally:
+        clock.move(hybrid.round_end_seconds, "base_training", "frozen_base")
         if hybrid.history:  # partial curves too, when training stopped early
             logger.log_figure(round_curves_figure(hybrid.history, f"Hybrid on {cfg.dataset.name}, fold {cfg.fold}"),
                               "hybrid_rounds.png")
 
     logger.log_base(hybrid.base)
-    features = FeatureDataModule(hybrid.base, data, bf16=uses_bf16(cfg))
     metrics: dict[str, float] = {}
-    own_heads = hybrid.head_logits(features.sides["test"].tensors["features"])
-    for task, name in (("emotion", "Hybrid/emotion_head"), ("identity", "Hybrid/identity_head")):
-        result = score(own_heads[task], data.labels("test", task), data.class_names(task))
-        logger.log_metrics({name: result.accuracy})
-        metrics[name] = result.accuracy
-    for task, name in (("emotion", "Hybrid2Emotion"), ("identity", "Hybrid2Face")):
-        metrics |= fit_transfer(cfg, hybrid.base, features, data, logger, task, name)
-    if cfg.audit.enabled:
-        metrics |= audit_base(cfg, features, data, logger)
+    with clock.phase("frozen_base"):
+        features = FeatureDataModule(hybrid.base, data, bf16=uses_bf16(cfg))
+        own_heads = hybrid.head_logits(features.sides["test"].tensors["features"])
+        for task, name in (("emotion", "Hybrid/emotion_head"), ("identity", "Hybrid/identity_head")):
+            result = score(own_heads[task], data.labels("test", task), data.class_names(task))
+            logger.log_metrics({name: result.accuracy})
+            metrics[name] = result.accuracy
+        for task, name in (("emotion", "Hybrid2Emotion"), ("identity", "Hybrid2Face")):
+            metrics |= fit_transfer(cfg, hybrid.base, features, data, logger, task, name)
+        if cfg.audit.enabled:
+            metrics |= audit_base(cfg, features, data, logger)
     return metrics
 
 
-WORKFLOWS: dict[str, Callable[[DictConfig, GroupedFoldDataModule, RunLogger], dict[str, float]]] = {
+WORKFLOWS: dict[str, Callable[[DictConfig, GroupedFoldDataModule, RunLogger, PhaseClock], dict[str, float]]] = {
     "emotion": train_single_task,
     "face": train_single_task,
     "emotion2face": train_emotion2face,
@@ -193,7 +203,7 @@ WORKFLOWS: dict[str, Callable[[DictConfig, GroupedFoldDataModule, RunLogger], di
 
 
 def fit_single_task(
-    cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger
+    cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger, clock: PhaseClock
 ) -> tuple[dict[str, float], SingleTaskModule]:
     """Train the Emotion or Face CNN, keep its best validation checkpoint, score it on the test fold."""
     task, net = cfg.model.task, cfg.network
@@ -209,8 +219,10 @@ def fit_single_task(
         channels_last=net.channels_last,
     )
     trainer = selecting_trainer(cfg, logger, phase=cfg.model.metric, monitor="val/acc", patience=cfg.callbacks.patience)
-    trainer.fit(module, datamodule=data)
-    result = test_once(trainer, module, data.test_dataloader(), data, task)
+    with clock.phase("base_training"):
+        trainer.fit(module, datamodule=data)
+    with clock.phase("evaluation"):
+        result = test_once(trainer, module, data.test_dataloader(), data, task)
     log_result(logger, result, cfg.model.metric)
     return result.as_metrics(cfg.model.metric), module
 

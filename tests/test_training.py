@@ -32,8 +32,14 @@ def test_emotion_run_logs_the_mlflow_contract(tiny_config):
     assert logged.data.tags["dataset"] == "synthetic"
     assert logged.data.tags["mlflow.runName"] == "emotion-synthetic-fold2"
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
-    assert {"config.yaml", "confusion_Emotion.png"} <= artifacts
+    assert {"config.yaml", "confusion_Emotion.png", "model"} <= artifacts
     assert tracking_uri(cfg).startswith("sqlite:////")
+    # where the wall time went: every phase measured, together no more than the whole
+    m = logged.data.metrics
+    phases = [m[f"time/{p}_s"] for p in ("data", "base_training", "frozen_base", "evaluation")]
+    assert all(t > 0 for t in phases) and m["time/other_s"] >= 0
+    assert sum(phases) + m["time/other_s"] == pytest.approx(m["wall_time_s"])
+    assert m["time/outside_base_training_share"] == pytest.approx(1 - m["time/base_training_s"] / m["wall_time_s"])
 
 
 def test_same_config_gives_same_folds_and_accuracies(tiny_config, tmp_path):

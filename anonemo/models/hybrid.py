@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import logging
+import time
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
@@ -125,6 +126,7 @@ class HybridModule(pl.LightningModule):
             for name in adversary.heads
         )
         self.history: list[dict[str, float]] = []
+        self.round_end_seconds = 0.0  # time on frozen-base work (extraction, re-fits, scoring)
         self.reference_scale: float | None = None  # mean |W_c features| after initialisation
         self._reset_watch()
 
@@ -208,6 +210,7 @@ class HybridModule(pl.LightningModule):
         self._check_divergence(phase)
         if not phase.ends_round:
             return
+        started = time.perf_counter()
         data = self.trainer.datamodule
         bf16 = str(self.trainer.precision).startswith("bf16")
         sides = {
@@ -229,6 +232,7 @@ class HybridModule(pl.LightningModule):
                 refitted = self.round_accuracies(features, labels, name)[f"round/identity_acc/{name}"]
                 metrics[f"round/refit_identity_acc/{name}"] = refitted
         self.history.append({"round": phase.round, **metrics})
+        self.round_end_seconds += time.perf_counter() - started
         log.info(
             "round %d/%d: emotion head %.1f%% val, identity %.1f%% val (strongest head%s), feature scale %.3g",
             phase.round, self.schedule.rounds, metrics["round/emotion_acc/val"],
