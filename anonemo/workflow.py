@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Train and evaluate ``cfg.model`` on fold ``cfg.fold``; returns the metrics logged to MLflow."""
+    """Train and evaluate ``cfg.model`` on fold ``cfg.fold``; returns the metrics logged to MLflow
+    (with ``wall_time_s`` and where it went, ``time/*``)."""
     if cfg.model.workflow not in WORKFLOWS:
         raise ConfigError(
             f"model.workflow={cfg.model.workflow} (model={cfg.model.name}) is not known: use one of {', '.join(WORKFLOWS)}."
@@ -69,11 +70,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics = WORKFLOWS[cfg.model.workflow](cfg, datamodule, logger, clock)
         timings = clock.metrics()
         logger.log_metrics(timings)
-        metrics["wall_time_s"] = timings["wall_time_s"]
+        metrics |= timings
     log.info(
         "Results of %s on %s fold %d: %s. MLflow run %s in %s (open with `make ui`, then %s)",
         cfg.model.name, cfg.dataset.name, cfg.fold,
-        ", ".join(f"{k} = {v:.2f}" for k, v in metrics.items()),
+        ", ".join(f"{k} = {v:.2f}" for k, v in metrics.items() if not k.startswith("time/")),
         logger.run_id, tracking_uri(cfg), run_url(logger),
     )
     return metrics

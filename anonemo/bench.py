@@ -1,0 +1,298 @@
+"""``python -m anonemo.bench``: anonemo's training throughput against a plain PyTorch loop.
+
+In one process, on the same fold's training images (in memory), network, batch size and
+precision, it alternates ``bench.repeats`` times between
+
+- ``single_task``: a hand-written loop (forward, cross-entropy, backward, Adam step) and the
+  Emotion CNN (:class:`~anonemo.models.classifiers.SingleTaskModule`) under the Lightning Trainer;
+- ``adversarial``: a hand-written eq. (2) step (W_i frozen, ``Le - beta*Li`` on W_c and W_e) and
+  the Hybrid's adversarial epochs (:class:`~anonemo.models.hybrid.HybridModule`, manual
+  optimisation) under the Trainer.
+
+Each measurement is one warm epoch (the epoch before it warms kernels and allocators). It prints
+the medians, peak memory and a line ``ratio anonemo/plain <path>: <ratio>`` per path, and writes
+everything as JSON. On a machine with a GPU the same is measured there too (detected, not
+configured). With ``bench.full_folds`` it then runs fold 0 of each model through the real
+training job and reports where its wall time went (see :mod:`anonemo.timing`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from torch import nn
+
+from anonemo.cli import user_errors_reported
+from anonemo.data.datamodule import GroupedFoldDataModule
+from anonemo.errors import ConfigError
+from anonemo.models.classifiers import SingleTaskModule
+from anonemo.models.hybrid import HybridModule, HybridSchedule
+from anonemo.models.networks import ClassifierHead, ConvBase
+from anonemo.sweep import configure_threads
+from anonemo.workflow import build_datamodule, run
+
+log = logging.getLogger(__name__)
+PATHS = ("single_task", "adversarial")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Workload:
+    """One fold's training side as tensors on ``device``, and the settings both loops share."""
+
+    def __init__(self, cfg: DictConfig, data: GroupedFoldDataModule, device: torch.device):
+        train = data.side("train").tensors
+        self.images = train["image"].to(device)
+        self.emotion = train["emotion"].to(device)
+        self.identity = train["identity"].to(device)
+        self.device = device
+        self.batch_size = data.batch_size
+        self.bf16 = str(cfg.trainer.precision).startswith("bf16")
+        self.num_emotions, self.num_subjects = data.num_emotions, data.num_subjects
+        net = cfg.network
+        self.network = dict(
+            image_size=cfg.dataset.image_size, conv_channels=tuple(net.conv_channels), fc_hidden=tuple(net.fc_hidden),
+            dropout=net.dropout, channels_last=net.channels_last,
+        )
+        self.data = data
+        self.cfg = cfg
+
+    def base_and_head(self, num_classes: int) -> tuple[ConvBase, ClassifierHead]:
+        n = self.network
+        base = ConvBase(n["image_size"], n["conv_channels"], channels_last=n["channels_last"])
+        return base, ClassifierHead(base.out_features, num_classes, n["fc_hidden"], n["dropout"])
+
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(epoch)
+        return list(torch.randperm(len(self.images), generator=generator).to(self.device).split(self.batch_size))
+
+
+def plain_single_task(w: Workload, epochs: int) -> list[float]:
+    """Seconds per epoch of the minimal loop an expert would write for the Emotion CNN."""
+    base, head = w.base_and_head(w.num_emotions)
+    model = nn.Sequential(base, head).to(w.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    seconds = []
+    for epoch in range(epochs):
+        synchronize(w.device)
+        started = time.perf_counter()
+        for index in w.batches(epoch):
+            with torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=w.bf16):
+                loss = F.cross_entropy(model(w.images[index]), w.emotion[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        synchronize(w.device)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def plain_adversarial(w: Workload, epochs: int, beta: float = 1.0) -> list[float]:
+    """Seconds per epoch of a minimal eq. (2) loop: W_i frozen, W_c and W_e minimise Le - beta*Li."""
+    base, emotion_head = w.base_and_head(w.num_emotions)
+    identity_head = w.base_and_head(w.num_subjects)[1]
+    for module in (base, emotion_head, identity_head):
+        module.to(w.device)
+    identity_head.requires_grad_(False)
+    optimizer = torch.optim.Adam([*base.parameters(), *emotion_head.parameters()], lr=1e-3, weight_decay=1e-4)
+    seconds = []
+    for epoch in range(epochs):
+        synchronize(w.device)
+        started = time.perf_counter()
+        for index in w.batches(epoch):
+            with torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=w.bf16):
+                features = base(w.images[index])
+                loss = F.cross_entropy(emotion_head(features), w.emotion[index]) - beta * F.cross_entropy(
+                    identity_head(features), w.identity[index]
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        synchronize(w.device)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+class EpochTimer(pl.Callback):
+    """Seconds of each training epoch's steps; for the Hybrid only its adversarial epochs.
+
+    Callbacks' ``on_train_epoch_end`` runs before the module's, so the Hybrid's round-end
+    re-fit is not counted: only the steps are, as in the plain loop.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        synchronize(self.device)
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        synchronize(self.device)
+        if not isinstance(module, HybridModule) or module.schedule.phase(trainer.current_epoch).kind == "adversarial":
+            self.seconds.append(time.perf_counter() - self.started)
+
+
+def lightning_epochs(w: Workload, module: pl.LightningModule, epochs: int) -> list[float]:
+    timer = EpochTimer(w.device)
+    trainer = pl.Trainer(
+        accelerator=w.device.type if w.device.type == "cpu" else "gpu",
+        devices=1,
+        precision=w.cfg.trainer.precision,
+        deterministic=w.cfg.trainer.deterministic,
+        max_epochs=epochs,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(module, datamodule=w.data)
+    return timer.seconds
+
+
+def anonemo_single_task(w: Workload, epochs: int) -> list[float]:
+    n = w.network
+    module = SingleTaskModule("emotion", w.num_emotions, n["image_size"], n["conv_channels"], n["fc_hidden"],
+                              n["dropout"], channels_last=n["channels_last"])
+    return lightning_epochs(w, module, epochs)
+
+
+def anonemo_adversarial(w: Workload, epochs: int) -> list[float]:
+    n = w.network
+    module = HybridModule(
+        w.num_emotions, w.num_subjects, n["image_size"], HybridSchedule(init_epochs=1, rounds=epochs, refit_epochs=1),
+        conv_channels=n["conv_channels"], fc_hidden=n["fc_hidden"], dropout=n["dropout"],
+        channels_last=n["channels_last"],
+    )
+    return lightning_epochs(w, module, 1 + epochs)
+
+
+RUNNERS: dict[str, dict[str, Callable[[Workload, int], list[float]]]] = {
+    "single_task": {"plain": plain_single_task, "anonemo": anonemo_single_task},
+    "adversarial": {"plain": plain_adversarial, "anonemo": anonemo_adversarial},
+}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; process high-water
+
+
+def measure_throughput(cfg: DictConfig, data: GroupedFoldDataModule, device: torch.device) -> dict:
+    """Per path and implementation: images/s of each repeat's warm epoch, medians and ratios."""
+    w = Workload(cfg, data, device)
+    images = len(w.images)
+    results: dict = {path: {"plain": [], "anonemo": []} for path in PATHS}
+    memory: dict = {path: {"plain": 0.0, "anonemo": 0.0} for path in PATHS}
+    for repeat in range(cfg.bench.repeats):
+        for path in PATHS:
+            for implementation in ("plain", "anonemo"):  # alternated, so drifts hit both alike
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                torch.manual_seed(repeat)
+                seconds = RUNNERS[path][implementation](w, 2)[-1]  # the first epoch warms up
+                results[path][implementation].append(images / seconds)
+                memory[path][implementation] = max(memory[path][implementation], peak_memory_mb(device))
+                log.info("repeat %d, %s, %s: %.0f images/s", repeat + 1, path, implementation, images / seconds)
+    summary = {}
+    for path in PATHS:
+        medians = {impl: statistics.median(values) for impl, values in results[path].items()}
+        summary[path] = {
+            "images_per_s": results[path],
+            "median_images_per_s": medians,
+            "peak_memory_mb": memory[path],
+            "ratio_anonemo_over_plain": medians["anonemo"] / medians["plain"],
+        }
+    return {"device": str(device), "train_images": images, "paths": summary}
+
+
+def time_full_folds(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    """Fold 0 of each of ``bench.fold_models`` through the real job: wall time and its phases.
+
+    Each job is the training config composed with this command's own overrides (dataset, ...).
+    """
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("bench.", "model=", "fold="))]
+    folds = {}
+    for model in cfg.bench.fold_models:
+        job = hydra.compose("train", overrides=[*overrides, f"model={model}", "fold=0"])
+        metrics = run(job)
+        folds[model] = {k: v for k, v in metrics.items() if k.startswith("time/") or k == "wall_time_s"}
+    return folds
+
+
+def report(results: dict) -> list[str]:
+    lines = []
+    for device_result in results["throughput"]:
+        device = device_result["device"]
+        suffix = "" if device == "cpu" else f"@{device}"
+        lines.append(f"{device}: {device_result['train_images']} training images per epoch, "
+                     f"batch {results['batch_size']}, precision {results['precision']}")
+        for path, r in device_result["paths"].items():
+            m = r["median_images_per_s"]
+            lines.append(f"  {path:12s} plain {m['plain']:7.0f} img/s   anonemo {m['anonemo']:7.0f} img/s   "
+                         f"peak memory {r['peak_memory_mb']['plain']:.0f} / {r['peak_memory_mb']['anonemo']:.0f} MB")
+        for path, r in device_result["paths"].items():
+            lines.append(f"ratio anonemo/plain {path}{suffix}: {r['ratio_anonemo_over_plain']:.2f}")
+    for model, t in results.get("full_folds", {}).items():
+        lines.append(
+            f"fold 0 of {model}: {t['wall_time_s']:.1f} s; base training {t['time/base_training_s']:.1f} s, "
+            f"data {t['time/data_s']:.1f} s, frozen-base phases {t['time/frozen_base_s']:.1f} s "
+            f"({100 * t['time/frozen_base_share']:.1f}%), evaluation {t['time/evaluation_s']:.1f} s, "
+            f"other {t['time/other_s']:.1f} s; outside base training {100 * t['time/outside_base_training_share']:.1f}%"
+        )
+    return lines
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+def main(cfg: DictConfig) -> None:
+    with user_errors_reported():
+        if cfg.bench.repeats < 1:
+            raise ConfigError(f"bench.repeats={cfg.bench.repeats} must be at least 1.")
+        torch.set_flush_denormal(True)
+        threads = configure_threads(cfg.threads)
+        pl.seed_everything(cfg.seed, verbose=False)
+        data = build_datamodule(cfg)
+        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+        results = {
+            "dataset": cfg.dataset.name,
+            "batch_size": cfg.data.batch_size,
+            "precision": str(cfg.trainer.precision),
+            "image_size": cfg.dataset.image_size,
+            "torch_threads": threads,
+            "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
+            "throughput": [measure_throughput(cfg, data, device) for device in devices],
+        }
+        if cfg.bench.full_folds:
+            results["full_folds"] = time_full_folds(cfg)
+        output = Path(cfg.bench.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2))
+        for line in report(results):
+            print(line)
+        print(f"written to {output}")
+
+
+if __name__ == "__main__":
+    main()
