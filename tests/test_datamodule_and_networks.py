@@ -72,3 +72,24 @@ def test_single_task_module_can_overfit_one_batch_of_its_task(faces):
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0]
     assert np.isclose(losses[0], np.log(4), atol=0.3)  # starts near chance
+
+
+def test_conv_base_computes_the_papers_conv_relu_pool_exactly():
+    """The base pools before its ReLU for speed; outputs and gradients equal conv -> ReLU -> pool."""
+    torch.manual_seed(0)
+    base = ConvBase(32, (4, 8, 16))
+    images = torch.randn(3, 1, 32, 32)
+
+    def reference(x):
+        for conv in (m for m in base.layers if isinstance(m, torch.nn.Conv2d)):
+            x = torch.nn.functional.max_pool2d(torch.relu(conv(x)), 2)
+        return x.flatten(1)
+
+    expected = reference(images)
+    expected.square().sum().backward()
+    expected_grad = base.layers[0].weight.grad.clone()
+    base.zero_grad()
+    actual = base(images)
+    actual.square().sum().backward()
+    assert torch.equal(actual, expected)
+    assert torch.allclose(base.layers[0].weight.grad, expected_grad, rtol=1e-6, atol=1e-7)
