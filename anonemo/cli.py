@@ -18,7 +18,7 @@ def user_errors_reported() -> Iterator[None]:
 
     Inside a Hydra multirun the job just ends there: its MLflow run is already marked FAILED
     with the error, and the sweep goes on with the other jobs (an exit would end it) and exits
-    non-zero at the end (see :mod:`anonemo.sweep`).
+    non-zero at the end (see :mod:`anonemo.sweep`). Ctrl-C or SIGTERM exits with status 130.
     """
     try:
         yield
@@ -26,3 +26,9 @@ def user_errors_reported() -> Iterator[None]:
         Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {error}", soft_wrap=True)
         if not in_multirun():
             sys.exit(2)
+    except KeyboardInterrupt as interrupt:
+        if in_multirun():
+            raise
+        reason = f" ({interrupt})" if str(interrupt) else ""
+        Console(stderr=True, highlight=False).print(f"interrupted{reason}: the MLflow run is marked KILLED.")
+        sys.exit(130)

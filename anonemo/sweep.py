@@ -20,7 +20,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from anonemo.tracking import PARENT_RUN_ENV, ensure_experiment, in_multirun, tracking_uri
+from anonemo.tracking import PARENT_RUN_ENV, ensure_experiment, in_multirun, terminate_as_interrupt, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class MlflowSweepCallback(Callback):
         os.environ[PARENT_RUN_ENV] = parent.info.run_id
         self._uri, self._parent = uri, parent.info.run_id
         atexit.register(self.close_parent)
+        terminate_as_interrupt()  # a terminated sweep still closes its parent run at exit
         log.info("MLflow parent run %s for this sweep in %s", parent.info.run_id, uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

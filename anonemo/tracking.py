@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,12 +102,31 @@ class RunLogger(MLFlowLogger):
             self.client.log_artifact(self.run_id, str(path), str(BASE_ARTIFACT.parent))
 
 
+_received_signal: str | None = None  # set by _interrupt: the job was stopped, not broken
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    global _received_signal
+    _received_signal = signal.Signals(signum).name
+    raise KeyboardInterrupt(f"terminated by signal {_received_signal}")
+
+
+def terminate_as_interrupt() -> None:
+    """Make SIGTERM (what ``kill``, job schedulers and joblib's shutdown send) and SIGINT (Ctrl-C)
+    raise KeyboardInterrupt and be remembered, so that open runs are closed as KILLED instead of
+    being left RUNNING, even where a library turns the interrupt into an exit (Lightning's
+    Trainer exits with status 1 after a graceful shutdown)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _interrupt)
+
+
 @contextmanager
 def mlflow_run(cfg: DictConfig) -> Iterator[RunLogger]:
     """Open an MLflow run for this job with its config as params; always close it.
 
     The run ends FINISHED on success, FAILED with the error as the ``error`` tag on an exception,
-    and KILLED on Ctrl-C, so no run is left RUNNING.
+    and KILLED on Ctrl-C or SIGTERM, so no run is left RUNNING (only SIGKILL cannot be caught).
     """
     uri = tracking_uri(cfg)
     client = MlflowClient(uri)
@@ -127,6 +148,7 @@ def mlflow_run(cfg: DictConfig) -> Iterator[RunLogger]:
     # Lightning's logger calls mlflow.set_tracking_uri, which writes MLFLOW_TRACKING_URI into the
     # environment; restore the caller's value so the next job in this process finds its own store.
     caller_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    terminate_as_interrupt()
     try:
         logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
         logger.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
@@ -135,6 +157,9 @@ def mlflow_run(cfg: DictConfig) -> Iterator[RunLogger]:
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as error:
+        if _received_signal is not None:
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            raise KeyboardInterrupt(f"terminated by signal {_received_signal}") from error
         client.set_tag(run.info.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
         raise

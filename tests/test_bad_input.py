@@ -1,11 +1,14 @@
 """Bad input gets one clear paragraph naming the file or option, never a library traceback."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
-from conftest import REPO, make_config
+from conftest import REPO, TINY_SYNTHETIC, make_config
+from mlflow.tracking import MlflowClient
 
 from anonemo.errors import ConfigError, DatasetError, ImageReadError
 from anonemo.workflow import run
@@ -91,3 +94,23 @@ def test_preview_writes_a_contact_sheet(yale_root, tmp_path):
 
     sheet = Image.open(output)
     assert sheet.width < sheet.height  # 15 subject rows, 4 emotion columns
+
+
+def test_terminated_job_is_marked_killed_not_left_running(tmp_path):
+    """SIGTERM (kill, a scheduler's pre-emption) mid-training: the run ends KILLED, exit 130."""
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    arguments = [f"paths.output_dir={tmp_path}", "trainer.enable_progress_bar=false", "model=hybrid", "model.rounds=500"]
+    job = subprocess.Popen([sys.executable, "-m", "anonemo.train", *TINY_SYNTHETIC, *arguments], cwd=REPO, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob("mlartifacts/*/*/artifacts/config.yaml")):
+        time.sleep(0.5)
+    time.sleep(3)  # into training
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=60)
+    assert job.returncode == 130, stderr[-2000:]
+    assert "interrupted (terminated by signal SIGTERM): the MLflow run is marked KILLED" in stderr
+    assert "Traceback" not in stderr
+    (logged,) = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+    assert logged.info.status == "KILLED"
