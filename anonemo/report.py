@@ -26,7 +26,7 @@ from rich.table import Table
 from anonemo.cli import user_errors_reported
 from anonemo.errors import ConfigError
 from anonemo.evaluation import plt, round_curves_figure
-from anonemo.tracking import resolve_tracking_uri
+from anonemo.tracking import RESULT_NEUTRAL, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,7 @@ COLUMNS = (*PAPER_METRICS, *AUDIT_METRICS)
 MODEL_ORDER = ("face", "emotion", "emotion2face", "hybrid", "hybrid_robust")
 # Parameters that differ between runs without changing their results (the audit only adds
 # measurements of the trained base).
-NOT_GROUPED = (
-    "fold", "paths.", "logger.", "threads", "audit.", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-)
+NOT_GROUPED = ("fold", "audit.", *RESULT_NEUTRAL)
 ROUND_CURVES = tuple(
     f"round/{curve}/{side}" for curve in ("emotion_acc", "identity_acc", "refit_identity_acc") for side in ("train", "val")
 )

@@ -7,6 +7,8 @@ environment wins over that, and ``logger.tracking_uri`` wins over both.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import signal
@@ -21,7 +23,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
@@ -137,6 +139,7 @@ def mlflow_run(cfg: DictConfig) -> Iterator[RunLogger]:
         "fold": str(cfg.fold),
         "anonemo.version": anonemo.__version__,
         "mlflow.source.name": "anonemo.train",
+        CONFIG_HASH_TAG: config_hash(cfg),
     }
     tags.update(sweep_tags())
     commit = git_commit()
@@ -196,6 +199,34 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+# Settings that do not change what a job computes: where it is stored and shown, its threads,
+# and how sweeps treat it. The report and the skipping of finished jobs ignore them.
+RESULT_NEUTRAL = ("paths.", "logger.", "threads", "sweep.", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+CONFIG_HASH_TAG = "anonemo.config_hash"
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A fingerprint of everything in ``cfg`` that decides the job's results (fold included)."""
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    decisive = {k: v for k, v in sorted(flat.items()) if not k.startswith(RESULT_NEUTRAL)}
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def finished_run(cfg: DictConfig) -> Run | None:
+    """The newest FINISHED run of this exact job (same config hash) in its experiment, if any."""
+    client = MlflowClient(tracking_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.logger.experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{CONFIG_HASH_TAG}` = '{config_hash(cfg)}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
 
 
 def git_commit() -> str | None:

@@ -43,7 +43,7 @@ from anonemo.models.hybrid import HybridModule, HybridSchedule
 from anonemo.models.networks import ConvBase
 from anonemo.sweep import configure_threads
 from anonemo.timing import PhaseClock
-from anonemo.tracking import RunLogger, mlflow_run, run_url, tracking_uri
+from anonemo.tracking import RunLogger, finished_run, mlflow_run, run_url, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(
             f"model.workflow={cfg.model.workflow} (model={cfg.model.name}) is not known: use one of {', '.join(WORKFLOWS)}."
         )
+    if cfg.sweep.skip_finished:
+        done = finished_run(cfg)
+        if done is not None:
+            log.info("Skipped %s on %s fold %d: run %s with the same settings FINISHED already (sweep.skip_finished)",
+                     cfg.model.name, cfg.dataset.name, cfg.fold, done.info.run_id)
+            return dict(done.data.metrics)
     clock = PhaseClock()
     # Weights and activations that decay into the subnormal range make CPU arithmetic several
     # times slower (seen here: 6x per epoch once the adversarial base collapsed); flush them to 0.

@@ -10,6 +10,8 @@ from mlflow.tracking import MlflowClient
 from test_bad_input import cli
 
 from anonemo.report import build_report, collect_groups
+from anonemo.tracking import tracking_uri
+from anonemo.workflow import run
 
 TINY_JOB = (*TINY_SYNTHETIC, "trainer.enable_progress_bar=false")
 
@@ -147,3 +149,24 @@ def test_optuna_search_optimises_a_validation_objective(tmp_path):
     assert len(children) == 2
     for child in children:  # the objective reads validation numbers, logged beside the test ones
         assert {"Hybrid2Emotion/val_acc", "Hybrid2Face/val_acc", "Hybrid2Emotion"} <= set(child.data.metrics)
+
+
+def test_relaunch_skips_finished_jobs_and_redoes_the_others(tiny_config):
+    """sweep.skip_finished: the same job (settings and fold) is not trained twice; a changed
+    setting, another fold, or a run that did not finish is trained again."""
+    first = run(tiny_config("model=emotion", "fold=0"))
+    client = MlflowClient(tracking_uri(tiny_config()))
+    experiment_id = client.get_experiment_by_name("synthetic").experiment_id
+
+    def runs():
+        return client.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
+
+    again = run(tiny_config("model=emotion", "fold=0", "sweep.skip_finished=true", "threads=1"))
+    assert len(runs()) == 1 and again["Emotion"] == first["Emotion"]
+    run(tiny_config("model=emotion", "fold=1", "sweep.skip_finished=true"))
+    run(tiny_config("model=emotion", "fold=0", "model.lr=0.01", "sweep.skip_finished=true"))
+    assert len(runs()) == 3
+    client.set_terminated(runs()[1].info.run_id, "FAILED")  # fold 1 crashed: it is redone
+    run(tiny_config("model=emotion", "fold=1", "sweep.skip_finished=true"))
+    assert [r.data.tags["fold"] for r in runs()] == ["0", "1", "0", "1"]
+    assert runs()[-1].info.status == "FINISHED"
