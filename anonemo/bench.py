@@ -83,18 +83,17 @@ class Workload:
         return list(torch.randperm(len(self.images), generator=generator).to(self.device).split(self.batch_size))
 
 
-def plain_single_task(w: Workload, epochs: int) -> list[float]:
-    """Seconds per epoch of the minimal loop an expert would write for the Emotion CNN."""
-    base, head = w.base_and_head(w.num_emotions)
-    model = nn.Sequential(base, head).to(w.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+def timed_epochs(w: Workload, epochs: int, step: Callable[[torch.Tensor], torch.Tensor],
+                 optimizer: torch.optim.Optimizer) -> list[float]:
+    """Seconds per epoch of the minimal loop an expert would write: for each batch of indices,
+    the loss ``step`` computes under autocast, backward, optimizer step."""
     seconds = []
     for epoch in range(epochs):
         synchronize(w.device)
         started = time.perf_counter()
         for index in w.batches(epoch):
             with torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=w.bf16):
-                loss = F.cross_entropy(model(w.images[index]), w.emotion[index])
+                loss = step(index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -103,30 +102,29 @@ def plain_single_task(w: Workload, epochs: int) -> list[float]:
     return seconds
 
 
+def plain_single_task(w: Workload, epochs: int) -> list[float]:
+    """The Emotion CNN: cross-entropy on the emotion labels."""
+    base, head = w.base_and_head(w.num_emotions)
+    model = nn.Sequential(base, head).to(w.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    return timed_epochs(w, epochs, lambda index: F.cross_entropy(model(w.images[index]), w.emotion[index]), optimizer)
+
+
 def plain_adversarial(w: Workload, epochs: int, beta: float = 1.0) -> list[float]:
-    """Seconds per epoch of a minimal eq. (2) loop: W_i frozen, W_c and W_e minimise Le - beta*Li."""
+    """Eq. (2): W_i frozen, W_c and W_e minimise Le - beta*Li."""
     base, emotion_head = w.base_and_head(w.num_emotions)
     identity_head = w.base_and_head(w.num_subjects)[1]
     for module in (base, emotion_head, identity_head):
         module.to(w.device)
     identity_head.requires_grad_(False)
     optimizer = torch.optim.Adam([*base.parameters(), *emotion_head.parameters()], lr=1e-3, weight_decay=1e-4)
-    seconds = []
-    for epoch in range(epochs):
-        synchronize(w.device)
-        started = time.perf_counter()
-        for index in w.batches(epoch):
-            with torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=w.bf16):
-                features = base(w.images[index])
-                loss = F.cross_entropy(emotion_head(features), w.emotion[index]) - beta * F.cross_entropy(
-                    identity_head(features), w.identity[index]
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        synchronize(w.device)
-        seconds.append(time.perf_counter() - started)
-    return seconds
+
+    def step(index: torch.Tensor) -> torch.Tensor:
+        features = base(w.images[index])
+        emotion_loss = F.cross_entropy(emotion_head(features), w.emotion[index])
+        return emotion_loss - beta * F.cross_entropy(identity_head(features), w.identity[index])
+
+    return timed_epochs(w, epochs, step, optimizer)
 
 
 class EpochTimer(pl.Callback):
