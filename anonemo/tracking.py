@@ -24,18 +24,21 @@ import matplotlib.pyplot as plt
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from mlflow.entities import Run, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 
 import anonemo
-from anonemo.errors import ConfigError
-from anonemo.models.networks import ConvBase, save_base
+from anonemo.errors import ConfigError, TrackingError
+from anonemo.models.networks import ClassifierHead, ConvBase, save_network
 
 log = logging.getLogger(__name__)
 
-# Where each run keeps its frozen conv base (W_c), inside its artifacts.
+# Where each run keeps its frozen conv base (W_c), re-audited by ``python -m anonemo.audit``, and
+# the emotion head on it (the Emotion CNN's, or Hybrid2Emotion), exported by ``anonemo.export``.
 BASE_ARTIFACT = Path("model/conv_base.pt")
+EMOTION_HEAD_ARTIFACT = Path("model/emotion_head.pt")
 # Set by anonemo.sweep.MlflowSweepCallback for the jobs of a Hydra multirun.
 PARENT_RUN_ENV = "ANONEMO_MLFLOW_PARENT_RUN_ID"
 # MLflow's schema migrations log a page of INFO lines the first time a database is created.
@@ -96,12 +99,12 @@ class RunLogger(MLFlowLogger):
     def log_text(self, text: str, path: str) -> None:
         self.client.log_text(self.run_id, text, path)
 
-    def log_base(self, base: ConvBase) -> None:
-        """The frozen base as ``model/conv_base.pt``, so that ``python -m anonemo.audit`` can re-audit it."""
+    def log_network(self, network: ConvBase | ClassifierHead, artifact: Path, **extra: object) -> None:
+        """A network's architecture and weights as the artifact ``artifact`` (see ``save_network``)."""
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / BASE_ARTIFACT.name
-            save_base(base, path)
-            self.client.log_artifact(self.run_id, str(path), str(BASE_ARTIFACT.parent))
+            path = Path(folder) / artifact.name
+            save_network(network, path, **extra)
+            self.client.log_artifact(self.run_id, str(path), str(artifact.parent))
 
 
 _received_signal: str | None = None  # set by _interrupt: the job was stopped, not broken
@@ -227,6 +230,28 @@ def finished_run(cfg: DictConfig) -> Run | None:
         max_results=1,
     )
     return runs[0] if runs else None
+
+
+def require_run(client: MlflowClient, run_id: str) -> Run:
+    try:
+        return client.get_run(run_id)
+    except MlflowException as error:
+        raise TrackingError(
+            f"run_id={run_id} is not a run in the tracking store {client.tracking_uri}; "
+            "copy the id from the training log or the MLflow UI, or set tracking_uri."
+        ) from error
+
+
+def run_artifact(client: MlflowClient, run_id: str, artifact: str, folder: str) -> Path:
+    """Download one artifact of a run into ``folder``; a clear error if the run has none."""
+    try:
+        return Path(client.download_artifacts(run_id, artifact, folder))
+    except (MlflowException, OSError) as error:
+        raise TrackingError(
+            f"run_id={run_id} has no artifact {artifact}. Runs of this version of anonemo save their conv "
+            "base, and emotion models (emotion, emotion2face, hybrid*) their emotion head; a face model "
+            f"has none. Train it again or pick another run. ({error})"
+        ) from error
 
 
 def git_commit() -> str | None:

@@ -43,7 +43,15 @@ from anonemo.models.hybrid import HybridModule, HybridSchedule
 from anonemo.models.networks import ConvBase
 from anonemo.sweep import configure_threads
 from anonemo.timing import PhaseClock
-from anonemo.tracking import RunLogger, finished_run, mlflow_run, run_url, tracking_uri
+from anonemo.tracking import (
+    BASE_ARTIFACT,
+    EMOTION_HEAD_ARTIFACT,
+    RunLogger,
+    finished_run,
+    mlflow_run,
+    run_url,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +123,7 @@ def build_datamodule(cfg: DictConfig) -> GroupedFoldDataModule:
 def train_single_task(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger, clock: PhaseClock) -> dict[str, float]:
     """``model=emotion`` / ``model=face``."""
     metrics, module = fit_single_task(cfg, data, logger, clock)
-    logger.log_base(module.base)
+    logger.log_network(module.base, BASE_ARTIFACT)
     if cfg.audit.enabled:
         with clock.phase("frozen_base"):
             metrics |= audit_base(cfg, FeatureDataModule(module.base, data, bf16=uses_bf16(cfg)), data, logger)
@@ -125,7 +133,7 @@ def train_single_task(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunL
 def train_emotion2face(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger, clock: PhaseClock) -> dict[str, float]:
     """``model=emotion2face``: Emotion, then a fresh identity head on its frozen base."""
     metrics, emotion = fit_single_task(cfg, data, logger, clock)
-    logger.log_base(emotion.base)
+    logger.log_network(emotion.base, BASE_ARTIFACT)
     with clock.phase("frozen_base"):
         features = FeatureDataModule(emotion.base, data, bf16=uses_bf16(cfg))
         metrics |= fit_transfer(cfg, emotion.base, features, data, logger, "identity", cfg.model.transfer_metric)
@@ -185,7 +193,7 @@ def train_hybrid(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger
             logger.log_figure(round_curves_figure(hybrid.history, f"Hybrid on {cfg.dataset.name}, fold {cfg.fold}"),
                               "hybrid_rounds.png")
 
-    logger.log_base(hybrid.base)
+    logger.log_network(hybrid.base, BASE_ARTIFACT)
     metrics: dict[str, float] = {}
     with clock.phase("frozen_base"):
         features = FeatureDataModule(hybrid.base, data, bf16=uses_bf16(cfg))
@@ -231,6 +239,8 @@ def fit_single_task(
     with clock.phase("evaluation"):
         result = test_once(trainer, module, data.test_dataloader(), data, task)
     log_result(logger, result, cfg.model.metric)
+    if task == "emotion":  # the selected checkpoint's head, which test_once loaded
+        logger.log_network(module.head, EMOTION_HEAD_ARTIFACT, class_names=data.class_names(task))
     return result.as_metrics(cfg.model.metric), module
 
 
@@ -261,6 +271,8 @@ def fit_transfer(
     trainer.fit(module, datamodule=features)
     result = test_once(trainer, module, features.test_dataloader(), data, task)
     log_result(logger, result, name)
+    if task == "emotion":  # Hybrid2Emotion: the emotion head an exported anonymous model uses
+        logger.log_network(module.head, EMOTION_HEAD_ARTIFACT, class_names=data.class_names(task))
     # The selected head's validation accuracy: what hyper-parameter searches may optimise.
     val_acc = {f"{name}/val_acc": 100 * float(trainer.checkpoint_callback.best_model_score)}
     logger.log_metrics(val_acc)

@@ -12,7 +12,7 @@ from anonemo.audit.attackers import CosineKnnAttacker, Split, default_attackers
 from anonemo.data.datamodule import TensorBatches
 from anonemo.errors import ModelFileError
 from anonemo.evaluation import accuracy
-from anonemo.models.networks import ConvBase, load_base, save_base
+from anonemo.models.networks import ConvBase, load_base, save_network
 from anonemo.tracking import tracking_uri
 from anonemo.workflow import run
 from test_bad_input import cli
@@ -90,16 +90,16 @@ def test_reaudit_names_an_unknown_run(tmp_path):
 
 def test_saved_base_round_trips_and_bad_files_are_named(tmp_path):
     base = ConvBase(32, (4, 8, 8), bottleneck=6, feature_norm="layer")
-    save_base(base, tmp_path / "base.pt")
+    save_network(base, tmp_path / "base.pt")
     loaded = load_base(tmp_path / "base.pt")
     images = torch.rand(3, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(images), base.eval()(images))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelFileError, match="junk.pt is not a readable anonemo base file"):
+    with pytest.raises(ModelFileError, match="junk.pt is not a readable anonemo model file"):
         load_base(tmp_path / "junk.pt")
     torch.save({"state_dict": base.state_dict()}, tmp_path / "foreign.pt")
-    with pytest.raises(ModelFileError, match="foreign.pt is not an anonemo base file"):
+    with pytest.raises(ModelFileError, match="foreign.pt is not an anonemo ConvBase file"):
         load_base(tmp_path / "foreign.pt")
     payload = torch.load(tmp_path / "base.pt", weights_only=True)
     payload["architecture"]["channels"] = [4, 8, 16]  # another architecture than its weights

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from anonemo.data.records import FaceRecords
 from anonemo.errors import ConfigError
@@ -38,21 +39,26 @@ class FaceCropper:
             )
 
     def crop_all(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return self.crop_with_detections(images)[0]
+
+    def crop_with_detections(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[bool]]:
+        """The crops, and for each image whether a face was detected (False: centre crop or none)."""
         if self.method == "none":
-            return images
+            return images, [False] * len(images)
         cascade = None
         if self.method == "haar":
             cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-        crops, fallbacks = [], 0
+        crops, detected = [], []
         for image in images:
             box = self._detect(cascade, image) if cascade is not None else None
-            fallbacks += cascade is not None and box is None
+            detected.append(box is not None)
             crops.append(self._crop(image, box))
+        fallbacks = detected.count(False) if cascade is not None else 0
         if fallbacks:
             log.warning("Face detection found no face in %d of %d images: used a centre crop for those", fallbacks, len(images))
         elif cascade is not None:
             log.info("Face detection found a face in all %d images", len(images))
-        return crops
+        return crops, detected
 
     def _detect(self, cascade: cv2.CascadeClassifier, image: np.ndarray) -> tuple[int, int, int, int] | None:
         side = int(self.min_size * min(image.shape))
@@ -91,3 +97,19 @@ def preprocess(records: FaceRecords, cropper: FaceCropper, image_size: int) -> F
         emotion_names=records.emotion_names,
         source_names=records.source_names,
     )
+
+
+@dataclass(frozen=True)
+class ImagePreprocessor:
+    """The exact path from an image file to the network's input, as in training: decode to
+    grayscale, crop the face (``face_crop``: the dataset's FaceCropper settings), resize to
+    ``image_size`` with area interpolation, scale to [0, 1]. Saved beside exported models."""
+
+    face_crop: dict
+    image_size: int
+
+    def __call__(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[bool]]:
+        """``(N, 1, S, S)`` float32 in [0, 1] from 2-D uint8 images, and which had a detected face."""
+        crops, detected = FaceCropper(**self.face_crop).crop_with_detections(images)
+        resized = [cv2.resize(c, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA) for c in crops]
+        return torch.as_tensor(np.stack(resized)).unsqueeze(1).float().div_(255), detected

@@ -38,7 +38,7 @@ class ConvBase(nn.Module):
         feature_norm: str = "none",
     ):
         super().__init__()
-        # What it takes to rebuild this base from a saved state dict (see save_base / load_base).
+        # What it takes to rebuild this base from a saved state dict (see save_network).
         self.architecture = {
             "image_size": image_size,
             "channels": list(channels),
@@ -90,6 +90,7 @@ class ClassifierHead(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (256, 128), dropout: float = 0.0):
         super().__init__()
+        self.architecture = {"in_features": in_features, "num_classes": num_classes, "hidden": list(hidden), "dropout": dropout}
         layers: list[nn.Module] = []
         for width in hidden:
             layers += [nn.Linear(in_features, width), nn.ReLU(), nn.Dropout(dropout)]
@@ -100,30 +101,57 @@ class ClassifierHead(nn.Module):
         return self.layers(features)
 
 
-BASE_FORMAT = "anonemo.ConvBase/1"
+class EmotionModel(nn.Module):
+    """The anonymising encoder W_c with an emotion head: what ``anonemo.export`` ships.
+
+    ``forward`` maps ``(N, 1, S, S)`` images in [0, 1] (see ``ImagePreprocessor``) to emotion
+    probabilities; ``encode`` to the encoder's features, the representation the audit measured.
+    It holds no identity head.
+    """
+
+    def __init__(self, base: ConvBase, head: ClassifierHead):
+        super().__init__()
+        self.base, self.head = base, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.base(images)).softmax(1)
+
+    @torch.jit.export
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.base(images)
 
 
-def save_base(base: ConvBase, path: Path) -> None:
-    """The base's architecture and weights, in a file :func:`load_base` reads with ``weights_only``."""
-    torch.save({"format": BASE_FORMAT, "architecture": base.architecture, "state_dict": base.state_dict()}, path)
+def save_network(network: ConvBase | ClassifierHead, path: Path, **extra: object) -> None:
+    """Architecture, weights and ``extra`` plain values, in a file :func:`load_network` reads."""
+    payload = {"format": FORMATS[type(network)], "architecture": network.architecture, "state_dict": network.state_dict()}
+    torch.save(payload | extra, path)
 
 
-def load_base(path: Path) -> ConvBase:
-    """A :class:`ConvBase` saved by :func:`save_base`, on the CPU, in eval mode.
+def load_network(path: Path, kind: type[ConvBase] | type[ClassifierHead]) -> tuple[nn.Module, dict]:
+    """A network of ``kind`` saved by :func:`save_network` (on the CPU, in eval mode) and the
+    file's whole payload.
 
     Loaded with ``weights_only=True``: a file can carry tensors and plain values, never code.
     """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling and zip errors come in many classes
-        raise ModelFileError(f"{path} is not a readable anonemo base file ({type(error).__name__}: {error}).") from error
-    if not isinstance(payload, dict) or payload.get("format") != BASE_FORMAT:
-        raise ModelFileError(f"{path} is not an anonemo base file (expected format {BASE_FORMAT}).")
-    base = ConvBase(**payload["architecture"])
+        raise ModelFileError(f"{path} is not a readable anonemo model file ({type(error).__name__}: {error}).") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMATS[kind]:
+        raise ModelFileError(f"{path} is not an anonemo {kind.__name__} file (expected format {FORMATS[kind]}).")
+    network = kind(**payload["architecture"])
     try:
-        base.load_state_dict(payload["state_dict"])
+        network.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
         raise ModelFileError(
             f"{path}: its weights do not fit the architecture it declares ({payload['architecture']}): {error}"
         ) from error
-    return base.eval()
+    return network.eval(), payload
+
+
+def load_base(path: Path) -> ConvBase:
+    """The conv base in a file written by :func:`save_network`."""
+    return load_network(path, ConvBase)[0]
+
+
+FORMATS = {ConvBase: "anonemo.ConvBase/1", ClassifierHead: "anonemo.ClassifierHead/1"}

@@ -1,0 +1,126 @@
+"""Shipping the anonymous emotion model: export (TorchScript + MLflow Model) and predict."""
+
+import csv
+import json
+
+import cv2
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from test_bad_input import cli
+
+from anonemo.data.synthetic import SyntheticFaces
+from anonemo.export import MODEL_FILE, PREPROCESSING_FILE, export_run
+from anonemo.models.networks import ClassifierHead, ConvBase, EmotionModel
+from anonemo.predict import main as predict_main
+from anonemo.tracking import tracking_uri
+from anonemo.workflow import run
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny Hybrid run, exported and registered."""
+    from conftest import TINY_SYNTHETIC, make_config
+
+    tmp_path = tmp_path_factory.mktemp("export")
+    cfg = make_config(tmp_path, *TINY_SYNTHETIC, "model=hybrid", "model.init_epochs=2", "model.rounds=1",
+                      "model.refit_epochs=1", "transfer.max_epochs=3", "audit.enabled=false")
+    metrics = run(cfg)
+    client = MlflowClient(tracking_uri(cfg))
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    (logged,) = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+    result = export_run(client, logged.info.run_id, tmp_path / "model", register=True, registered_name="anonemo-test")
+    return tmp_path, client, logged.info.run_id, metrics, result
+
+
+def test_export_writes_torchscript_and_an_mlflow_model_that_agree_with_the_run(exported):
+    tmp_path, client, run_id, metrics, result = exported
+    folder = tmp_path / "model"
+    preprocessing = json.loads((folder / PREPROCESSING_FILE).read_text())
+    assert preprocessing["class_names"] == ["neutral", "happy", "sad"] and preprocessing["image_size"] == 32
+    assert preprocessing["run_id"] == run_id and preprocessing["face_crop"]["method"] == "none"
+    # the packaged model reproduces the run's own Hybrid2Emotion evaluation on the test fold
+    assert result["export/agreement"] >= 95
+    assert result["export/run_path_test_acc"] == pytest.approx(metrics["Hybrid2Emotion"])
+    scripted = torch.jit.load(str(folder / MODEL_FILE))
+    reloaded = mlflow.pytorch.load_model(result["model_uri"])
+    images = torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        probabilities = scripted(images)
+        assert torch.allclose(reloaded(images), probabilities, atol=1e-6)
+    assert probabilities.shape == (4, 3) and torch.allclose(probabilities.sum(1), torch.ones(4))
+    assert not any("identity" in name for name, _ in scripted.named_parameters())  # no identity head shipped
+    (version,) = client.search_model_versions("name = 'anonemo-test'")
+    assert version.run_id == run_id
+
+
+def test_predict_prints_emotions_writes_csv_and_encodes(exported):
+    tmp_path, *_ = exported
+    images = tmp_path / "images"
+    images.mkdir()
+    faces = SyntheticFaces(num_subjects=2, num_emotions=3, images_per_cell=1).load()
+    for k, image in enumerate(faces.images[:4]):
+        cv2.imwrite(str(images / f"face{k}.{'png' if k % 2 else 'jpg'}"), image)
+    (images / "notes.txt").write_text("not an image")
+    table = tmp_path / "emotions.csv"
+    result = cli(str(tmp_path / "model"), str(images), "--csv", str(table), module="anonemo.predict")
+    assert result.returncode == 1  # one file skipped
+    assert "skipped: Could not decode" in result.stderr and "notes.txt" in result.stderr
+    assert "Traceback" not in result.stderr
+    rows = list(csv.DictReader(table.open()))
+    assert [r["image"].rsplit("/", 1)[1] for r in rows if not r["error"]] == ["face0.jpg", "face1.png", "face2.jpg", "face3.png"]
+    assert all(r["emotion"] in ("neutral", "happy", "sad") for r in rows if not r["error"])
+    for row in (r for r in rows if not r["error"]):
+        assert float(row["confidence"]) == pytest.approx(max(float(row[f"p_{c}"]) for c in ("neutral", "happy", "sad")))
+    assert "identity" not in table.read_text() and "subject" not in result.stdout
+    encoded = tmp_path / "features.npz"
+    result = cli(str(tmp_path / "model"), *(str(p) for p in sorted(images.glob("face*"))), "--encode", str(encoded),
+                 module="anonemo.predict")
+    assert result.returncode == 0, result.stderr
+    saved = np.load(encoded)
+    assert saved["features"].shape == (4, 64 * (32 // 8) ** 2) and len(saved["images"]) == 4  # W_c's output
+
+
+def test_predict_crops_real_faces_as_in_training(yale_root, tmp_path):
+    """A model packaged with Haar cropping detects the face in every real Yale image given."""
+    torch.manual_seed(0)
+    model = EmotionModel(ConvBase(64, (4, 8, 8)), ClassifierHead(8 * 64, 4, (16, 8))).eval()
+    torch.jit.script(model).save(str(tmp_path / MODEL_FILE))
+    preprocessing = {"face_crop": {"method": "haar", "scale_factor": 1.1, "min_neighbors": 5, "min_size": 0.2,
+                                   "margin": 0.1, "center_fraction": 0.9}, "image_size": 64,
+                     "class_names": ["normal", "happy", "sad", "surprised"]}
+    (tmp_path / PREPROCESSING_FILE).write_text(json.dumps(preprocessing))
+    files = [yale_root / f"subject0{k}.happy" for k in range(1, 5)]  # GIFs without an extension
+    result = cli(str(tmp_path), *map(str, files), module="anonemo.predict")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("detected") == 4 and "not detected" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing model", "{tmp}/none does not exist: MODEL must be a folder written by python -m anonemo.export"),
+        ("folder without preprocessing", "{tmp}/model/preprocessing.json does not exist"),
+        ("junk model", "{tmp}/junk/emotion_model.pt is not a TorchScript model written by anonemo.export"),
+        ("missing image", "{tmp}/nothing.png does not exist: give image files or folders of images"),
+    ],
+)
+def test_predict_names_bad_input(tmp_path, capsys, case, message):
+    (tmp_path / "model").mkdir()
+    torch.jit.script(EmotionModel(ConvBase(32, (4, 8, 8)), ClassifierHead(128, 3, (8, 8)))).save(str(tmp_path / "model" / MODEL_FILE))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / MODEL_FILE).write_bytes(b"junk")
+    (tmp_path / "junk" / PREPROCESSING_FILE).write_text("{}")
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / MODEL_FILE).write_bytes((tmp_path / "model" / MODEL_FILE).read_bytes())
+    (tmp_path / "good" / PREPROCESSING_FILE).write_text(json.dumps({"face_crop": {"method": "none"}, "image_size": 32, "class_names": ["a", "b", "c"]}))
+    model, images = {
+        "missing model": ("none", "x.png"),
+        "folder without preprocessing": ("model", "x.png"),
+        "junk model": ("junk", "x.png"),
+        "missing image": ("good", "nothing.png"),
+    }[case]
+    assert predict_main([str(tmp_path / model), str(tmp_path / images)]) == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err.replace("\n", "")
