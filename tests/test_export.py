@@ -2,6 +2,12 @@
 
 import csv
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
 import cv2
 import mlflow
@@ -124,3 +130,40 @@ def test_predict_names_bad_input(tmp_path, capsys, case, message):
     }[case]
     assert predict_main([str(tmp_path / model), str(tmp_path / images)]) == 2
     assert message.format(tmp=tmp_path) in capsys.readouterr().err.replace("\n", "")
+
+
+def test_mlflow_models_serve_answers_a_rest_request(exported):
+    """The exported MLflow Model serves: ``mlflow models serve`` on 127.0.0.1 answers /invocations."""
+    tmp_path, client, _, _, result = exported
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": client.tracking_uri, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", result["model_uri"], "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-3000:]
+                assert time.monotonic() < deadline, "mlflow models serve did not come up in 180 s"
+                time.sleep(1)
+        images = np.random.default_rng(1).random((3, 1, 32, 32), dtype=np.float32)
+        request = urllib.request.Request(f"{url}/invocations", data=json.dumps({"inputs": images.tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            served = np.array(json.loads(reply.read())["predictions"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    with torch.no_grad():
+        expected = torch.jit.load(str(tmp_path / "model" / MODEL_FILE))(torch.from_numpy(images)).numpy()
+    assert served.shape == (3, 3) and np.allclose(served, expected, atol=1e-5)
