@@ -138,7 +138,10 @@ def test_mlflow_models_serve_answers_a_rest_request(exported):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": client.tracking_uri, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    # The server starts `uvicorn` by name: the environment's bin folder must be on PATH, as in an
+    # activated virtual environment.
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": client.tracking_uri, "NO_ALBUMENTATIONS_UPDATE": "1"}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", result["model_uri"], "--env-manager", "local",
          "--host", "127.0.0.1", "--port", str(port)],
