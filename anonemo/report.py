@@ -284,11 +284,11 @@ def main(cfg: DictConfig) -> None:
         if cfg.parent_run:
             experiment_ids = [client.get_run(cfg.parent_run).info.experiment_id]
             filters.append(f"tags.mlflow.parentRunId = '{cfg.parent_run}'")
-        elif cfg.experiment:
-            experiment = client.get_experiment_by_name(cfg.experiment)
+        elif cfg.experiment_name:
+            experiment = client.get_experiment_by_name(cfg.experiment_name)
             if experiment is None:
                 known = ", ".join(e.name for e in client.search_experiments())
-                raise ConfigError(f"experiment={cfg.experiment} is not in {uri}; experiments there: {known or 'none'}.")
+                raise ConfigError(f"experiment_name={cfg.experiment_name} is not in {uri}; experiments there: {known or 'none'}.")
             experiment_ids = [experiment.experiment_id]
         else:
             experiment_ids = [e.experiment_id for e in client.search_experiments()]
