@@ -193,7 +193,7 @@ def tradeoff_figure(groups: list[RunGroup], title: str) -> plt.Figure | None:
     for g in hybrids:
         (x, dx, _), (y, dy, n) = g.summary(leakage), g.summary("Hybrid2Emotion")
         axes.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", capsize=3)
-        axes.annotate(labels[id(g)] or f"hybrid ({n} folds)", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        axes.annotate(f"{g.model} {labels[id(g)]}".strip() + f" ({n} folds)", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     # References: the Emotion CNN's accuracy, and the leakage of its base by the same measure.
     references = [("Emotion", "Emotion", axes.axhline, ("emotion", "emotion2face"))]
     if audited:
