@@ -170,3 +170,9 @@ def test_relaunch_skips_finished_jobs_and_redoes_the_others(tiny_config):
     run(tiny_config("model=emotion", "fold=1", "sweep.skip_finished=true"))
     assert [r.data.tags["fold"] for r in runs()] == ["0", "1", "0", "1"]
     assert runs()[-1].info.status == "FINISHED"
+
+
+def test_report_names_an_unknown_experiment(tmp_path):
+    result = cli("experiment_name=nope", f"paths.output_dir={tmp_path}", module="anonemo.report")
+    assert result.returncode == 2
+    assert "experiment_name=nope is not in sqlite:///" in result.stderr and "Traceback" not in result.stderr
