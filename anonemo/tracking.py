@@ -15,6 +15,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,8 +61,25 @@ def resolve_tracking_uri(explicit: str | None, output_dir: str | Path) -> str:
     return f"sqlite:///{database}"  # the absolute path's own leading slash makes the fourth
 
 
+def check_reachable(uri: str) -> None:
+    """Fail fast, with the URI in the message, when a tracking server does not answer (MLflow's
+    own client would retry for minutes and end in a traceback)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
+            pass
+    except (OSError, ValueError) as error:
+        raise TrackingError(
+            f"The MLflow tracking server {uri} (logger.tracking_uri or $MLFLOW_TRACKING_URI) cannot be "
+            f"reached ({error}). Start it (mlflow server ...), fix the address, or unset both to use the "
+            "local SQLite store under paths.output_dir."
+        ) from error
+
+
 def ensure_experiment(client: MlflowClient, cfg: DictConfig, uri: str) -> str:
     """The experiment's id, creating it (with an explicit artifact location) if needed."""
+    check_reachable(uri)
     name = cfg.logger.experiment_name
     experiment = client.get_experiment_by_name(name)
     if experiment is None:

@@ -5,12 +5,13 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import pytest
 from conftest import REPO, TINY_SYNTHETIC, make_config
 from mlflow.tracking import MlflowClient
 
-from anonemo.errors import ConfigError, DatasetError, ImageReadError
+from anonemo.errors import ConfigError, DatasetError, ImageReadError, TrackingError
 from anonemo.workflow import run
 
 
@@ -22,44 +23,85 @@ def yale_folder(tmp_path, files):
     return folder
 
 
-@pytest.mark.parametrize(
-    ("overrides", "error", "message"),
-    [
-        (["dataset=yale", "dataset.root=null"], DatasetError, "dataset.root is not set for dataset=yale"),
-        (["dataset=jaffe", "dataset.root=/no/such/jaffe"], DatasetError, "dataset.root=/no/such/jaffe does not exist"),
-        (["dataset.image_size=4"], ConfigError, "dataset.image_size=4 is too small for the three 2x2 poolings"),
-        (["fold=12"], ConfigError, "fold=12 is out of range for cv.n_splits=10"),
-        (["augment.total=10"], ConfigError, "augment.total=10 is smaller than the 420 original images"),
-        (["dataset.num_emotions=9"], ConfigError, "dataset.num_emotions=9 is out of range"),
-        (["model.task=age"], ConfigError, "model.task='age' is not known"),
-        (["model.workflow=hybridx"], ConfigError, "model.workflow=hybridx (model=emotion) is not known"),
-    ],
-)
-def test_bad_settings(tmp_path, overrides, error, message):
+def copy_folder(source, target, edit=None):
+    """``source``'s files copied into ``target``; ``edit(name, data)`` may change (bytes) or drop (None) each."""
+    target.mkdir()
+    for file in source.iterdir():
+        data = file.read_bytes() if edit is None else edit(file.name, file.read_bytes())
+        if data is not None:
+            (target / file.name).write_bytes(data)
+    return target
+
+
+def zip_of(path, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+# The catalogue of bad input: (case, overrides built from (tmp_path, yale_root, jaffe_root), error class,
+# the message's telling part ({tmp} is tmp_path)). Every case runs the real job from its config.
+CATALOGUE = [
+    ("dataset root not set", lambda t, y, j: ["dataset=yale", "dataset.root=null"],
+     DatasetError, "dataset.root is not set for dataset=yale"),
+    ("dataset root missing", lambda t, y, j: ["dataset=jaffe", f"dataset.root={t}/no/such/jaffe"],
+     DatasetError, "dataset.root={tmp}/no/such/jaffe does not exist"),
+    ("empty folder", lambda t, y, j: ["dataset=yale", f"dataset.root={yale_folder(t, {})}"],
+     DatasetError, "dataset.root={tmp}/yale is empty"),
+    ("neither folder nor zip", lambda t, y, j: ["dataset=yale", f"dataset.root={yale_folder(t, {'a.txt': b'x'})}/a.txt"],
+     DatasetError, "dataset.root={tmp}/yale/a.txt is neither a folder nor a zip archive"),
+    ("zip with no images", lambda t, y, j: ["dataset=yale", f"dataset.root={zip_of(t / 'yale.zip', {'readme.txt': b'x'})}"],
+     DatasetError, "No Yale faces images found in dataset.root={tmp}/yale.zip: 1 file(s) there, 1 matching no"),
+    ("files matching no naming scheme", lambda t, y, j: ["dataset=yale", f"dataset.root={yale_folder(t, {'notes.txt': b'x', 'photo.jpg': b'y'})}"],
+     DatasetError, "2 file(s) there, 2 matching no subjectNN.<condition> name"),
+    ("truncated GIF", lambda t, y, j: ["dataset=yale", f"dataset.root={copy_folder(y, t / 'yale', lambda n, d: d[:200] if n == 'subject03.sad' else d)}"],
+     ImageReadError, "Could not decode {tmp}/yale/subject03.sad as an image"),
+    ("corrupt TIFF", lambda t, y, j: ["dataset=jaffe", f"dataset.root={copy_folder(j, t / 'jaffe', lambda n, d: d[:300] if n.endswith('.5.tiff') else d)}"],
+     ImageReadError, ".5.tiff as an image"),
+    ("subject with one original image", lambda t, y, j: ["dataset=jaffe", f"dataset.root={copy_folder(j, t / 'jaffe', lambda n, d: None if n.startswith('KA.') and not n.startswith('KA.AN1.') else d)}"],
+     ConfigError, "has only 1 original image"),
+    ("fold out of range", lambda t, y, j: ["fold=12"], ConfigError, "fold=12 is out of range for cv.n_splits=10"),
+    ("more folds than original images", lambda t, y, j: [*TINY_SYNTHETIC, "cv.n_splits=100"],
+     ConfigError, "cv.n_splits=100 is larger than the number of original images (48)"),
+    ("one fold", lambda t, y, j: ["cv.n_splits=1"], ConfigError, "cv.n_splits=1 must be at least 2"),
+    ("validation fraction", lambda t, y, j: ["cv.val_fraction=0.9"], ConfigError, "cv.val_fraction=0.9 must be in (0, 0.5]"),
+    ("too few augmented images", lambda t, y, j: ["augment.total=10"], ConfigError, "augment.total=10 is smaller than the 420 original images"),
+    ("image too small for three poolings", lambda t, y, j: ["dataset.image_size=4"], ConfigError, "dataset.image_size=4 is too small for the three 2x2 poolings"),
+    ("too many synthetic emotions", lambda t, y, j: ["dataset.num_emotions=9"], ConfigError, "dataset.num_emotions=9 is out of range"),
+    ("unknown face crop", lambda t, y, j: ["dataset=yale", f"dataset.root={y}", "dataset.face_crop.method=dlib"],
+     ConfigError, "dataset.face_crop.method='dlib' is not known"),
+    ("unknown task", lambda t, y, j: ["model.task=age"], ConfigError, "model.task='age' is not known"),
+    ("unknown model workflow", lambda t, y, j: ["model.workflow=hybridx"], ConfigError, "model.workflow=hybridx (model=emotion) is not known"),
+    ("negative alpha", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid", "model.alpha=-0.5"], ConfigError, "model.alpha=-0.5 must be non-negative"),
+    ("negative beta", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid", "model.beta=-1"], ConfigError, "model.beta=-1 must be non-negative"),
+    ("T = 0", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid", "model.rounds=0"], ConfigError, "model.rounds=0 must be at least 1"),
+    ("unknown adversary objective", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid", "model.adversary.objective=kl"],
+     ConfigError, "model.adversary.objective='kl' is not known: use one of neg_ce, confusion, entropy, grl"),
+    ("unknown identity head", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid", "model.adversary.heads=[paper,huge]"],
+     ConfigError, "model.adversary.heads: 'huge' is not a known identity head"),
+    ("unknown feature norm", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid_robust", "model.feature_norm=group"],
+     ConfigError, "feature_norm='group' is not known"),
+    ("unreachable tracking server", lambda t, y, j: ["logger.tracking_uri=http://127.0.0.1:9"],
+     TrackingError, "The MLflow tracking server http://127.0.0.1:9 (logger.tracking_uri or $MLFLOW_TRACKING_URI) cannot be reached"),
+]
+
+
+@pytest.mark.parametrize(("case", "overrides", "error", "message"), CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_bad_input_catalogue(tmp_path, yale_root, jaffe_root, case, overrides, error, message):
+    """Each bad input stops with its own error class and a message naming the file or option;
+    nothing half-written is left in the cache."""
     with pytest.raises(error) as raised:
-        run(make_config(tmp_path, *overrides))
-    assert message in str(raised.value)
+        run(make_config(tmp_path, *overrides(tmp_path, yale_root, jaffe_root)))
+    assert message.format(tmp=tmp_path) in str(raised.value)
+    cache = tmp_path / "cache"
+    assert not cache.exists() or all(f.suffix == ".npz" for f in cache.rglob("*") if f.is_file())
 
 
-def test_empty_folder(tmp_path):
-    with pytest.raises(DatasetError, match="is empty") as raised:
+def test_empty_folder_says_where_the_data_comes_from(tmp_path):
+    with pytest.raises(DatasetError) as raised:
         run(make_config(tmp_path, "dataset=yale", f"dataset.root={yale_folder(tmp_path, {})}"))
-    assert "Yale Face Database" in str(raised.value)  # says where the data comes from
-
-
-def test_folder_without_recognised_files(tmp_path):
-    root = yale_folder(tmp_path, {"notes.txt": b"x", "photo.jpg": b"y"})
-    with pytest.raises(DatasetError, match="2 matching no subjectNN.<condition> name"):
-        run(make_config(tmp_path, "dataset=yale", f"dataset.root={root}"))
-
-
-def test_unreadable_image_is_named(yale_root, tmp_path):
-    files = {p.name: p.read_bytes() for p in yale_root.iterdir()}
-    files["subject03.sad"] = files["subject03.sad"][:200]  # truncated GIF
-    root = yale_folder(tmp_path, files)
-    with pytest.raises(ImageReadError) as raised:
-        run(make_config(tmp_path, "dataset=yale", f"dataset.root={root}"))
-    assert f"{root}/subject03.sad" in str(raised.value)
+    assert "Yale Face Database" in str(raised.value)
 
 
 def cli(*arguments, module="anonemo.train"):
