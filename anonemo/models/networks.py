@@ -49,9 +49,9 @@ class ConvBase(nn.Module):
         if len(channels) != 3:
             raise ValueError(f"ConvBase has three convolutional layers; got {len(channels)} widths: {list(channels)}")
         if feature_norm not in FEATURE_NORMS:
-            raise ConfigError(f"feature_norm={feature_norm!r} is not known: use one of {', '.join(FEATURE_NORMS)}.")
+            raise ConfigError(f"model.feature_norm={feature_norm!r} is not known: use one of {', '.join(FEATURE_NORMS)}.")
         if bottleneck < 0:
-            raise ConfigError(f"bottleneck={bottleneck} must be 0 (none) or a positive number of features.")
+            raise ConfigError(f"model.bottleneck={bottleneck} must be 0 (none) or a positive number of features.")
         layers: list[nn.Module] = []
         for out_channels in channels:
             # Pooling before the ReLU computes exactly ReLU-then-pool (max and ReLU commute, and so
