@@ -60,7 +60,7 @@ CATALOGUE = [
     ("corrupt TIFF", lambda t, y, j: ["dataset=jaffe", f"dataset.root={copy_folder(j, t / 'jaffe', lambda n, d: d[:300] if n.endswith('.5.tiff') else d)}"],
      ImageReadError, ".5.tiff as an image"),
     ("subject with one original image", lambda t, y, j: ["dataset=jaffe", f"dataset.root={copy_folder(j, t / 'jaffe', lambda n, d: None if n.startswith('KA.') and not n.startswith('KA.AN1.') else d)}"],
-     ConfigError, "has only 1 original image"),
+     ConfigError, "subject KA has only 1 original image (KA.AN1."),
     ("fold out of range", lambda t, y, j: ["fold=12"], ConfigError, "fold=12 is out of range for cv.n_splits=10"),
     ("more folds than original images", lambda t, y, j: [*TINY_SYNTHETIC, "cv.n_splits=100"],
      ConfigError, "cv.n_splits=100 is larger than the number of original images (48)"),

@@ -75,7 +75,8 @@ class GroupedFoldDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.seed = seed
         self.split: FoldSplit = grouped_fold_split(
-            faces.subjects, faces.emotions, faces.sources, fold, n_splits, val_fraction, seed
+            faces.subjects, faces.emotions, faces.sources, fold, n_splits, val_fraction, seed,
+            names={"subject": faces.subject_names, "emotion": faces.emotion_names, "source": faces.source_names},
         )
         self._sides: dict[str, TensorBatches] = {}
 

@@ -9,6 +9,7 @@ Folds depend only on the labels, the groups and the seed, so every model sees th
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,9 +37,13 @@ def grouped_fold_split(
     n_splits: int = 10,
     val_fraction: float = 0.1,
     seed: int = 0,
+    names: Mapping[str, Sequence[str]] | None = None,
 ) -> FoldSplit:
-    """Split ``fold`` of ``n_splits``; validation is carved, grouped, from its training side."""
-    _check_arguments(subjects, emotions, groups, fold, n_splits, val_fraction)
+    """Split ``fold`` of ``n_splits``; validation is carved, grouped, from its training side.
+
+    ``names`` (``subject``, ``emotion``, ``source``: label index -> name) make messages readable.
+    """
+    _check_arguments(subjects, emotions, groups, fold, n_splits, val_fraction, names or {})
     everything = np.arange(len(groups))
     folds = _covering_folds(subjects, emotions, groups, everything, n_splits, seed, "cv.n_splits")
     train_val, test = folds[fold]
@@ -50,7 +55,7 @@ def grouped_fold_split(
     return FoldSplit(train=train, val=val, test=test)
 
 
-def _check_arguments(subjects, emotions, groups, fold, n_splits, val_fraction) -> None:
+def _check_arguments(subjects, emotions, groups, fold, n_splits, val_fraction, names) -> None:
     if n_splits < 2:
         raise ConfigError(f"cv.n_splits={n_splits} must be at least 2.")
     if not 0 <= fold < n_splits:
@@ -68,10 +73,13 @@ def _check_arguments(subjects, emotions, groups, fold, n_splits, val_fraction) -
         )
     for name, labels in (("subject", subjects), ("emotion", emotions)):
         for label in np.unique(labels):
-            count = len(np.unique(groups[labels == label]))
-            if count < 2:
+            originals = np.unique(groups[labels == label])
+            if len(originals) < 2:
+                shown = names[name][label] if name in names else label
+                files = ", ".join(str(names["source"][g]) for g in originals) if "source" in names else ""
                 raise ConfigError(
-                    f"{name} {label} has only {count} original image: with one image it cannot be on "
+                    f"{name} {shown} has only {len(originals)} original image{f' ({files})' if files else ''}: "
+                    "with one image it cannot be on "
                     "the training side of the fold that tests it. Every subject and every emotion "
                     "needs at least two original images; add images or drop that class."
                 )
