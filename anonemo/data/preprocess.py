@@ -84,12 +84,15 @@ class FaceCropper:
         return image[y + pad : y + pad + h, x + pad : x + pad + w]
 
 
+def resize_square(crops: list[np.ndarray], image_size: int) -> np.ndarray:
+    """Face crops resized to ``image_size`` x ``image_size`` with area interpolation, stacked (uint8)."""
+    return np.stack([cv2.resize(c, (image_size, image_size), interpolation=cv2.INTER_AREA) for c in crops])
+
+
 def preprocess(records: FaceRecords, cropper: FaceCropper, image_size: int) -> FaceRecords:
     """Crop each face and resize it to ``image_size`` x ``image_size`` (uint8, stacked)."""
-    crops = cropper.crop_all(list(records.images))
-    resized = np.stack([cv2.resize(c, (image_size, image_size), interpolation=cv2.INTER_AREA) for c in crops])
     return FaceRecords(
-        images=resized,
+        images=resize_square(cropper.crop_all(list(records.images)), image_size),
         subjects=records.subjects,
         emotions=records.emotions,
         sources=records.sources,
@@ -111,5 +114,4 @@ class ImagePreprocessor:
     def __call__(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[bool]]:
         """``(N, 1, S, S)`` float32 in [0, 1] from 2-D uint8 images, and which had a detected face."""
         crops, detected = FaceCropper(**self.face_crop).crop_with_detections(images)
-        resized = [cv2.resize(c, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA) for c in crops]
-        return torch.as_tensor(np.stack(resized)).unsqueeze(1).float().div_(255), detected
+        return torch.as_tensor(resize_square(crops, self.image_size)).unsqueeze(1).float().div_(255), detected
