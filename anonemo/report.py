@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ PAPER_RESULTS = {
     "jaffe": dict(zip(PAPER_METRICS, (99.26, 84.27, 90.41, 81.57, 25.79))),
     "yale": dict(zip(PAPER_METRICS, (87.96, 44.61, 78.44, 49.12, 1.00))),
 }
-AUDIT_METRICS = ("audit/identity/max", "audit/emotion/max")
+# The gallery audit's chance differs per fold (one over the gallery's subjects): its own column.
+AUDIT_METRICS = ("audit/identity/max", "audit/emotion/max", "audit/identity/gallery")
 COLUMNS = (*PAPER_METRICS, *AUDIT_METRICS)
 MODEL_ORDER = ("face", "emotion", "emotion2face", "hybrid", "hybrid_robust")
 # Parameters that differ between runs without changing their results (the audit only adds
@@ -69,7 +71,9 @@ class RunGroup:
             self.runs[fold] = run
 
     def values(self, metric: str) -> list[float]:
-        return [run.data.metrics[metric] for run in self.runs.values() if metric in run.data.metrics]
+        # NaN: not measurable on that fold (a gallery that holds none of the test fold's subjects).
+        return [run.data.metrics[metric] for run in self.runs.values()
+                if metric in run.data.metrics and not math.isnan(run.data.metrics[metric])]
 
     def summary(self, metric: str) -> tuple[float, float, int] | None:
         values = self.values(metric)
@@ -78,10 +82,11 @@ class RunGroup:
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
 
     def chance(self, metric: str) -> float | None:
-        """The chance level logged with ``metric`` (``Face/chance``; ``audit/identity/chance``)."""
-        key = f"{metric.rsplit('/', 1)[0]}/chance" if metric.startswith("audit/") else f"{metric}/chance"
-        values = self.values(key)
-        return values[0] if values else None
+        """The chance level logged with ``metric`` (``Face/chance``; ``audit/identity/chance`` for
+        the attackers; ``audit/identity/gallery/chance``), averaged over folds."""
+        shared = metric.startswith("audit/") and not metric.endswith("/gallery")
+        values = self.values(f"{metric.rsplit('/', 1)[0]}/chance" if shared else f"{metric}/chance")
+        return statistics.fmean(values) if values else None
 
 
 def collect_groups(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list[RunGroup]:
@@ -141,13 +146,14 @@ def table_rows(groups: list[RunGroup]) -> list[list[str]]:
     dataset = groups[0].dataset
     if dataset in PAPER_RESULTS:
         rows.append(["paper (Narula et al. 2020)", "", *(f"{PAPER_RESULTS[dataset][m]:.2f}" for m in PAPER_METRICS),
-                     "", "", ""])
+                     *[""] * (len(AUDIT_METRICS) + 1)])
     chance = {m: next((g.chance(m) for g in groups if g.chance(m) is not None), None) for m in COLUMNS}
     rows.append(["chance", "", *("" if chance[m] is None else f"{chance[m]:.2f}" for m in COLUMNS), ""])
     return rows
 
 
-HEADER = ["model", "settings", *PAPER_METRICS, "audit identity max", "audit emotion max", "anonymity"]
+HEADER = ["model", "settings", *PAPER_METRICS, "audit identity max", "audit emotion max", "audit identity gallery",
+          "anonymity"]
 
 
 def write_markdown(tables: dict[str, list[list[str]]], path: Path) -> None:

@@ -6,7 +6,7 @@ import torch
 
 from mlflow.tracking import MlflowClient
 
-from anonemo.audit import audit_features
+from anonemo.audit import audit_features, gallery_audit
 from anonemo.audit.saved_run import reaudit_run
 from anonemo.audit.attackers import CosineKnnAttacker, Split, default_attackers
 from anonemo.data.datamodule import TensorBatches
@@ -66,6 +66,34 @@ def test_audit_never_tunes_on_the_test_fold():
     assert a["audit/identity/max"] > 85 > b["audit/identity/max"]
     assert a["audit/identity/chance"] == 100 / CLASSES and a["audit/emotion/chance"] == 50
     assert a["audit/identity/max"] == max(a["audit/identity/logistic"], a["audit/identity/knn"])
+
+
+def test_gallery_audit_sees_identity_that_training_side_attackers_miss():
+    """Features that put new images of each class where *another* class's training images lie
+    (what adversarial bases were measured to do): training-side attackers read about chance at best
+    (early stopping on validation keeps them near their initialisation), while the gallery attacker,
+    fitted on images the base never trained on, reads the classes."""
+    train, val, test = planted(600, 0, 1.0), planted(150, 1, 1.0), planted(300, 2, 1.0)
+    shifted = Split(train.features, (train.labels + 1) % CLASSES)  # training images of c look like c+1
+    sides = {name: TensorBatches(features=split.features, identity=split.labels, emotion=split.labels % 2)
+             for name, split in (("train", shifted), ("val", val), ("test", test))}
+    metrics = audit_features(sides, {"identity": CLASSES, "emotion": 2}, seed=0, attackers=default_attackers((32, 16)))
+    assert metrics["audit/identity/max"] < 30
+    assert metrics["audit/identity/centroid"] < metrics["audit/identity/chance"] / 2
+    assert metrics["audit/identity/gallery"] > 85
+    assert metrics["audit/identity/gallery/chance"] == 100 / CLASSES
+    assert metrics["audit/identity/gallery/coverage"] == 100
+
+
+def test_gallery_audit_scores_only_the_classes_its_gallery_holds():
+    val, test = planted(150, 1, 1.0), planted(300, 2, 1.0)
+    partial = Split(val.features[val.labels != 4], val.labels[val.labels != 4])
+    metrics = gallery_audit(partial, test, "identity")
+    assert metrics["audit/identity/gallery/chance"] == 25
+    assert metrics["audit/identity/gallery/coverage"] == pytest.approx(100 * (test.labels != 4).float().mean().item())
+    assert metrics["audit/identity/gallery"] > 85
+    noise = gallery_audit(planted(150, 1, 0.0), planted(1000, 2, 0.0), "identity")
+    assert abs(noise["audit/identity/gallery"] - 100 / CLASSES) < 6
 
 
 def test_reaudit_of_a_saved_run_reproduces_its_audit(tiny_config):

@@ -46,7 +46,10 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
         for fold, value in enumerate(h2e):
             make_run(client, experiment, {**common, "model.name": "hybrid", "model.beta": beta, "fold": fold},
                      {"Hybrid2Emotion": value, "Hybrid2Face": 10.0 + fold, "Hybrid2Emotion/chance": 25.0,
-                      "audit/identity/max": 20.0, "audit/emotion/max": 50.0, **audit_chance})
+                      "audit/identity/max": 20.0, "audit/emotion/max": 50.0, **audit_chance,
+                      # the gallery's chance is per fold; NaN: no test subject in that fold's gallery
+                      "audit/identity/gallery": 30.0 if beta == "0.5" or fold == 0 else float("nan"),
+                      "audit/identity/gallery/chance": 20.0 if fold == 0 else 25.0})
     # not reported: a failed run, a sweep parent, and an older duplicate of face fold 0
     make_run(client, experiment, {**common, "model.name": "face", "fold": 5}, {"Face": 0.0}, status="FAILED")
     make_run(client, experiment, {}, {}, tags={"anonemo.sweep": "parent"})
@@ -65,8 +68,10 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
     assert rows[("paper (Narula et al. 2020)", "")][2:7] == ["87.96", "44.61", "78.44", "49.12", "1.00"]
     assert rows[("chance", "")][2] == "6.67" and rows[("chance", "")][5] == "25.00" and rows[("chance", "")][7] == "6.67"
     # anonymity: 1 - (20 - 6.67) / (90 - 6.67) against the Emotion base's leakage
-    assert rows[("hybrid", "model.beta=0.5")][7:] == ["20.00 ± 0.00 (2)", "50.00 ± 0.00 (2)", "0.84"]
-    assert rows[("emotion", "")][9] == "0.00"
+    assert rows[("hybrid", "model.beta=0.5")][7:] == ["20.00 ± 0.00 (2)", "50.00 ± 0.00 (2)", "30.00 ± 0.00 (2)", "0.84"]
+    assert rows[("hybrid", "model.beta=1.0")][9] == "30.00 ± 0.00 (1)"
+    assert rows[("chance", "")][9] == "22.50"
+    assert rows[("emotion", "")][10] == "0.00"
     names = {f.name for f in files}
     assert {"report.md", "report.csv", "tradeoff_yale.png"} <= names
     markdown = (tmp_path / "report" / "report.md").read_text()
