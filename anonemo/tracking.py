@@ -145,11 +145,13 @@ def terminate_as_interrupt() -> None:
 
 
 @contextmanager
-def mlflow_run(cfg: DictConfig) -> Iterator[RunLogger]:
-    """Open an MLflow run for this job with its config as params; always close it.
+def mlflow_run(cfg: DictConfig, reopen: Run | None = None) -> Iterator[RunLogger]:
+    """Open an MLflow run for this job with its config as params (or ``reopen`` an unfinished
+    one, to resume it); always close it.
 
     The run ends FINISHED on success, FAILED with the error as the ``error`` tag on an exception,
-    and KILLED on Ctrl-C or SIGTERM, so no run is left RUNNING (only SIGKILL cannot be caught).
+    and KILLED on Ctrl-C or SIGTERM, so no run is left RUNNING (only SIGKILL cannot be caught:
+    ``resume=true`` picks such a run up again).
     """
     uri = tracking_uri(cfg)
     client = MlflowClient(uri)
@@ -166,16 +168,23 @@ def mlflow_run(cfg: DictConfig) -> Iterator[RunLogger]:
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    run_name = cfg.logger.run_name or f"{cfg.model.name}-{cfg.dataset.name}-fold{cfg.fold}"
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    if reopen is None:
+        run_name = cfg.logger.run_name or f"{cfg.model.name}-{cfg.dataset.name}-fold{cfg.fold}"
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    else:
+        run = reopen
+        client.update_run(run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        resumes = int(run.data.tags.get("anonemo.resumed", "0")) + 1
+        client.set_tag(run.info.run_id, "anonemo.resumed", str(resumes))
     logger = RunLogger(experiment_name=cfg.logger.experiment_name, tracking_uri=uri, run_id=run.info.run_id)
     # Lightning's logger calls mlflow.set_tracking_uri, which writes MLFLOW_TRACKING_URI into the
     # environment; restore the caller's value so the next job in this process finds its own store.
     caller_uri = os.environ.get("MLFLOW_TRACKING_URI")
     terminate_as_interrupt()
     try:
-        logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
-        logger.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        if reopen is None:  # a reopened run has them already (the same config, by its hash)
+            logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
+            logger.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         yield logger
     except KeyboardInterrupt:
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
@@ -224,7 +233,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # Settings that do not change what a job computes: where it is stored and shown, its threads,
 # and how sweeps treat it. The report and the skipping of finished jobs ignore them.
-RESULT_NEUTRAL = ("paths.", "logger.", "threads", "sweep.", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+RESULT_NEUTRAL = (
+    "paths.", "logger.", "threads", "sweep.", "resume", "trainer.enable_progress_bar", "trainer.enable_model_summary"
+)
 CONFIG_HASH_TAG = "anonemo.config_hash"
 
 
@@ -237,13 +248,23 @@ def config_hash(cfg: DictConfig) -> str:
 
 def finished_run(cfg: DictConfig) -> Run | None:
     """The newest FINISHED run of this exact job (same config hash) in its experiment, if any."""
+    return _newest_run(cfg, "attributes.status = 'FINISHED'")
+
+
+def unfinished_run(cfg: DictConfig) -> Run | None:
+    """The newest run of this exact job that did not finish (RUNNING after a SIGKILL, KILLED,
+    FAILED): what ``resume=true`` continues."""
+    return _newest_run(cfg, "attributes.status != 'FINISHED'")
+
+
+def _newest_run(cfg: DictConfig, status_filter: str) -> Run | None:
     client = MlflowClient(tracking_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.logger.experiment_name)
     if experiment is None:
         return None
     runs = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.`{CONFIG_HASH_TAG}` = '{config_hash(cfg)}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{CONFIG_HASH_TAG}` = '{config_hash(cfg)}' and {status_filter}",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )

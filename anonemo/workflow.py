@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from anonemo.models.classifiers import ClassifierModule, SingleTaskModule, Trans
 from anonemo.models.adversary import Adversary
 from anonemo.models.hybrid import HybridModule, HybridSchedule
 from anonemo.models.networks import ConvBase
+from anonemo.resume import checkpoint_dir, fit_resumably, resumable_callbacks
 from anonemo.sweep import configure_threads
 from anonemo.timing import PhaseClock
 from anonemo.tracking import (
@@ -49,6 +51,7 @@ from anonemo.tracking import (
     RunLogger,
     finished_run,
     mlflow_run,
+    unfinished_run,
     run_url,
     tracking_uri,
 )
@@ -63,19 +66,24 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(
             f"model.workflow={cfg.model.workflow} (model={cfg.model.name}) is not known: use one of {', '.join(WORKFLOWS)}."
         )
-    if cfg.sweep.skip_finished:
+    if cfg.sweep.skip_finished or cfg.resume:
         done = finished_run(cfg)
         if done is not None:
-            log.info("Skipped %s on %s fold %d: run %s with the same settings FINISHED already (sweep.skip_finished)",
-                     cfg.model.name, cfg.dataset.name, cfg.fold, done.info.run_id)
+            log.info("Skipped %s on %s fold %d: run %s with the same settings FINISHED already (%s)",
+                     cfg.model.name, cfg.dataset.name, cfg.fold, done.info.run_id,
+                     "resume" if cfg.resume else "sweep.skip_finished")
             return dict(done.data.metrics)
+    reopen = unfinished_run(cfg) if cfg.resume else None
+    if cfg.resume:
+        log.info("Resume: %s", f"continuing run {reopen.info.run_id} ({reopen.info.status})" if reopen
+                 else "no unfinished run with these settings; starting a new one")
     clock = PhaseClock()
     # Weights and activations that decay into the subnormal range make CPU arithmetic several
     # times slower (seen here: 6x per epoch once the adversarial base collapsed); flush them to 0.
     torch.set_flush_denormal(True)
     threads = configure_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    with mlflow_run(cfg) as logger:
+    with mlflow_run(cfg, reopen) as logger:
         logger.client.set_tag(logger.run_id, "torch_threads", str(threads))
         with clock.phase("data"):
             datamodule = build_datamodule(cfg)
@@ -178,15 +186,15 @@ def train_hybrid(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger
         hybrid.adversary,
     )
     # No validation loop or checkpoint selection: each round is scored on both sides by the module.
-    trainer = instantiate_trainer(
-        cfg, logger, [], max_epochs=schedule.total_epochs, limit_val_batches=0, enable_checkpointing=False
-    )
+    folder = checkpoint_dir(cfg.paths.output_dir, logger.run_id, "hybrid")
+    trainer = instantiate_trainer(cfg, logger, resumable_callbacks(folder), max_epochs=schedule.total_epochs,
+                                  limit_val_batches=0)
     try:
         with warnings.catch_warnings():
             # The datamodule offers a val loader; the Hybrid scores rounds itself and needs none.
             warnings.filterwarnings("ignore", message=".*no `validation_step`.*")
             with clock.phase("base_training"):
-                trainer.fit(hybrid, datamodule=data)
+                fit_resumably(trainer, hybrid, data, folder, cfg.resume)
     finally:
         clock.move(hybrid.round_end_seconds, "base_training", "frozen_base")
         if hybrid.history:  # partial curves too, when training stopped early
@@ -234,10 +242,11 @@ def fit_single_task(
         channels_last=net.channels_last,
     )
     trainer = selecting_trainer(cfg, logger, phase=cfg.model.metric, monitor="val/acc", patience=cfg.callbacks.patience)
+    folder = checkpoint_dir(cfg.paths.output_dir, logger.run_id, cfg.model.metric)
     with clock.phase("base_training"):
-        trainer.fit(module, datamodule=data)
+        fit_resumably(trainer, module, data, folder, cfg.resume)
     with clock.phase("evaluation"):
-        result = test_once(trainer, module, data.test_dataloader(), data, task)
+        result = test_once(trainer, module, data.test_dataloader(), data, task, folder / "best.ckpt")
     log_result(logger, result, cfg.model.metric)
     if task == "emotion":  # the selected checkpoint's head, which test_once loaded
         logger.log_network(module.head, EMOTION_HEAD_ARTIFACT, class_names=data.class_names(task))
@@ -254,6 +263,8 @@ def fit_transfer(
     name: str,
 ) -> dict[str, float]:
     """A fresh head on the frozen ``base``, trained on its cached features, scored as ``name``."""
+    # Its own seed: the same head whether or not the job was resumed before this phase.
+    pl.seed_everything((cfg.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31, verbose=False)
     module = TransferModule(
         base,
         task=task,
@@ -269,7 +280,7 @@ def fit_transfer(
         max_epochs=cfg.transfer.max_epochs,
     )
     trainer.fit(module, datamodule=features)
-    result = test_once(trainer, module, features.test_dataloader(), data, task)
+    result = test_once(trainer, module, features.test_dataloader(), data, task, trainer.checkpoint_callback.best_model_path)
     log_result(logger, result, name)
     if task == "emotion":  # Hybrid2Emotion: the emotion head an exported anonymous model uses
         logger.log_network(module.head, EMOTION_HEAD_ARTIFACT, class_names=data.class_names(task))
@@ -306,12 +317,13 @@ def selecting_trainer(cfg: DictConfig, logger: RunLogger, phase: str, monitor: s
     """A Trainer that early-stops on ``monitor`` and keeps the best checkpoint by it (validation only)."""
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
-            dirpath=Path(cfg.paths.output_dir) / "checkpoints" / logger.run_id / phase,
+            dirpath=checkpoint_dir(cfg.paths.output_dir, logger.run_id, phase),
             filename="best",
             monitor=monitor,
             mode=cfg.callbacks.mode,
         ),
         EarlyStopping(monitor=monitor, mode=cfg.callbacks.mode, patience=patience),
+        *resumable_callbacks(checkpoint_dir(cfg.paths.output_dir, logger.run_id, phase)),
     ]
     return instantiate_trainer(cfg, logger, callbacks, **overrides)
 
@@ -327,10 +339,11 @@ def uses_bf16(cfg: DictConfig) -> bool:
 
 
 def test_once(
-    trainer: pl.Trainer, module: ClassifierModule, loader: DataLoader, data: GroupedFoldDataModule, task: str
+    trainer: pl.Trainer, module: ClassifierModule, loader: DataLoader, data: GroupedFoldDataModule, task: str,
+    checkpoint: Path | str = "best",
 ) -> ClassificationResult:
     """Score the checkpoint selected on validation on the test fold: the only look at it."""
-    batches = trainer.predict(module, dataloaders=loader, ckpt_path="best")
+    batches = trainer.predict(module, dataloaders=loader, ckpt_path=str(checkpoint))
     return score(torch.cat(batches), data.labels("test", task), data.class_names(task))
 
 

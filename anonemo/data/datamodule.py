@@ -44,10 +44,16 @@ def face_tensors(faces: FaceRecords, indices: np.ndarray) -> TensorBatches:
     )
 
 
-def batch_loader(data: TensorBatches, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """In-process batches (no worker processes: the data are already tensors in memory)."""
-    # A fixed generator makes the per-epoch shuffles reproducible for a seed.
-    order = RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(data)
+def batch_loader(
+    data: TensorBatches, batch_size: int, shuffle: bool, seed: int = 0, generator: torch.Generator | None = None
+) -> DataLoader:
+    """In-process batches (no worker processes: the data are already tensors in memory).
+
+    Shuffled batches come from ``generator`` (default: a fresh one seeded with ``seed``), so the
+    per-epoch shuffles are reproducible for a seed.
+    """
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+    order = RandomSampler(data, generator=generator) if shuffle else SequentialSampler(data)
     # batch_size=None: the sampler yields whole batches of indices and the dataset slices them.
     return DataLoader(data, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=False))
 
@@ -79,6 +85,8 @@ class GroupedFoldDataModule(pl.LightningDataModule):
             names={"subject": faces.subject_names, "emotion": faces.emotion_names, "source": faces.source_names},
         )
         self._sides: dict[str, TensorBatches] = {}
+        self._shuffle = torch.Generator()
+        self._restored_shuffle: torch.Tensor | None = None
 
     @property
     def num_subjects(self) -> int:
@@ -113,7 +121,20 @@ class GroupedFoldDataModule(pl.LightningDataModule):
             self.side(name)
 
     def train_dataloader(self) -> DataLoader:
-        return batch_loader(self.side("train"), self.batch_size, shuffle=True, seed=self.seed)
+        """Every fit shuffles from ``seed``, except a resumed one (see ``load_state_dict``)."""
+        self._shuffle.manual_seed(self.seed)
+        if self._restored_shuffle is not None:
+            self._shuffle.set_state(self._restored_shuffle)
+            self._restored_shuffle = None
+        return batch_loader(self.side("train"), self.batch_size, shuffle=True, generator=self._shuffle)
+
+    # The shuffling generator's state goes into training checkpoints (Lightning restores it before
+    # asking for the loader): a run resumed after epoch k draws the batches of an uninterrupted run.
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"shuffle": self._shuffle.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self._restored_shuffle = state_dict["shuffle"]
 
     def val_dataloader(self) -> DataLoader:
         return batch_loader(self.side("val"), self.batch_size, shuffle=False)

@@ -242,6 +242,14 @@ class HybridModule(pl.LightningModule):
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=phase.round)
 
+    # What a resumed run needs besides weights and optimizer states (see anonemo.resume).
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["hybrid"] = {"history": self.history, "reference_scale": self.reference_scale}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint["hybrid"]["history"])
+        self.reference_scale = checkpoint["hybrid"]["reference_scale"]
+
     def round_accuracies(self, features: torch.Tensor, labels: dict[str, torch.Tensor], side: str) -> dict[str, float]:
         """Accuracy of the emotion head and of the strongest identity head on one side."""
         logits = self.head_logits(features)
