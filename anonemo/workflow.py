@@ -340,9 +340,9 @@ def uses_bf16(cfg: DictConfig) -> bool:
 
 def test_once(
     trainer: pl.Trainer, module: ClassifierModule, loader: DataLoader, data: GroupedFoldDataModule, task: str,
-    checkpoint: Path | str = "best",
+    checkpoint: Path | str,
 ) -> ClassificationResult:
-    """Score the checkpoint selected on validation on the test fold: the only look at it."""
+    """Score ``checkpoint``, the one selected on validation, on the test fold: the only look at it."""
     batches = trainer.predict(module, dataloaders=loader, ckpt_path=str(checkpoint))
     return score(torch.cat(batches), data.labels("test", task), data.class_names(task))
 
