@@ -40,7 +40,7 @@ from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.errors import ConfigError
 from anonemo.models.classifiers import SingleTaskModule
 from anonemo.models.hybrid import HybridModule, HybridSchedule
-from anonemo.models.networks import ClassifierHead, ConvBase
+from anonemo.models.networks import ClassifierHead, ConvBase, adam
 from anonemo.sweep import configure_threads
 from anonemo.workflow import build_datamodule, run
 
@@ -106,7 +106,7 @@ def plain_single_task(w: Workload, epochs: int) -> list[float]:
     """The Emotion CNN: cross-entropy on the emotion labels."""
     base, head = w.base_and_head(w.num_emotions)
     model = nn.Sequential(base, head).to(w.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    optimizer = adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     return timed_epochs(w, epochs, lambda index: F.cross_entropy(model(w.images[index]), w.emotion[index]), optimizer)
 
 
@@ -117,7 +117,7 @@ def plain_adversarial(w: Workload, epochs: int, beta: float = 1.0) -> list[float
     for module in (base, emotion_head, identity_head):
         module.to(w.device)
     identity_head.requires_grad_(False)
-    optimizer = torch.optim.Adam([*base.parameters(), *emotion_head.parameters()], lr=1e-3, weight_decay=1e-4)
+    optimizer = adam([*base.parameters(), *emotion_head.parameters()], lr=1e-3, weight_decay=1e-4)
 
     def step(index: torch.Tensor) -> torch.Tensor:
         features = base(w.images[index])

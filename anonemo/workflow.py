@@ -303,7 +303,7 @@ def audit_fold(cfg: DictConfig, features: FeatureDataModule, data: GroupedFoldDa
         features.sides,
         {"emotion": data.num_emotions, "identity": data.num_subjects},
         seed=cfg.seed,
-        attackers=default_attackers(tuple(cfg.network.fc_hidden)),
+        attackers=default_attackers(tuple(cfg.network.fc_hidden), bf16=uses_bf16(cfg)),
     )
     log.info(
         "Audit: strongest identity attacker %.1f%% (chance %.1f%%), strongest emotion attacker %.1f%% (%.0f s)",

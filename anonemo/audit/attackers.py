@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anonemo.evaluation import accuracy
-from anonemo.models.networks import ClassifierHead
+from anonemo.models.networks import ClassifierHead, adam
 
 
 @dataclass(frozen=True)
@@ -54,24 +54,26 @@ class NeuralAttacker(Attacker):
     accuracy is kept (early stopping with ``patience``)."""
 
     def __init__(self, name: str, build: Callable[[int, int], nn.Module], lr: float = 1e-3, weight_decay: float = 1e-4,
-                 max_epochs: int = 40, patience: int = 6, batch_size: int = 256):
+                 max_epochs: int = 40, patience: int = 6, batch_size: int = 256, bf16: bool = False):
         self.name = name
         self.build = build
         self.lr, self.weight_decay = lr, weight_decay
         self.max_epochs, self.patience, self.batch_size = max_epochs, patience, batch_size
+        self.bf16 = bf16  # bf16 autocast for the matrix products (weights and updates stay fp32)
 
     def fit(self, train: Split, val: Split, num_classes: int, seed: int) -> NeuralAttacker:
         torch.manual_seed(seed)
         self.standardise = Standardiser(train.features)
         x, x_val = self.standardise(train.features), self.standardise(val.features)
         self.model = self.build(x.shape[1], num_classes)
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         generator = torch.Generator().manual_seed(seed)
         best, best_state, waited = -1.0, None, 0
         for _ in range(self.max_epochs):
             self.model.train()
             for batch in torch.randperm(len(x), generator=generator).split(self.batch_size):
-                loss = F.cross_entropy(self.model(x[batch]), train.labels[batch])
+                with self._autocast():
+                    loss = F.cross_entropy(self.model(x[batch]), train.labels[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -86,10 +88,14 @@ class NeuralAttacker(Attacker):
         self.val_accuracy = best
         return self
 
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+
     @torch.no_grad()
     def _predict_standardised(self, x: torch.Tensor) -> torch.Tensor:
         self.model.eval()
-        return self.model(x).argmax(1)
+        with self._autocast():
+            return self.model(x).argmax(1)
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         return self._predict_standardised(self.standardise(features))
@@ -155,13 +161,13 @@ def wide_mlp(in_features: int, num_classes: int) -> nn.Module:
     )
 
 
-def default_attackers(fc_hidden: Sequence[int] = (256, 128)) -> list[Attacker]:
+def default_attackers(fc_hidden: Sequence[int] = (256, 128), bf16: bool = False) -> list[Attacker]:
     """The audit's suite: linear, the paper's FC head, a wider/deeper MLP, cosine kNN and nearest
-    class mean."""
+    class mean. ``bf16``: the networks train under bf16 autocast (the training jobs' precision)."""
     return [
-        NeuralAttacker("logistic", lambda d, k: nn.Linear(d, k), lr=1e-2, weight_decay=1e-3),
-        NeuralAttacker("paper_head", lambda d, k: ClassifierHead(d, k, tuple(fc_hidden), dropout=0.3)),
-        NeuralAttacker("wide_mlp", wide_mlp),
+        NeuralAttacker("logistic", lambda d, k: nn.Linear(d, k), lr=1e-2, weight_decay=1e-3, bf16=bf16),
+        NeuralAttacker("paper_head", lambda d, k: ClassifierHead(d, k, tuple(fc_hidden), dropout=0.3), bf16=bf16),
+        NeuralAttacker("wide_mlp", wide_mlp, bf16=bf16),
         CosineKnnAttacker(),
         NearestCentroidAttacker(),
     ]

@@ -13,7 +13,9 @@ from torch.utils.data import DataLoader
 
 from anonemo.data.datamodule import GroupedFoldDataModule, TensorBatches, batch_loader
 
-EXTRACTION_BATCH = 512
+# Measured on this project's CPUs (1 thread, bf16): 3400 images/s in chunks of 64-128, 1800 in
+# chunks of 512, whose activations no longer fit in cache.
+EXTRACTION_BATCH = 128
 
 
 @torch.no_grad()

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from anonemo.data.datamodule import TASKS
 from anonemo.errors import ConfigError
-from anonemo.models.networks import ClassifierHead, ConvBase
+from anonemo.models.networks import ClassifierHead, ConvBase, adam
 
 
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -23,6 +23,12 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
         },
         prefix=prefix,
     )
+
+
+def epoch_mean() -> MeanMetric:
+    """A batch-size-weighted mean over an epoch (of a loss) that keeps a NaN, so a diverged
+    epoch shows as NaN instead of being averaged over the finite steps."""
+    return MeanMetric(nan_strategy="disable")
 
 
 class ClassifierModule(pl.LightningModule):
@@ -41,32 +47,45 @@ class ClassifierModule(pl.LightningModule):
         self.metric_prefix = metric_prefix
         self.train_metrics = classification_metrics(num_classes, f"{metric_prefix}train/")
         self.val_metrics = classification_metrics(num_classes, f"{metric_prefix}val/")
+        self.train_loss, self.val_loss = epoch_mean(), epoch_mean()
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> torch.Tensor:
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self.logits(batch)
         targets = batch[self.task]
         loss = F.cross_entropy(logits, targets)
-        metrics.update(logits.detach(), targets)
-        # on_epoch only: per-step logging would force a host sync every batch.
-        self.log(f"{self.metric_prefix}{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(targets))
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        # Accumulated here, logged once per epoch (_log_epoch): Lightning's self.log costs about
+        # 1.7 ms per call and metric, 10% of a training step on CPU.
+        getattr(self, f"{stage}_metrics").update(logits.detach(), targets)
+        getattr(self, f"{stage}_loss").update(loss.detach(), len(targets))
         return loss
 
+    def _log_epoch(self, stage: str) -> None:
+        metrics, loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
+        self.log_dict(metrics.compute() | {f"{self.metric_prefix}{stage}/loss": loss.compute()}, prog_bar=stage == "val")
+        metrics.reset()
+        loss.reset()
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train", self.train_metrics)
+        return self._shared_step(batch, "train")
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val", self.val_metrics)
+        self._shared_step(batch, "val")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.logits(batch).float()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         trainable = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(trainable, lr=self.lr, weight_decay=self.weight_decay)
+        return adam(trainable, lr=self.lr, weight_decay=self.weight_decay)
 
 
 class SingleTaskModule(ClassifierModule):
