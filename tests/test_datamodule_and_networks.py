@@ -74,6 +74,42 @@ def test_single_task_module_can_overfit_one_batch_of_its_task(faces):
     assert np.isclose(losses[0], np.log(4), atol=0.3)  # starts near chance
 
 
+def test_epoch_metrics_are_the_whole_epochs_values(faces):
+    """Metrics accumulate per step and are logged once per epoch: after an epoch, val/acc and
+    val/loss are exactly those of the final weights over the whole validation side."""
+    import pytorch_lightning as pl
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    dm = GroupedFoldDataModule(faces, fold=0, n_splits=4, val_fraction=0.25, batch_size=16)
+    module = SingleTaskModule("identity", 4, 32, conv_channels=(8, 16, 16), fc_hidden=(64, 32), lr=3e-3)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    val = dm.side("val").tensors
+    module.eval()
+    with torch.no_grad():
+        logits = module(val["image"])
+    logged = trainer.callback_metrics
+    expected_acc = (logits.argmax(1) == val["identity"]).float().mean()
+    assert 0 < expected_acc < 1  # a value the logging could get wrong
+    assert logged["val/acc"] == pytest.approx(expected_acc.item(), abs=1e-6)
+    assert logged["val/loss"] == pytest.approx(F.cross_entropy(logits, val["identity"]).item(), rel=1e-4)
+    assert {"train/acc", "train/loss", "train/macro_f1", "val/macro_f1"} <= set(logged)
+
+
+def test_epoch_mean_weights_by_batch_size_and_keeps_a_nan_loss():
+    """A diverged step must show in the epoch's loss, not be averaged away."""
+    from anonemo.models.classifiers import EpochMean
+
+    mean = EpochMean()
+    mean.update(torch.tensor(1.0), 16)
+    mean.update(torch.tensor(3.0), 2)
+    assert mean.compute() == pytest.approx(22 / 18)  # weighted by batch size
+    mean.update(torch.tensor(float("nan")), 4)
+    assert torch.isnan(mean.compute())
+
+
 def test_conv_base_computes_the_papers_conv_relu_pool_exactly():
     """The base pools before its ReLU for speed; outputs and gradients equal conv -> ReLU -> pool."""
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from anonemo.data.datamodule import TASKS
@@ -25,10 +25,24 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     )
 
 
-def epoch_mean() -> MeanMetric:
-    """A batch-size-weighted mean over an epoch (of a loss) that keeps a NaN, so a diverged
-    epoch shows as NaN instead of being averaged over the finite steps."""
-    return MeanMetric(nan_strategy="disable")
+class EpochMean(Metric):
+    """The batch-size-weighted mean of a per-batch value (a loss) over an epoch.
+
+    A NaN stays NaN, so a diverged epoch does not look finite. torchmetrics' ``MeanMetric``
+    either drops NaNs or, with ``nan_strategy="disable"``, ignores the weights (1.9.0).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: int) -> None:
+        self.total += value.detach().float() * weight
+        self.count += weight
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
 
 
 class ClassifierModule(pl.LightningModule):
@@ -47,7 +61,7 @@ class ClassifierModule(pl.LightningModule):
         self.metric_prefix = metric_prefix
         self.train_metrics = classification_metrics(num_classes, f"{metric_prefix}train/")
         self.val_metrics = classification_metrics(num_classes, f"{metric_prefix}val/")
-        self.train_loss, self.val_loss = epoch_mean(), epoch_mean()
+        self.train_loss, self.val_loss = EpochMean(), EpochMean()
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

@@ -16,7 +16,7 @@ from anonemo.data.features import extract_features
 from anonemo.errors import AnonemoError, ConfigError
 from anonemo.evaluation import accuracy
 from anonemo.models.adversary import Adversary, head_widths, reverse_gradient
-from anonemo.models.classifiers import epoch_mean
+from anonemo.models.classifiers import EpochMean
 from anonemo.models.networks import ClassifierHead, ConvBase, adam
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class HybridModule(pl.LightningModule):
             ClassifierHead(self.base.out_features, num_subjects, head_widths(name, fc_hidden), dropout)
             for name in adversary.heads
         )
-        self.train_emotion_loss, self.train_loss = epoch_mean(), epoch_mean()
+        self.train_emotion_loss, self.train_loss = EpochMean(), EpochMean()
         self.history: list[dict[str, float]] = []
         self.round_end_seconds = 0.0  # time on frozen-base work (extraction, re-fits, scoring)
         self.reference_scale: float | None = None  # mean |W_c features| after initialisation
