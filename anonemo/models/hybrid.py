@@ -196,16 +196,16 @@ class HybridModule(pl.LightningModule):
                 module.reset_parameters()
         optimizer.state.clear()
 
-    def refit_identity_head(self, features: torch.Tensor, identities: torch.Tensor, round_: int, bf16: bool) -> None:
-        """Step 6 of Algorithm 1: W_c and W_e frozen, W_i fitted to Li on cached features, in the
-        training steps' precision."""
+    def refit_identity_head(self, features: torch.Tensor, identities: torch.Tensor, round_: int) -> None:
+        """Step 6 of Algorithm 1: W_c and W_e frozen, W_i fitted to Li on cached features, under
+        the Trainer's precision (its autocast, as in the training steps)."""
         _, identity = self.optimizers()
         generator = torch.Generator().manual_seed(self.hparams.seed * 100_003 + round_)
         batch_size = self.trainer.datamodule.batch_size
         with self.toggled_optimizer(identity):
             for _ in range(self.schedule.refit_epochs):
                 for batch in torch.randperm(len(features), generator=generator).split(batch_size):
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    with self.trainer.precision_plugin.forward_context():
                         loss = self.identity_loss(features[batch], identities[batch])
                     self._step(loss, identity)
 
@@ -234,7 +234,7 @@ class HybridModule(pl.LightningModule):
         else:
             if self.adversary.restarts_before_refit(phase.round):
                 self.restart_identity_heads(self.optimizers()[1].optimizer)
-            self.refit_identity_head(train_features, train_labels["identity"].to(self.device), phase.round, bf16)
+            self.refit_identity_head(train_features, train_labels["identity"].to(self.device), phase.round)
             for name, (features, labels) in sides.items():
                 refitted = self.round_accuracies(features, labels, name)[f"round/identity_acc/{name}"]
                 metrics[f"round/refit_identity_acc/{name}"] = refitted
