@@ -38,7 +38,9 @@ PAPER_RESULTS = {
     "yale": dict(zip(PAPER_METRICS, (87.96, 44.61, 78.44, 49.12, 1.00))),
 }
 # The gallery audit's chance differs per fold (one over the gallery's subjects): its own column.
-AUDIT_METRICS = ("audit/identity/max", "audit/emotion/max", "audit/identity/gallery")
+# The strongest identity attacker's permutation null (audit.null_permutations) is what
+# audit/identity/max reads off features without identity: the level to compare it with.
+AUDIT_METRICS = ("audit/identity/max", "audit/identity/max/null", "audit/emotion/max", "audit/identity/gallery")
 COLUMNS = (*PAPER_METRICS, *AUDIT_METRICS)
 MODEL_ORDER = ("face", "emotion", "emotion2face", "hybrid", "hybrid_robust")
 # Parameters that differ between runs without changing their results (the audit only adds
@@ -152,7 +154,7 @@ def table_rows(groups: list[RunGroup]) -> list[list[str]]:
     return rows
 
 
-HEADER = ["model", "settings", *PAPER_METRICS, "audit identity max", "audit emotion max", "audit identity gallery",
+HEADER = ["model", "settings", *PAPER_METRICS, *(m.replace("/", " ") for m in AUDIT_METRICS),
           "anonymity"]
 
 
@@ -214,6 +216,10 @@ def tradeoff_figure(groups: list[RunGroup], title: str) -> plt.Figure | None:
         chance = next((g.chance(metric) for g in hybrids if g.chance(metric) is not None), None)
         if chance is not None:
             draw(chance, color="gray", linestyle=":", linewidth=1, label=f"chance ({metric}) {chance:.1f}")
+    nulls = [g.summary("audit/identity/max/null")[0] for g in hybrids if audited and g.summary("audit/identity/max/null")]
+    if nulls:  # what the strongest attacker reads off features without identity
+        null = statistics.fmean(nulls)
+        axes.axvline(null, color="gray", linestyle="--", linewidth=1, label=f"strongest attacker, permuted identities {null:.1f}")
     axes.set_xlabel(f"identity leakage: {leakage} accuracy (%)  ← more private")
     axes.set_ylabel("utility: Hybrid2Emotion accuracy (%)")
     axes.set_xlim(0, 100)

@@ -166,6 +166,9 @@ def train_hybrid(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger
             heads=tuple(m.adversary.heads),
             target=m.adversary.target,
             restart_every=m.adversary.restart_every,
+            neighbour_weight=m.adversary.neighbour_weight,
+            neighbour_temperature=m.adversary.neighbour_temperature,
+            standardise=m.adversary.standardise,
         ),
         conv_channels=tuple(net.conv_channels),
         fc_hidden=tuple(net.fc_hidden),
@@ -292,18 +295,26 @@ def fit_transfer(
 
 def audit_base(cfg: DictConfig, features: FeatureDataModule, data: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
     """The identity audit of the features of a frozen base (see :mod:`anonemo.audit`), logged."""
-    metrics = audit_fold(cfg, features, data)
+    metrics = audit_fold(cfg, features, data, cfg.audit.null_permutations)
     logger.log_metrics(metrics)
     return metrics
 
 
-def audit_fold(cfg: DictConfig, features: FeatureDataModule, data: GroupedFoldDataModule) -> dict[str, float]:
+def audit_fold(
+    cfg: DictConfig, features: FeatureDataModule, data: GroupedFoldDataModule, null_permutations: int = 0
+) -> dict[str, float]:
     started = time.perf_counter()
+    if null_permutations < 0:
+        raise ConfigError(
+            f"audit.null_permutations={null_permutations} (null_permutations= for python -m anonemo.audit) must be 0 "
+            "(no null) or a number of permutations."
+        )
     metrics = audit_features(
         features.sides,
         {"emotion": data.num_emotions, "identity": data.num_subjects},
         seed=cfg.seed,
         attackers=default_attackers(tuple(cfg.network.fc_hidden), bf16=uses_bf16(cfg)),
+        null_permutations=null_permutations,
     )
     log.info(
         "Audit: strongest identity attacker %.1f%% (chance %.1f%%), strongest emotion attacker %.1f%% (%.0f s)",

@@ -96,6 +96,36 @@ def test_gallery_audit_scores_only_the_classes_its_gallery_holds():
     assert abs(noise["audit/identity/gallery"] - 100 / CLASSES) < 6
 
 
+def few_originals(identity_signal, seed=0):
+    """A Yale-like fold: 15 subjects, 4 originals each, 10 noisy copies of every original; the
+    test side holds 6 originals. Each original has its own random look, plus (if given) a
+    look per subject scaled by ``identity_signal``."""
+    generator = torch.Generator().manual_seed(seed)
+    subjects = torch.arange(15).repeat_interleave(4)
+    looks = torch.randn(60, 16, generator=generator) + identity_signal * torch.randn(15, 16, generator=generator)[subjects]
+    order = torch.randperm(60, generator=generator)
+    sides = {}
+    for name, originals in (("test", order[:6]), ("val", order[6:15]), ("train", order[15:])):
+        source = originals.repeat_interleave(10)
+        features = looks[source] + 0.1 * torch.randn(len(source), 16, generator=generator)
+        sides[name] = TensorBatches(features=features, identity=subjects[source], emotion=source % 2, source=source)
+    return sides
+
+
+def test_permutation_null_separates_identity_from_none():
+    """Features without identity score like their permuted-label null (a large p-value); features
+    with identity beat the null on every permutation (the smallest p-value 5 permutations give)."""
+    attackers = [default_attackers((32, 16))[0], CosineKnnAttacker()]
+    blind = audit_features(few_originals(0.0), {"identity": 15, "emotion": 2}, seed=0, attackers=attackers,
+                           null_permutations=5)
+    assert blind["audit/identity/max/p_value"] > 0.3
+    assert blind["audit/identity/max/null"] < blind["audit/identity/chance"] + 10
+    telling = audit_features(few_originals(3.0), {"identity": 15, "emotion": 2}, seed=0, attackers=attackers,
+                             null_permutations=5)
+    assert telling["audit/identity/max"] > telling["audit/identity/max/null"] + 40
+    assert telling["audit/identity/max/p_value"] == pytest.approx(1 / 6)
+
+
 def test_reaudit_of_a_saved_run_reproduces_its_audit(tiny_config):
     """The logged base and config rebuild the same fold: re-auditing gives the run's numbers."""
     cfg = tiny_config("model=emotion")
@@ -107,6 +137,9 @@ def test_reaudit_of_a_saved_run_reproduces_its_audit(tiny_config):
     assert again.keys() == audited.keys() and len(again) >= 10
     assert again == pytest.approx(audited)
     assert "audit.reaudited_s" in client.get_run(logged.info.run_id).data.tags
+    with_null = reaudit_run(client, logged.info.run_id, null_permutations=2)
+    assert round(3 * with_null["audit/identity/max/p_value"], 6) in (1, 2, 3)  # (1 + k) / (1 + 2)
+    assert 0 <= with_null["audit/identity/max/null"] <= 100
 
 
 def test_reaudit_names_an_unknown_run(tmp_path):

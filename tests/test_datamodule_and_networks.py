@@ -23,13 +23,15 @@ def test_batches_are_dicts_of_scaled_images_and_both_labels(faces):
     assert (dm.num_subjects, dm.num_emotions) == (4, 3)
     assert dm.emotion_names == ("neutral", "happy", "sad")
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"image", "emotion", "identity"}
+    assert set(batch) == {"image", "emotion", "identity", "source"}
     assert batch["image"].shape == (16, 1, 32, 32) and batch["image"].dtype == torch.float32
     assert 0 <= batch["image"].min() and batch["image"].max() <= 1
     test = torch.cat([b["image"] for b in dm.test_dataloader()])
     expected = torch.as_tensor(faces.images[dm.split.test]).float().div(255).unsqueeze(1)
     assert torch.equal(test, expected)  # the test loader serves exactly the test side, in order
     assert torch.equal(dm.labels("test", "identity"), torch.as_tensor(faces.subjects[dm.split.test]))
+    sources = torch.cat([b["source"] for b in dm.test_dataloader()])
+    assert torch.equal(sources, torch.as_tensor(faces.sources[dm.split.test]))
 
 
 def test_training_order_is_reproducible_for_a_seed(faces):

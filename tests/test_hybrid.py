@@ -9,12 +9,12 @@ from mlflow.tracking import MlflowClient
 
 from anonemo.data.augment import Augmentation
 from anonemo.data.datamodule import GroupedFoldDataModule
-from anonemo.data.features import FeatureDataModule
+from anonemo.data.features import FeatureDataModule, extract_features
 from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.synthetic import SyntheticFaces
 from anonemo.errors import ConfigError
 from anonemo.models.classifiers import SingleTaskModule, TransferModule
-from anonemo.models.adversary import Adversary
+from anonemo.models.adversary import Adversary, soft_knn_log_posteriors
 from anonemo.models.hybrid import HybridModule, HybridSchedule, TrainingDivergedError
 from anonemo.models.networks import load_base
 from anonemo.tracking import BASE_ARTIFACT, tracking_uri
@@ -282,6 +282,8 @@ def test_restart_gives_every_identity_head_fresh_weights_and_optimizer_state(mul
         ({"target": "weakest"}, "model.adversary.target='weakest' is not known"),
         ({"heads": ()}, "model.adversary.heads is empty"),
         ({"restart_every": -1}, "model.adversary.restart_every=-1 must be 0"),
+        ({"neighbour_weight": -1.0}, "model.adversary.neighbour_weight=-1.0 must be 0"),
+        ({"neighbour_temperature": 0.0}, "model.adversary.neighbour_temperature=0.0 must be positive"),
     ],
 )
 def test_bad_adversary_options_are_named(option, message):
@@ -399,3 +401,84 @@ def test_recommended_robust_hybrid_runs_and_saves_its_bottleneck_base(tiny_confi
 def test_restarts_fall_on_every_rth_round():
     assert [t for t in range(1, 7) if Adversary(restart_every=2).restarts_before_refit(t)] == [2, 4, 6]
     assert not any(Adversary().restarts_before_refit(t) for t in range(1, 7))
+
+
+def test_soft_knn_posterior_votes_by_similarity_and_skips_the_querys_own_original():
+    # subject 0 along one direction (originals 10 and 12), subject 1 along the other (original 11)
+    features = torch.tensor([[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0], [1.0, 0.0]])
+    identities, sources = torch.tensor([0, 0, 1, 1, 0]), torch.tensor([10, 10, 11, 11, 12])
+    p = soft_knn_log_posteriors(features, identities, sources, num_classes=3, temperature=0.05).exp()
+    assert torch.allclose(p.sum(1), torch.ones(5))
+    assert p[4, 0] > 0.99  # original 12 sits among subject 0's other images
+    assert p[0, 0] > 0.99  # a copy of original 10 is voted by original 12, not by its twin
+    assert p[2, 1] < 1e-6  # original 11 has no other original of subject 1 to vote for it
+    assert p[:, 2].max() == 0  # a subject absent from the batch gets no vote
+
+
+def test_bounded_objectives_count_only_the_classes_a_knn_posterior_reaches():
+    log_p = torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.25, 0.5]]).log()
+    identities = torch.tensor([0, 2])
+    uniform_over_reachable = torch.tensor([[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]]).log()
+    for objective in ("confusion", "entropy"):
+        adversary = Adversary(objective=objective)
+        assert adversary.posterior_penalty(uniform_over_reachable, identities).item() == pytest.approx(0.0, abs=1e-6)
+        assert adversary.posterior_penalty(log_p, identities).item() > 0.01
+
+
+def knn_vote_on_the_training_side(module, data):
+    """(true-class probability, entropy) of the soft kNN vote over the whole training side."""
+    train = data.side("train").tensors
+    module.eval()
+    with torch.no_grad():
+        features = module.base(train["image"])
+        p = soft_knn_log_posteriors(features, train["identity"], train["source"], 4, 0.1).exp()
+    module.train()
+    return p.gather(1, train["identity"].unsqueeze(1)).mean().item(), -(p * p.clamp_min(1e-12).log()).sum(1).mean().item()
+
+
+def test_neighbour_adversary_takes_identity_out_of_the_knn_vote(multitask_start, data):
+    """Against the same frozen heads, steps that also fight the soft kNN attacker leave an image's
+    nearest other originals less telling about its subject than steps against the heads alone."""
+    start, batch = multitask_start
+    heads_only, with_knn = (
+        knn_vote_on_the_training_side(
+            after_adversarial_steps(start, batch, objective="confusion", neighbour_weight=weight), data
+        )
+        for weight in (0.0, 5.0)
+    )
+    print(knn_vote_on_the_training_side(start, data), heads_only, with_knn)
+    assert with_knn[0] < heads_only[0] - 0.1
+    assert with_knn[1] > heads_only[1] + 0.1
+
+
+def test_neighbour_penalty_has_finite_gradients_when_classes_or_voters_are_missing():
+    """A batch where one image has no other original to vote for it and a subject is absent."""
+    features = torch.randn(5, 8, requires_grad=True)
+    identities, sources = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([1, 2, 3, 3, 4])
+    for objective in ("neg_ce", "confusion", "entropy"):
+        features.grad = None
+        penalty = Adversary(objective=objective).neighbour_penalty(features, identities, sources, num_classes=4)
+        penalty.backward()
+        assert torch.isfinite(penalty) and torch.isfinite(features.grad).all(), objective
+        assert features.grad.abs().sum() > 0, objective
+    lonely = torch.randn(2, 8, requires_grad=True)
+    penalty = Adversary(objective="confusion").neighbour_penalty(lonely, torch.tensor([0, 0]), torch.tensor([5, 5]), 4)
+    penalty.backward()
+    assert penalty.item() == 0 and torch.equal(lonely.grad, torch.zeros(2, 8))
+
+
+def test_standardised_identity_heads_read_the_training_sides_standardised_features(data):
+    """After a re-fit the heads' input statistics are the training side's (as the audit's
+    attackers standardise), and every identity head reads features through them."""
+    torch.manual_seed(0)
+    module = hybrid(HybridSchedule(init_epochs=1, rounds=1, refit_epochs=1), adversary=Adversary(standardise=True))
+    quiet_trainer(module.schedule.total_epochs).fit(module, datamodule=data)
+    features = extract_features(module.base, data.side("train").tensors["image"])
+    assert torch.allclose(module.identity_mean, features.mean(0), atol=1e-5)
+    assert torch.allclose(module.identity_std, features.std(0), atol=1e-5)
+    module.eval()
+    standardised = (features - features.mean(0)) / features.std(0).clamp_min(1e-6)  # dead features: std 0
+    with torch.no_grad():
+        assert torch.allclose(module.identity_logits(features)[0], module.identity_heads[0](standardised), atol=1e-4)
+        plain = hybrid(HybridSchedule(1, 1))
+        assert torch.equal(plain.identity_logits(features)[0], plain.identity_heads[0](features))

@@ -33,25 +33,26 @@ log = logging.getLogger(__name__)
 
 
 def audit_features(
-    sides: dict[str, TensorBatches], num_classes: dict[str, int], seed: int, attackers: list[Attacker] | None = None
+    sides: dict[str, TensorBatches],
+    num_classes: dict[str, int],
+    seed: int,
+    attackers: list[Attacker] | None = None,
+    null_permutations: int = 0,
 ) -> dict[str, float]:
     """``audit/<task>/<attacker>`` test accuracies (%), with ``max`` and ``chance`` per task, and
     the gallery audit's ``audit/<task>/gallery{,/chance,/coverage}``.
 
     ``sides`` holds ``features`` and labels for ``train``, ``val`` and ``test``; only ``train``
     and ``val`` are used for fitting and every choice, ``test`` only for the final scores.
+    ``null_permutations`` > 0 adds the identity audit's null (:func:`null_maxima`):
+    ``audit/identity/max/null`` (its mean) and ``audit/identity/max/p_value``.
     """
+    attackers = attackers if attackers is not None else default_attackers()
     metrics: dict[str, float] = {}
     for task in TASKS:
         train, val, test = (as_split(sides[s].tensors["features"], sides[s].tensors[task]) for s in ("train", "val", "test"))
-        scores = {}
-        for attacker in attackers if attackers is not None else default_attackers():
-            started = time.perf_counter()
-            attacker.fit(train, val, num_classes[task], seed)
-            scores[attacker.name] = accuracy(attacker.predict(test.features), test.labels)
-            metrics[f"audit/{task}/{attacker.name}/val"] = attacker.val_accuracy
-            log.info("audit %s/%s: %.1f%% on the test fold (%.1f%% validation, %.1f s)", task, attacker.name,
-                     scores[attacker.name], attacker.val_accuracy, time.perf_counter() - started)
+        scores = attack(train, val, test, num_classes[task], seed, attackers, task)
+        metrics |= {f"audit/{task}/{attacker.name}/val": attacker.val_accuracy for attacker in attackers}
         metrics |= {f"audit/{task}/{name}": score for name, score in scores.items()}
         metrics[f"audit/{task}/max"] = max(scores.values())
         metrics[f"audit/{task}/chance"] = 100 / num_classes[task]
@@ -62,7 +63,58 @@ def audit_features(
                 metrics[f"audit/{task}/max"], metrics[f"audit/{task}/chance"],
             )
         metrics |= gallery_audit(val, test, task)
+    if null_permutations:
+        maxima = null_maxima(sides, "identity", num_classes["identity"], seed, null_permutations, attackers)
+        observed = metrics["audit/identity/max"]
+        metrics["audit/identity/max/null"] = sum(maxima) / len(maxima)
+        metrics["audit/identity/max/p_value"] = (1 + sum(m >= observed for m in maxima)) / (1 + len(maxima))
+        log.info("audit identity/max: %.1f%%; with permuted labels (no identity in the features) %.1f%% on average, "
+                 "p = %.3f over %d permutations", observed, metrics["audit/identity/max/null"],
+                 metrics["audit/identity/max/p_value"], len(maxima))
     return metrics
+
+
+def attack(
+    train: Split, val: Split, test: Split, num_classes: int, seed: int, attackers: list[Attacker], task: str | None
+) -> dict[str, float]:
+    """Each attacker's test accuracy (%), fitted on ``train`` and tuned on ``val``; logged per
+    attacker when ``task`` names the audit it belongs to."""
+    scores = {}
+    for attacker in attackers:
+        started = time.perf_counter()
+        attacker.fit(train, val, num_classes, seed)
+        scores[attacker.name] = accuracy(attacker.predict(test.features), test.labels)
+        if task is not None:
+            log.info("audit %s/%s: %.1f%% on the test fold (%.1f%% validation, %.1f s)", task, attacker.name,
+                     scores[attacker.name], attacker.val_accuracy, time.perf_counter() - started)
+    return scores
+
+
+def null_maxima(
+    sides: dict[str, TensorBatches], task: str, num_classes: int, seed: int, permutations: int, attackers: list[Attacker]
+) -> list[float]:
+    """The strongest attacker's test accuracy on features with no ``task`` information, once per
+    permutation: the training and validation sides' labels are shuffled among their original
+    images (copies keep one label), the test fold's are kept.
+
+    ``max`` over several attackers, scored on a test fold of few originals (6 on Yale: each is
+    one sixth of the score), sits above ``chance`` even for features without identity; this is
+    the level to read it against, with the same features, copies and attackers.
+    """
+    generator = torch.Generator().manual_seed(seed * 7919 + 1)
+    sources = torch.cat([sides[s].tensors["source"] for s in ("train", "val")])
+    labels = torch.cat([torch.as_tensor(sides[s].tensors[task]) for s in ("train", "val")])
+    originals, copy_of = sources.unique(return_inverse=True)
+    label_of_original = torch.zeros(len(originals), dtype=labels.dtype).scatter_(0, copy_of, labels)
+    n_train = len(sides["train"].tensors["source"])
+    test = as_split(sides["test"].tensors["features"], sides["test"].tensors[task])
+    maxima = []
+    for _ in range(permutations):
+        shuffled = label_of_original[torch.randperm(len(originals), generator=generator)][copy_of]
+        train = as_split(sides["train"].tensors["features"], shuffled[:n_train])
+        val = as_split(sides["val"].tensors["features"], shuffled[n_train:])
+        maxima.append(max(attack(train, val, test, num_classes, seed, attackers, task=None).values()))
+    return maxima
 
 
 def gallery_audit(gallery: Split, test: Split, task: str) -> dict[str, float]:

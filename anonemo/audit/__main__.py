@@ -18,11 +18,14 @@ def main(cfg: DictConfig) -> None:
         if not cfg.run_id:
             raise ConfigError("run_id is required: python -m anonemo.audit run_id=<MLflow run id>.")
         client = MlflowClient(resolve_tracking_uri(cfg.tracking_uri, cfg.paths.output_dir))
-        metrics = reaudit_run(client, str(cfg.run_id), cfg.dataset_root)
+        metrics = reaudit_run(client, str(cfg.run_id), cfg.dataset_root, cfg.null_permutations)
         print(f"Audit of run {cfg.run_id} (test fold, %):")
         for task in ("identity", "emotion"):
             attackers = sorted(k.split("/")[2] for k in metrics if k.count("/") == 2 and k.startswith(f"audit/{task}/"))
             print(f"  {task:8s} " + "  ".join(f"{name} {metrics[f'audit/{task}/{name}']:.1f}" for name in attackers))
+        if "audit/identity/max/null" in metrics:
+            print(f"  identity max {metrics['audit/identity/max']:.1f} against {metrics['audit/identity/max/null']:.1f} "
+                  f"with permuted identities (p = {metrics['audit/identity/max/p_value']:.3f})")
 
 
 if __name__ == "__main__":

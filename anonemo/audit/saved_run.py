@@ -23,7 +23,9 @@ from anonemo.workflow import audit_fold, build_datamodule, uses_bf16
 log = logging.getLogger(__name__)
 
 
-def reaudit_run(client: MlflowClient, run_id: str, dataset_root: str | None = None) -> dict[str, float]:
+def reaudit_run(
+    client: MlflowClient, run_id: str, dataset_root: str | None = None, null_permutations: int = 0
+) -> dict[str, float]:
     """Audit metrics of run ``run_id``'s saved base, logged to that run and returned."""
     require_run(client, run_id)
     with tempfile.TemporaryDirectory() as folder:
@@ -33,7 +35,7 @@ def reaudit_run(client: MlflowClient, run_id: str, dataset_root: str | None = No
         run_cfg.dataset.root = dataset_root
     started = time.perf_counter()
     data = build_datamodule(run_cfg)
-    metrics = audit_fold(run_cfg, FeatureDataModule(base, data, bf16=uses_bf16(run_cfg)), data)
+    metrics = audit_fold(run_cfg, FeatureDataModule(base, data, bf16=uses_bf16(run_cfg)), data, null_permutations)
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()])
     client.set_tag(run_id, "audit.reaudited_s", f"{time.perf_counter() - started:.1f}")

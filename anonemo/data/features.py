@@ -35,7 +35,8 @@ def extract_features(base: nn.Module, images: torch.Tensor, bf16: bool = False) 
 class FeatureDataModule(pl.LightningDataModule):
     """The train, val and test sides of a fold as features of a frozen ``base``.
 
-    Batches hold ``features``, ``emotion`` and ``identity``; the split is the image fold's own.
+    Batches hold ``features``, ``emotion``, ``identity`` and ``source``; the split is the image
+    fold's own.
     """
 
     def __init__(self, base: nn.Module, fold_data: GroupedFoldDataModule, bf16: bool = False):
@@ -49,6 +50,7 @@ class FeatureDataModule(pl.LightningDataModule):
                 features=extract_features(base, side["image"], bf16).cpu(),
                 emotion=side["emotion"],
                 identity=side["identity"],
+                source=side["source"],
             )
 
     def train_dataloader(self) -> DataLoader:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anonemo.audit.attackers import Standardiser
 from anonemo.data.features import extract_features
 from anonemo.errors import AnonemoError, ConfigError
 from anonemo.evaluation import accuracy
@@ -126,6 +127,9 @@ class HybridModule(pl.LightningModule):
             ClassifierHead(self.base.out_features, num_subjects, head_widths(name, fc_hidden), dropout)
             for name in adversary.heads
         )
+        if adversary.standardise:  # the identity heads' input statistics, set at every re-fit
+            self.register_buffer("identity_mean", torch.zeros(self.base.out_features))
+            self.register_buffer("identity_std", torch.ones(self.base.out_features))
         self.train_emotion_loss, self.train_loss = EpochMean(), EpochMean()
         self.history: list[dict[str, float]] = []
         self.round_end_seconds = 0.0  # time on frozen-base work (extraction, re-fits, scoring)
@@ -138,9 +142,17 @@ class HybridModule(pl.LightningModule):
         identity = adam(self.identity_heads.parameters(), lr=hp.identity_lr, weight_decay=hp.weight_decay)
         return [main, identity]
 
+    def identity_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """Every identity head's logits. With ``adversary.standardise`` the heads read the features
+        standardised per feature with the training side's statistics of the last re-fit, as the
+        audit's attackers read them; the base's gradient passes through the standardisation."""
+        if self.adversary.standardise:
+            features = (features - self.identity_mean) / self.identity_std
+        return [head(features) for head in self.identity_heads]
+
     def identity_loss(self, features: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
         """Li: the identity heads' mean cross-entropy."""
-        return torch.stack([F.cross_entropy(head(features), identities) for head in self.identity_heads]).mean()
+        return torch.stack([F.cross_entropy(logits, identities) for logits in self.identity_logits(features)]).mean()
 
     def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Le, Li, features) of one batch through the current W_c, W_e and W_i."""
@@ -152,16 +164,21 @@ class HybridModule(pl.LightningModule):
         """(loss, Le, features) of an adversarial step: eq. (2) with the configured adversary.
 
         For ``grl`` the loss also trains the identity heads: their input passes through a
-        gradient reversal, so the base receives ``-beta`` times the heads' gradient.
+        gradient reversal, so the base receives ``-beta`` times the heads' gradient. The soft kNN
+        adversary (``neighbour_weight``) votes within the batch, so it needs the batch's sources.
         """
         features = self.base(batch["image"])
         emotion_loss = F.cross_entropy(self.emotion_head(features), batch["emotion"])
-        if self.adversary.objective == "grl":
+        adversary, identities = self.adversary, batch["identity"]
+        if adversary.objective == "grl":
             reversed_features = reverse_gradient(features, self.beta)
-            logits = [head(reversed_features) for head in self.identity_heads]
-            return emotion_loss + self.adversary.penalty(logits, batch["identity"]), emotion_loss, features
-        logits = [head(features) for head in self.identity_heads]
-        return emotion_loss + self.beta * self.adversary.penalty(logits, batch["identity"]), emotion_loss, features
+            loss = emotion_loss + adversary.penalty(self.identity_logits(reversed_features), identities)
+        else:
+            loss = emotion_loss + self.beta * adversary.penalty(self.identity_logits(features), identities)
+        if adversary.neighbour_weight:
+            penalty = adversary.neighbour_penalty(features, identities, batch["source"], self.hparams.num_subjects)
+            loss = loss + self.beta * adversary.neighbour_weight * penalty
+        return loss, emotion_loss, features
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         phase = self.schedule.phase(self.current_epoch)
@@ -234,6 +251,10 @@ class HybridModule(pl.LightningModule):
         else:
             if self.adversary.restarts_before_refit(phase.round):
                 self.restart_identity_heads(self.optimizers()[1].optimizer)
+            if self.adversary.standardise:
+                statistics = Standardiser(train_features)
+                self.identity_mean.copy_(statistics.mean)
+                self.identity_std.copy_(statistics.std)
             self.refit_identity_head(train_features, train_labels["identity"].to(self.device), phase.round)
             for name, (features, labels) in sides.items():
                 refitted = self.round_accuracies(features, labels, name)[f"round/identity_acc/{name}"]
@@ -275,7 +296,7 @@ class HybridModule(pl.LightningModule):
         self.eval()
         logits = {
             "emotion": self.emotion_head(features),
-            "identity_heads": [head(features) for head in self.identity_heads],
+            "identity_heads": self.identity_logits(features),
         }
         logits["identity"] = logits["identity_heads"][0]  # W_i: the first configured head
         self.train(was_training)
