@@ -66,6 +66,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(
             f"model.workflow={cfg.model.workflow} (model={cfg.model.name}) is not known: use one of {', '.join(WORKFLOWS)}."
         )
+    require_permutations(cfg.audit.null_permutations, "audit.null_permutations")
     if cfg.sweep.skip_finished or cfg.resume:
         done = finished_run(cfg)
         if done is not None:
@@ -304,11 +305,6 @@ def audit_fold(
     cfg: DictConfig, features: FeatureDataModule, data: GroupedFoldDataModule, null_permutations: int = 0
 ) -> dict[str, float]:
     started = time.perf_counter()
-    if null_permutations < 0:
-        raise ConfigError(
-            f"audit.null_permutations={null_permutations} (null_permutations= for python -m anonemo.audit) must be 0 "
-            "(no null) or a number of permutations."
-        )
     metrics = audit_features(
         features.sides,
         {"emotion": data.num_emotions, "identity": data.num_subjects},
@@ -322,6 +318,12 @@ def audit_fold(
         time.perf_counter() - started,
     )
     return metrics
+
+
+def require_permutations(permutations: int, option: str) -> None:
+    """Checked before any work, as the null runs only after training."""
+    if permutations < 0:
+        raise ConfigError(f"{option}={permutations} must be 0 (no null) or a number of permutations.")
 
 
 def selecting_trainer(cfg: DictConfig, logger: RunLogger, phase: str, monitor: str, patience: int, **overrides) -> pl.Trainer:

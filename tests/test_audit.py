@@ -149,6 +149,13 @@ def test_reaudit_names_an_unknown_run(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_reaudit_refuses_a_negative_number_of_permutations_before_any_work(tmp_path):
+    result = cli("run_id=0123456789abcdef", "null_permutations=-2", f"paths.output_dir={tmp_path}", module="anonemo.audit")
+    assert result.returncode == 2
+    assert "null_permutations=-2 must be 0 (no null) or a number of permutations" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_saved_base_round_trips_and_bad_files_are_named(tmp_path):
     base = ConvBase(32, (4, 8, 8), bottleneck=6, feature_norm="layer")
     save_network(base, tmp_path / "base.pt")

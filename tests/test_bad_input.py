@@ -82,6 +82,8 @@ CATALOGUE = [
      ConfigError, "model.adversary.heads: 'huge' is not a known identity head"),
     ("unknown feature norm", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid_robust", "model.feature_norm=group"],
      ConfigError, "feature_norm='group' is not known"),
+    ("negative null permutations", lambda t, y, j: ["audit.null_permutations=-1"],
+     ConfigError, "audit.null_permutations=-1 must be 0 (no null) or a number of permutations"),
     ("unreachable tracking server", lambda t, y, j: ["logger.tracking_uri=http://127.0.0.1:9"],
      TrackingError, "The MLflow tracking server http://127.0.0.1:9 (logger.tracking_uri or $MLFLOW_TRACKING_URI) cannot be reached"),
 ]

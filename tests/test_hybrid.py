@@ -446,7 +446,6 @@ def test_neighbour_adversary_takes_identity_out_of_the_knn_vote(multitask_start,
         )
         for weight in (0.0, 5.0)
     )
-    print(knn_vote_on_the_training_side(start, data), heads_only, with_knn)
     assert with_knn[0] < heads_only[0] - 0.1
     assert with_knn[1] > heads_only[1] + 0.1
 

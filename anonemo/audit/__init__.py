@@ -101,7 +101,7 @@ def null_maxima(
     one sixth of the score), sits above ``chance`` even for features without identity; this is
     the level to read it against, with the same features, copies and attackers.
     """
-    generator = torch.Generator().manual_seed(seed * 7919 + 1)
+    generator = torch.Generator().manual_seed(seed * 7919 + 1)  # its own stream, apart from the fits' seed
     sources = torch.cat([sides[s].tensors["source"] for s in ("train", "val")])
     labels = torch.cat([torch.as_tensor(sides[s].tensors[task]) for s in ("train", "val")])
     originals, copy_of = sources.unique(return_inverse=True)

@@ -10,6 +10,7 @@ from anonemo.audit.saved_run import reaudit_run
 from anonemo.cli import user_errors_reported
 from anonemo.errors import ConfigError
 from anonemo.tracking import resolve_tracking_uri
+from anonemo.workflow import require_permutations
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="audit")
@@ -17,6 +18,7 @@ def main(cfg: DictConfig) -> None:
     with user_errors_reported():
         if not cfg.run_id:
             raise ConfigError("run_id is required: python -m anonemo.audit run_id=<MLflow run id>.")
+        require_permutations(cfg.null_permutations, "null_permutations")
         client = MlflowClient(resolve_tracking_uri(cfg.tracking_uri, cfg.paths.output_dir))
         metrics = reaudit_run(client, str(cfg.run_id), cfg.dataset_root, cfg.null_permutations)
         print(f"Audit of run {cfg.run_id} (test fold, %):")

@@ -36,7 +36,7 @@ class Standardiser:
         self.std = train.std(0).clamp_min(1e-6)
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        return (features - self.mean.to(features.device)) / self.std.to(features.device)
+        return (features - self.mean) / self.std
 
 
 class Attacker:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from anonemo.audit.attackers import Standardiser
 from anonemo.errors import ConfigError
 
 OBJECTIVES = ("neg_ce", "confusion", "entropy", "grl")
@@ -145,8 +146,7 @@ def soft_knn_log_posteriors(
     escape it by moving every image together without separating people any less.
     """
     features = features.float()
-    standardised = (features - features.mean(0)) / features.std(0).clamp_min(1e-6)
-    unit = F.normalize(standardised, dim=1)
+    unit = F.normalize(Standardiser(features)(features), dim=1)
     votes = sources.unsqueeze(1) != sources.unsqueeze(0)  # (query, key): not a copy of its own original
     similarity = (unit @ unit.T / temperature).masked_fill(~votes, float("-inf"))
     # A query without a voter (every other image is its own copy) gets a finite dummy row, and
