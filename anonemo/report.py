@@ -42,7 +42,7 @@ PAPER_RESULTS = {
 # audit/identity/max reads off features without identity: the level to compare it with.
 AUDIT_METRICS = ("audit/identity/max", "audit/identity/max/null", "audit/emotion/max", "audit/identity/gallery")
 COLUMNS = (*PAPER_METRICS, *AUDIT_METRICS)
-MODEL_ORDER = ("face", "emotion", "emotion2face", "hybrid", "hybrid_robust")
+MODEL_ORDER = ("face", "emotion", "emotion2face", "hybrid", "hybrid_robust", "hybrid_standardised")
 # Parameters that differ between runs without changing their results (the audit only adds
 # measurements of the trained base).
 NOT_GROUPED = ("fold", "audit.", *RESULT_NEUTRAL)

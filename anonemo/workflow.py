@@ -145,7 +145,7 @@ def train_emotion2face(cfg: DictConfig, data: GroupedFoldDataModule, logger: Run
     logger.log_network(emotion.base, BASE_ARTIFACT)
     with clock.phase("frozen_base"):
         features = FeatureDataModule(emotion.base, data, bf16=uses_bf16(cfg))
-        metrics |= fit_transfer(cfg, emotion.base, features, data, logger, "identity", cfg.model.transfer_metric)
+        metrics |= fit_transfer_heads(cfg, emotion.base, features, data, logger)
         if cfg.audit.enabled:
             metrics |= audit_base(cfg, features, data, logger)
     return metrics
@@ -214,8 +214,7 @@ def train_hybrid(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger
             result = score(own_heads[task], data.labels("test", task), data.class_names(task))
             logger.log_metrics({name: result.accuracy})
             metrics[name] = result.accuracy
-        for task, name in (("emotion", "Hybrid2Emotion"), ("identity", "Hybrid2Face")):
-            metrics |= fit_transfer(cfg, hybrid.base, features, data, logger, task, name)
+        metrics |= fit_transfer_heads(cfg, hybrid.base, features, data, logger)
         if cfg.audit.enabled:
             metrics |= audit_base(cfg, features, data, logger)
     return metrics
@@ -257,6 +256,24 @@ def fit_single_task(
     return result.as_metrics(cfg.model.metric), module
 
 
+def transfer_heads(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(task, metric name) of each fresh head that ``cfg.model``'s workflow trains on its frozen base."""
+    if cfg.model.workflow == "emotion2face":
+        return [("identity", cfg.model.transfer_metric)]
+    if cfg.model.workflow == "hybrid":
+        return [("emotion", "Hybrid2Emotion"), ("identity", "Hybrid2Face")]
+    return []
+
+
+def fit_transfer_heads(
+    cfg: DictConfig, base: ConvBase, features: FeatureDataModule, data: GroupedFoldDataModule, logger: RunLogger
+) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for task, name in transfer_heads(cfg):
+        metrics |= fit_transfer(cfg, base, features, data, logger, task, name)
+    return metrics
+
+
 def fit_transfer(
     cfg: DictConfig,
     base: ConvBase,
@@ -278,6 +295,7 @@ def fit_transfer(
         lr=cfg.transfer.lr,
         weight_decay=cfg.transfer.weight_decay,
         metric_prefix=f"{name}/",
+        standardise_with=features.sides["train"].tensors["features"] if cfg.transfer.standardise else None,
     )
     trainer = selecting_trainer(
         cfg, logger, phase=name, monitor=f"{name}/val/acc", patience=cfg.transfer.patience,

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from anonemo.audit import audit_features, gallery_audit
 from anonemo.audit.saved_run import reaudit_run
@@ -126,16 +127,22 @@ def test_permutation_null_separates_identity_from_none():
     assert telling["audit/identity/max/p_value"] == pytest.approx(1 / 6)
 
 
-def test_reaudit_of_a_saved_run_reproduces_its_audit(tiny_config):
-    """The logged base and config rebuild the same fold: re-auditing gives the run's numbers."""
-    cfg = tiny_config("model=emotion")
+def test_reaudit_of_a_saved_run_reproduces_its_audit_and_fresh_heads(tiny_config):
+    """The logged base and config rebuild the same fold: re-auditing, and re-fitting the fresh
+    head with the same transfer settings, give the run's numbers; other settings replace them."""
+    cfg = tiny_config("model=emotion2face", "transfer.max_epochs=3")
     metrics = run(cfg)
     client = MlflowClient(tracking_uri(cfg))
     (logged,) = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])
-    again = reaudit_run(client, logged.info.run_id)
+    again = reaudit_run(client, logged.info.run_id, transfer=cfg.transfer)
     audited = {k: v for k, v in metrics.items() if k.startswith("audit/")}
-    assert again.keys() == audited.keys() and len(again) >= 10
-    assert again == pytest.approx(audited)
+    assert {k: v for k, v in again.items() if k.startswith("audit/")} == pytest.approx(audited)
+    assert len(audited) >= 10 and again["Emotion2Face"] == pytest.approx(metrics["Emotion2Face"])
+    raw = OmegaConf.merge(cfg.transfer, {"standardise": False, "max_epochs": 1})
+    refitted = reaudit_run(client, logged.info.run_id, transfer=raw)
+    logged_now = client.get_run(logged.info.run_id).data
+    assert logged_now.metrics["Emotion2Face"] == refitted["Emotion2Face"]
+    assert "standardise: false" in logged_now.tags["transfer.refit"]
     assert "audit.reaudited_s" in client.get_run(logged.info.run_id).data.tags
     with_null = reaudit_run(client, logged.info.run_id, null_permutations=2)
     assert round(3 * with_null["audit/identity/max/p_value"], 6) in (1, 2, 3)  # (1 + k) / (1 + 2)

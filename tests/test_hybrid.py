@@ -5,6 +5,7 @@ import copy
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 
 from anonemo.data.augment import Augmentation
@@ -16,8 +17,8 @@ from anonemo.errors import ConfigError
 from anonemo.models.classifiers import SingleTaskModule, TransferModule
 from anonemo.models.adversary import Adversary, soft_knn_log_posteriors
 from anonemo.models.hybrid import HybridModule, HybridSchedule, TrainingDivergedError
-from anonemo.models.networks import load_base
-from anonemo.tracking import BASE_ARTIFACT, tracking_uri
+from anonemo.models.networks import ClassifierHead, load_base, load_network
+from anonemo.tracking import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT, tracking_uri
 from anonemo.workflow import run
 
 SMALL_NET = {"conv_channels": (4, 8, 8), "fc_hidden": (32, 16), "dropout": 0.0}
@@ -321,6 +322,31 @@ def test_transfer_heads_start_fresh_on_a_frozen_base(data):
         assert torch.allclose(features.sides["train"].tensors["features"][:5], source.base.eval()(images), atol=1e-5)
 
 
+def test_standardised_head_reads_a_low_spread_signal_that_a_raw_head_misses():
+    """transfer.standardise: the label sits in a feature of tiny spread beside loud uninformative
+    ones (as emotion did in adversarially trained bases). The raw head cannot learn it in the
+    steps given, the head on training-side standardised inputs does; both see the same data."""
+    torch.manual_seed(0)
+    labels = torch.arange(512) % 2
+    features = 10 * torch.randn(512, 8)
+    features[:, 0] = 5 + 1e-3 * (2 * labels - 1)
+    accuracies = {}
+    for standardise in (False, True):
+        torch.manual_seed(1)
+        head = ClassifierHead(8, 2, (16,), standardise=standardise)
+        if standardise:
+            head.set_input_statistics(features)
+        optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
+        for _ in range(200):
+            optimizer.zero_grad()
+            F.cross_entropy(head(features), labels).backward()
+            optimizer.step()
+        accuracies[standardise] = (head(features).argmax(1) == labels).float().mean().item()
+    assert accuracies[True] > 0.95 and accuracies[False] < 0.7
+    with pytest.raises(ValueError, match="standardise=True"):
+        ClassifierHead(8, 2).set_input_statistics(features)
+
+
 def test_divergence_message_names_the_round_and_settings():
     module = hybrid(HybridSchedule(init_epochs=1, rounds=3), beta=4.0)
     module._nonfinite = torch.tensor(True)
@@ -380,22 +406,26 @@ def test_diverged_hybrid_stops_and_keeps_partial_metrics(tiny_config):
     assert "hybrid_rounds.png" in {a.path for a in client.list_artifacts(logged.info.run_id)}
 
 
-def test_recommended_robust_hybrid_runs_and_saves_its_bottleneck_base(tiny_config, tmp_path):
-    cfg = tiny_config("model=hybrid_robust", "model.init_epochs=2", "model.rounds=2", "model.refit_epochs=2",
+def test_recommended_hybrid_runs_and_saves_its_bottleneck_base_and_standardising_head(tiny_config, tmp_path):
+    cfg = tiny_config("model=hybrid_standardised", "model.init_epochs=2", "model.rounds=2", "model.refit_epochs=2",
                       "transfer.max_epochs=3")
     assert cfg.model.workflow == "hybrid" and cfg.model.adversary.objective == "confusion"
+    assert cfg.model.adversary.standardise and cfg.transfer.standardise
     metrics = run(cfg)
     client, logged, rounds = run_history(cfg, "round/refit_identity_acc/val")
     assert logged.info.status == "FINISHED" and rounds == [1, 2]
     assert logged.data.params["model.adversary.heads"] == "['paper', 'linear', 'wide']"
     assert 0 <= metrics["audit/identity/max"] <= 100
-    path = client.download_artifacts(logged.info.run_id, BASE_ARTIFACT.as_posix(), str(tmp_path))
-    base = load_base(path)
+    base = load_base(client.download_artifacts(logged.info.run_id, BASE_ARTIFACT.as_posix(), str(tmp_path)))
     with torch.no_grad():
         features = base(torch.rand(5, 1, 32, 32))
     assert features.shape == (5, 8)  # the bottleneck, layer-normalised: every image's features at one scale
     assert torch.allclose(features.mean(1), torch.zeros(5), atol=1e-5)
     assert torch.allclose(features.var(1, unbiased=False), torch.ones(5), atol=1e-3)
+    # Hybrid2Emotion's head, as shipped, carries the training side's feature statistics
+    head, _ = load_network(client.download_artifacts(logged.info.run_id, EMOTION_HEAD_ARTIFACT.as_posix(), str(tmp_path)),
+                           ClassifierHead)
+    assert head.standardise and not torch.equal(head.input_std, torch.ones(8))
 
 
 def test_restarts_fall_on_every_rth_round():
@@ -473,11 +503,12 @@ def test_standardised_identity_heads_read_the_training_sides_standardised_featur
     module = hybrid(HybridSchedule(init_epochs=1, rounds=1, refit_epochs=1), adversary=Adversary(standardise=True))
     quiet_trainer(module.schedule.total_epochs).fit(module, datamodule=data)
     features = extract_features(module.base, data.side("train").tensors["image"])
-    assert torch.allclose(module.identity_mean, features.mean(0), atol=1e-5)
-    assert torch.allclose(module.identity_std, features.std(0), atol=1e-5)
+    for head in module.identity_heads:
+        assert torch.allclose(head.input_mean, features.mean(0), atol=1e-5)
+        assert torch.allclose(head.input_std, features.std(0).clamp_min(1e-6), atol=1e-5)
     module.eval()
     standardised = (features - features.mean(0)) / features.std(0).clamp_min(1e-6)  # dead features: std 0
     with torch.no_grad():
-        assert torch.allclose(module.identity_logits(features)[0], module.identity_heads[0](standardised), atol=1e-4)
+        assert torch.allclose(module.identity_logits(features)[0], module.identity_heads[0].layers(standardised), atol=1e-4)
         plain = hybrid(HybridSchedule(1, 1))
-        assert torch.equal(plain.identity_logits(features)[0], plain.identity_heads[0](features))
+        assert torch.equal(plain.identity_logits(features)[0], plain.identity_heads[0].layers(features))

@@ -1,4 +1,5 @@
-"""``python -m anonemo.audit run_id=ID``: re-audit the saved base of a finished run."""
+"""``python -m anonemo.audit run_id=ID [refit_transfer=true]``: re-audit the saved base of a
+finished run (and re-fit its fresh heads)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,16 @@ def main(cfg: DictConfig) -> None:
         if not cfg.run_id:
             raise ConfigError("run_id is required: python -m anonemo.audit run_id=<MLflow run id>.")
         require_permutations(cfg.null_permutations, "null_permutations")
+        if not (cfg.attackers or cfg.refit_transfer):
+            raise ConfigError("attackers=false and refit_transfer=false leave nothing to do: set either to true.")
         client = MlflowClient(resolve_tracking_uri(cfg.tracking_uri, cfg.paths.output_dir))
-        metrics = reaudit_run(client, str(cfg.run_id), cfg.dataset_root, cfg.null_permutations)
-        print(f"Audit of run {cfg.run_id} (test fold, %):")
-        for task in ("identity", "emotion"):
+        metrics = reaudit_run(client, str(cfg.run_id), cfg.dataset_root, cfg.null_permutations,
+                              cfg.transfer if cfg.refit_transfer else None, audit=cfg.attackers)
+        print(f"Run {cfg.run_id} (test fold, %):")
+        refitted = [name for name in metrics if "/" not in name]  # the heads' test accuracies
+        if refitted:
+            print("  fresh heads re-fitted: " + "  ".join(f"{name} {metrics[name]:.1f}" for name in refitted))
+        for task in ("identity", "emotion") if cfg.attackers else ():
             attackers = sorted(k.split("/")[2] for k in metrics if k.count("/") == 2 and k.startswith(f"audit/{task}/"))
             print(f"  {task:8s} " + "  ".join(f"{name} {metrics[f'audit/{task}/{name}']:.1f}" for name in attackers))
         if "audit/identity/max/null" in metrics:

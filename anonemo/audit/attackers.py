@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anonemo.evaluation import accuracy
-from anonemo.models.networks import ClassifierHead, adam
+from anonemo.models.networks import ClassifierHead, Standardiser, adam
 
 
 @dataclass(frozen=True)
@@ -26,17 +26,6 @@ class Split:
 
     features: torch.Tensor  # (N, D) float32
     labels: torch.Tensor  # (N,) int64
-
-
-class Standardiser:
-    """Zero mean, unit variance per feature, from the training side only."""
-
-    def __init__(self, train: torch.Tensor):
-        self.mean = train.mean(0)
-        self.std = train.std(0).clamp_min(1e-6)
-
-    def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        return (features - self.mean) / self.std
 
 
 class Attacker:

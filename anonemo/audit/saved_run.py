@@ -3,6 +3,9 @@
 Every training job logs its frozen conv base (``model/conv_base.pt``) and its resolved config
 (``config.yaml``). From those two artifacts the fold is rebuilt exactly (same data, folds and
 seed) and the current attacker suite is run again; the metrics go back into the same run.
+Optionally the run's fresh heads (Emotion2Face, Hybrid2Emotion, Hybrid2Face) are re-fitted too,
+with given ``transfer`` settings: how runs trained before a change of that protocol are brought
+up to it without training their bases again.
 """
 
 from __future__ import annotations
@@ -15,18 +18,26 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule
-from anonemo.models.networks import load_base
-from anonemo.tracking import BASE_ARTIFACT, require_run, run_artifact
-from anonemo.workflow import audit_fold, build_datamodule, uses_bf16
+from anonemo.models.networks import ConvBase, load_base
+from anonemo.tracking import BASE_ARTIFACT, RunLogger, require_run, run_artifact
+from anonemo.workflow import audit_fold, build_datamodule, fit_transfer_heads, transfer_heads, uses_bf16
 
 log = logging.getLogger(__name__)
 
 
 def reaudit_run(
-    client: MlflowClient, run_id: str, dataset_root: str | None = None, null_permutations: int = 0
+    client: MlflowClient,
+    run_id: str,
+    dataset_root: str | None = None,
+    null_permutations: int = 0,
+    transfer: DictConfig | None = None,
+    audit: bool = True,
 ) -> dict[str, float]:
-    """Audit metrics of run ``run_id``'s saved base, logged to that run and returned."""
+    """Audit metrics of run ``run_id``'s saved base, logged to that run and returned; with
+    ``transfer`` (a ``conf/transfer`` config) also the metrics of its re-fitted fresh heads, and
+    with ``audit=False`` only those."""
     require_run(client, run_id)
     with tempfile.TemporaryDirectory() as folder:
         run_cfg: DictConfig = OmegaConf.load(run_artifact(client, run_id, "config.yaml", folder))
@@ -35,8 +46,34 @@ def reaudit_run(
         run_cfg.dataset.root = dataset_root
     started = time.perf_counter()
     data = build_datamodule(run_cfg)
-    metrics = audit_fold(run_cfg, FeatureDataModule(base, data, bf16=uses_bf16(run_cfg)), data, null_permutations)
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()])
-    client.set_tag(run_id, "audit.reaudited_s", f"{time.perf_counter() - started:.1f}")
+    features = FeatureDataModule(base, data, bf16=uses_bf16(run_cfg))
+    metrics = {} if transfer is None else refit_transfer_heads(client, run_id, run_cfg, transfer, base, features, data)
+    if audit:
+        metrics |= audit_fold(run_cfg, features, data, null_permutations)
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()])
+        client.set_tag(run_id, "audit.reaudited_s", f"{time.perf_counter() - started:.1f}")
+    return metrics
+
+
+def refit_transfer_heads(
+    client: MlflowClient,
+    run_id: str,
+    run_cfg: DictConfig,
+    transfer: DictConfig,
+    base: ConvBase,
+    features: FeatureDataModule,
+    data: GroupedFoldDataModule,
+) -> dict[str, float]:
+    """The run's fresh heads trained again on its saved ``base`` with ``transfer`` settings, their
+    metrics (and Hybrid2Emotion's head artifact) logged to the run, as the job logs them."""
+    if not transfer_heads(run_cfg):
+        log.warning("Run %s (model=%s) has no fresh heads on its base to re-fit; auditing only.", run_id, run_cfg.model.name)
+        return {}
+    run_cfg.transfer = transfer
+    with tempfile.TemporaryDirectory() as folder:
+        run_cfg.paths.output_dir = folder  # the heads' checkpoints; the run's own are left as they are
+        logger = RunLogger(tracking_uri=client.tracking_uri, run_id=run_id)
+        metrics = fit_transfer_heads(run_cfg, base, features, data, logger)
+    client.set_tag(run_id, "transfer.refit", OmegaConf.to_yaml(transfer).strip().replace("\n", ", "))
     return metrics

@@ -43,8 +43,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from anonemo.audit.attackers import Standardiser
 from anonemo.errors import ConfigError
+from anonemo.models.networks import Standardiser
 
 OBJECTIVES = ("neg_ce", "confusion", "entropy", "grl")
 TARGETS = ("all", "strongest")

@@ -136,6 +136,8 @@ class TransferModule(ClassifierModule):
     Emotion2Face, Hybrid2Emotion and Hybrid2Face. The base never changes, so the head trains on
     the base's features computed once per side (batches with a ``features`` key, see
     :class:`~anonemo.data.features.FeatureDataModule`); ``forward`` still maps images to logits.
+    ``standardise_with``: the training side's features; the head then reads its inputs
+    standardised with their statistics (``transfer.standardise``, see :class:`ClassifierHead`).
     """
 
     def __init__(
@@ -148,12 +150,15 @@ class TransferModule(ClassifierModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         metric_prefix: str = "",
+        standardise_with: torch.Tensor | None = None,
     ):
         super().__init__(task, lr, weight_decay, metric_prefix, num_classes)
-        self.save_hyperparameters(ignore=["base"], logger=False)
+        self.save_hyperparameters(ignore=["base", "standardise_with"], logger=False)
         self.base = base
         self.base.requires_grad_(False)
-        self.head = ClassifierHead(base.out_features, num_classes, fc_hidden, dropout)
+        self.head = ClassifierHead(base.out_features, num_classes, fc_hidden, dropout, standardise=standardise_with is not None)
+        if standardise_with is not None:
+            self.head.set_input_statistics(standardise_with)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.base(images))

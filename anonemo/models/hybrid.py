@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anonemo.audit.attackers import Standardiser
 from anonemo.data.features import extract_features
 from anonemo.errors import AnonemoError, ConfigError
 from anonemo.evaluation import accuracy
@@ -124,12 +123,11 @@ class HybridModule(pl.LightningModule):
         )
         self.emotion_head = ClassifierHead(self.base.out_features, num_emotions, fc_hidden, dropout)
         self.identity_heads = nn.ModuleList(
-            ClassifierHead(self.base.out_features, num_subjects, head_widths(name, fc_hidden), dropout)
+            # With adversary.standardise their input statistics are set at every re-fit.
+            ClassifierHead(self.base.out_features, num_subjects, head_widths(name, fc_hidden), dropout,
+                           standardise=adversary.standardise)
             for name in adversary.heads
         )
-        if adversary.standardise:  # the identity heads' input statistics, set at every re-fit
-            self.register_buffer("identity_mean", torch.zeros(self.base.out_features))
-            self.register_buffer("identity_std", torch.ones(self.base.out_features))
         self.train_emotion_loss, self.train_loss = EpochMean(), EpochMean()
         self.history: list[dict[str, float]] = []
         self.round_end_seconds = 0.0  # time on frozen-base work (extraction, re-fits, scoring)
@@ -146,8 +144,6 @@ class HybridModule(pl.LightningModule):
         """Every identity head's logits. With ``adversary.standardise`` the heads read the features
         standardised per feature with the training side's statistics of the last re-fit, as the
         audit's attackers read them; the base's gradient passes through the standardisation."""
-        if self.adversary.standardise:
-            features = (features - self.identity_mean) / self.identity_std
         return [head(features) for head in self.identity_heads]
 
     def identity_loss(self, features: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
@@ -252,9 +248,8 @@ class HybridModule(pl.LightningModule):
             if self.adversary.restarts_before_refit(phase.round):
                 self.restart_identity_heads(self.optimizers()[1].optimizer)
             if self.adversary.standardise:
-                statistics = Standardiser(train_features)
-                self.identity_mean.copy_(statistics.mean)
-                self.identity_std.copy_(statistics.std)
+                for head in self.identity_heads:
+                    head.set_input_statistics(train_features)
             self.refit_identity_head(train_features, train_labels["identity"].to(self.device), phase.round)
             for name, (features, labels) in sides.items():
                 refitted = self.round_accuracies(features, labels, name)[f"round/identity_acc/{name}"]

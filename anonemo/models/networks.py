@@ -80,24 +80,72 @@ class ConvBase(nn.Module):
         return self.layers(images)
 
 
+class Standardiser:
+    """Zero mean, unit variance per feature, from the training side only."""
+
+    def __init__(self, train: torch.Tensor):
+        self.mean = train.mean(0)
+        self.std = train.std(0).clamp_min(1e-6)
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) / self.std
+
+
 class ClassifierHead(nn.Module):
     """Fully connected ReLU hidden layers of widths ``hidden``, then the class scores.
 
     The paper's heads have two hidden layers (three FC layers in all); adversarial identity heads
     may have other widths or none (a linear head). Returns logits; the paper's softmax output is
     applied by the cross-entropy loss and by ``predict_proba`` callers.
+
+    ``standardise``: the head reads its inputs standardised per feature with the training side's
+    statistics (:meth:`set_input_statistics`), as the audit's attackers do. The map is affine, so
+    the head can represent the same functions as on raw inputs; what changes is whether Adam finds
+    them: on adversarially trained bases, raw-input heads stayed at chance on the training side
+    where standardised ones read the label (README, "Fresh heads read standardised features").
+    The statistics are buffers, so saved heads and exported models carry them.
     """
 
-    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (256, 128), dropout: float = 0.0):
+    __constants__ = ["standardise"]  # lets TorchScript drop the branch a head does not use
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden: Sequence[int] = (256, 128),
+        dropout: float = 0.0,
+        standardise: bool = False,
+    ):
         super().__init__()
-        self.architecture = {"in_features": in_features, "num_classes": num_classes, "hidden": list(hidden), "dropout": dropout}
+        self.architecture = {
+            "in_features": in_features,
+            "num_classes": num_classes,
+            "hidden": list(hidden),
+            "dropout": dropout,
+            "standardise": standardise,
+        }
+        self.standardise = standardise
+        if standardise:
+            self.register_buffer("input_mean", torch.zeros(in_features))
+            self.register_buffer("input_std", torch.ones(in_features))
         layers: list[nn.Module] = []
         for width in hidden:
             layers += [nn.Linear(in_features, width), nn.ReLU(), nn.Dropout(dropout)]
             in_features = width
         self.layers = nn.Sequential(*layers, nn.Linear(in_features, num_classes))
 
+    @torch.no_grad()
+    def set_input_statistics(self, train_features: torch.Tensor) -> None:
+        """Standardise inputs with the per-feature mean and spread of ``train_features``."""
+        if not self.standardise:
+            raise ValueError("set_input_statistics needs a head built with standardise=True")
+        statistics = Standardiser(train_features.float())
+        self.input_mean.copy_(statistics.mean)
+        self.input_std.copy_(statistics.std)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.standardise:
+            features = (features - self.input_mean) / self.input_std
         return self.layers(features)
 
 
