@@ -101,8 +101,8 @@ class ClassifierHead(nn.Module):
     ``standardise``: the head reads its inputs standardised per feature with the training side's
     statistics (:meth:`set_input_statistics`), as the audit's attackers do. The map is affine, so
     the head can represent the same functions as on raw inputs; what changes is whether Adam finds
-    them: on adversarially trained bases, raw-input heads stayed at chance on the training side
-    where standardised ones read the label (README, "Fresh heads read standardised features").
+    them: on adversarially trained bases, raw-input heads barely rose above chance on the training
+    side where standardised ones read the label (README, "Fresh heads read standardised features").
     The statistics are buffers, so saved heads and exported models carry them.
     """
 
