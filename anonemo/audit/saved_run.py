@@ -48,11 +48,12 @@ def reaudit_run(
     data = build_datamodule(run_cfg)
     features = FeatureDataModule(base, data, bf16=uses_bf16(run_cfg))
     metrics = {} if transfer is None else refit_transfer_heads(client, run_id, run_cfg, transfer, base, features, data)
-    if audit:
-        metrics |= audit_fold(run_cfg, features, data, null_permutations)
+    if audit:  # the re-fitted heads' metrics are logged already, as the job logs them
+        audited = audit_fold(run_cfg, features, data, null_permutations)
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()])
+        client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in audited.items()])
         client.set_tag(run_id, "audit.reaudited_s", f"{time.perf_counter() - started:.1f}")
+        metrics |= audited
     return metrics
 
 
@@ -68,12 +69,12 @@ def refit_transfer_heads(
     """The run's fresh heads trained again on its saved ``base`` with ``transfer`` settings, their
     metrics (and Hybrid2Emotion's head artifact) logged to the run, as the job logs them."""
     if not transfer_heads(run_cfg):
-        log.warning("Run %s (model=%s) has no fresh heads on its base to re-fit; auditing only.", run_id, run_cfg.model.name)
+        log.warning("Run %s (model=%s) has no fresh heads on its base; nothing to re-fit.", run_id, run_cfg.model.name)
         return {}
-    run_cfg.transfer = transfer
     with tempfile.TemporaryDirectory() as folder:
-        run_cfg.paths.output_dir = folder  # the heads' checkpoints; the run's own are left as they are
+        # The heads' checkpoints go to a scratch folder; the run's own are left as they are.
+        refit_cfg = OmegaConf.merge(run_cfg, {"transfer": transfer, "paths": {"output_dir": folder}})
         logger = RunLogger(tracking_uri=client.tracking_uri, run_id=run_id)
-        metrics = fit_transfer_heads(run_cfg, base, features, data, logger)
+        metrics = fit_transfer_heads(refit_cfg, base, features, data, logger)
     client.set_tag(run_id, "transfer.refit", OmegaConf.to_yaml(transfer).strip().replace("\n", ", "))
     return metrics
