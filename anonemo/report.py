@@ -40,7 +40,10 @@ PAPER_RESULTS = {
 # The gallery audit's chance differs per fold (one over the gallery's subjects): its own column.
 # The strongest identity attacker's permutation null (audit.null_permutations) is what
 # audit/identity/max reads off features without identity: the level to compare it with.
-AUDIT_METRICS = ("audit/identity/max", "audit/identity/max/null", "audit/emotion/max", "audit/identity/gallery")
+# audit/emotion_output/identity/max is what the strongest attacker reads off the emotion head's
+# output alone: how low the base's leakage can go without changing its emotion decisions.
+AUDIT_METRICS = ("audit/identity/max", "audit/identity/max/null", "audit/emotion/max", "audit/identity/gallery",
+                 "audit/emotion_output/identity/max")
 COLUMNS = (*PAPER_METRICS, *AUDIT_METRICS)
 MODEL_ORDER = ("face", "emotion", "emotion2face", "hybrid", "hybrid_robust", "hybrid_standardised")
 # Parameters that differ between runs without changing their results (the audit only adds

@@ -12,7 +12,9 @@ hybrid          Hybrid2Emotion, Hybrid2Face (fresh heads on the final Hybrid bas
 ==============  =====================================================================
 
 Every model with a conv base is also audited (``audit.enabled``): ``audit/identity/max`` and
-``audit/emotion/max`` are the strongest of several attackers on the frozen base's features.
+``audit/emotion/max`` are the strongest of several attackers on the frozen base's features;
+``audit/emotion_output/identity/max`` (``audit.emotion_output``) is the strongest identity
+attacker on the output of the model's emotion head (the Emotion CNN's, or Hybrid2Emotion's).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from torch.utils.data import DataLoader
 
-from anonemo.audit import audit_features
-from anonemo.audit.attackers import default_attackers
+from anonemo.audit import audit_emotion_output, audit_features
+from anonemo.audit.attackers import Attacker, default_attackers
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule
 from anonemo.data.pipeline import load_faces
@@ -41,7 +43,7 @@ from anonemo.evaluation import ClassificationResult, confusion_figure, round_cur
 from anonemo.models.classifiers import ClassifierModule, SingleTaskModule, TransferModule
 from anonemo.models.adversary import Adversary
 from anonemo.models.hybrid import HybridModule, HybridSchedule
-from anonemo.models.networks import ConvBase
+from anonemo.models.networks import ClassifierHead, ConvBase
 from anonemo.resume import checkpoint_dir, fit_resumably, resumable_callbacks
 from anonemo.sweep import configure_threads
 from anonemo.timing import PhaseClock
@@ -135,7 +137,8 @@ def train_single_task(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunL
     logger.log_network(module.base, BASE_ARTIFACT)
     if cfg.audit.enabled:
         with clock.phase("frozen_base"):
-            metrics |= audit_base(cfg, FeatureDataModule(module.base, data, bf16=uses_bf16(cfg)), data, logger)
+            features = FeatureDataModule(module.base, data, bf16=uses_bf16(cfg))
+            metrics |= audit_base(cfg, features, data, logger, module.head if cfg.model.task == "emotion" else None)
     return metrics
 
 
@@ -145,9 +148,9 @@ def train_emotion2face(cfg: DictConfig, data: GroupedFoldDataModule, logger: Run
     logger.log_network(emotion.base, BASE_ARTIFACT)
     with clock.phase("frozen_base"):
         features = FeatureDataModule(emotion.base, data, bf16=uses_bf16(cfg))
-        metrics |= fit_transfer_heads(cfg, emotion.base, features, data, logger)
+        metrics |= fit_transfer_heads(cfg, emotion.base, features, data, logger)[0]
         if cfg.audit.enabled:
-            metrics |= audit_base(cfg, features, data, logger)
+            metrics |= audit_base(cfg, features, data, logger, emotion.head)
     return metrics
 
 
@@ -214,9 +217,10 @@ def train_hybrid(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger
             result = score(own_heads[task], data.labels("test", task), data.class_names(task))
             logger.log_metrics({name: result.accuracy})
             metrics[name] = result.accuracy
-        metrics |= fit_transfer_heads(cfg, hybrid.base, features, data, logger)
+        transferred, heads = fit_transfer_heads(cfg, hybrid.base, features, data, logger)
+        metrics |= transferred
         if cfg.audit.enabled:
-            metrics |= audit_base(cfg, features, data, logger)
+            metrics |= audit_base(cfg, features, data, logger, heads["emotion"])  # Hybrid2Emotion's head
     return metrics
 
 
@@ -267,11 +271,14 @@ def transfer_heads(cfg: DictConfig) -> list[tuple[str, str]]:
 
 def fit_transfer_heads(
     cfg: DictConfig, base: ConvBase, features: FeatureDataModule, data: GroupedFoldDataModule, logger: RunLogger
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, ClassifierHead]]:
+    """The metrics of ``cfg.model``'s fresh heads, and the selected heads by task."""
     metrics: dict[str, float] = {}
+    heads: dict[str, ClassifierHead] = {}
     for task, name in transfer_heads(cfg):
-        metrics |= fit_transfer(cfg, base, features, data, logger, task, name)
-    return metrics
+        head_metrics, heads[task] = fit_transfer(cfg, base, features, data, logger, task, name)
+        metrics |= head_metrics
+    return metrics, heads
 
 
 def fit_transfer(
@@ -282,8 +289,9 @@ def fit_transfer(
     logger: RunLogger,
     task: str,
     name: str,
-) -> dict[str, float]:
-    """A fresh head on the frozen ``base``, trained on its cached features, scored as ``name``."""
+) -> tuple[dict[str, float], ClassifierHead]:
+    """A fresh head on the frozen ``base``, trained on its cached features, scored as ``name``;
+    its metrics, and the head (the selected checkpoint's)."""
     # Its own seed: the same head whether or not the job was resumed before this phase.
     pl.seed_everything((cfg.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31, verbose=False)
     module = TransferModule(
@@ -309,14 +317,35 @@ def fit_transfer(
     # The selected head's validation accuracy: what hyper-parameter searches may optimise.
     val_acc = {f"{name}/val_acc": 100 * float(trainer.checkpoint_callback.best_model_score)}
     logger.log_metrics(val_acc)
-    return result.as_metrics(name) | val_acc
+    return result.as_metrics(name) | val_acc, module.head
 
 
-def audit_base(cfg: DictConfig, features: FeatureDataModule, data: GroupedFoldDataModule, logger: RunLogger) -> dict[str, float]:
-    """The identity audit of the features of a frozen base (see :mod:`anonemo.audit`), logged."""
+def audit_base(
+    cfg: DictConfig,
+    features: FeatureDataModule,
+    data: GroupedFoldDataModule,
+    logger: RunLogger,
+    emotion_head: ClassifierHead | None = None,
+) -> dict[str, float]:
+    """The identity audit of the features of a frozen base (see :mod:`anonemo.audit`), logged;
+    with ``audit.emotion_output`` also that of ``emotion_head``'s output, where the model has one."""
     metrics = audit_fold(cfg, features, data, cfg.audit.null_permutations)
+    if emotion_head is not None and cfg.audit.emotion_output:
+        metrics |= emotion_output_audit(cfg, features, data, emotion_head)
     logger.log_metrics(metrics)
     return metrics
+
+
+def audit_attackers(cfg: DictConfig) -> list[Attacker]:
+    return default_attackers(tuple(cfg.network.fc_hidden), bf16=uses_bf16(cfg))
+
+
+def emotion_output_audit(
+    cfg: DictConfig, features: FeatureDataModule, data: GroupedFoldDataModule, emotion_head: ClassifierHead
+) -> dict[str, float]:
+    """The identity audit of ``emotion_head``'s output on the base's features (see
+    :func:`anonemo.audit.audit_emotion_output`)."""
+    return audit_emotion_output(features.sides, emotion_head, data.num_subjects, cfg.seed, audit_attackers(cfg))
 
 
 def audit_fold(
@@ -327,7 +356,7 @@ def audit_fold(
         features.sides,
         {"emotion": data.num_emotions, "identity": data.num_subjects},
         seed=cfg.seed,
-        attackers=default_attackers(tuple(cfg.network.fc_hidden), bf16=uses_bf16(cfg)),
+        attackers=audit_attackers(cfg),
         null_permutations=null_permutations,
     )
     log.info(

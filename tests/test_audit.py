@@ -3,11 +3,12 @@ tune on the test fold."""
 
 import pytest
 import torch
+from torch import nn
 
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from anonemo.audit import audit_features, gallery_audit
+from anonemo.audit import audit_emotion_output, audit_features, gallery_audit
 from anonemo.audit.saved_run import reaudit_run
 from anonemo.audit.attackers import CosineKnnAttacker, Split, default_attackers
 from anonemo.data.datamodule import TensorBatches
@@ -97,6 +98,30 @@ def test_gallery_audit_scores_only_the_classes_its_gallery_holds():
     assert abs(noise["audit/identity/gallery"] - 100 / CLASSES) < 6
 
 
+def linear_head(reads):
+    """An emotion head whose CLASSES outputs copy the feature dimensions ``reads``."""
+    head = nn.Linear(24, CLASSES)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[torch.arange(CLASSES), torch.as_tensor(reads)] = 3.0
+    return head
+
+
+def test_emotion_output_audit_reads_identity_only_where_the_emotion_head_passes_it_on():
+    """Identity lies in feature dimensions 0-4. A head whose output copies them gives identity
+    away through its output; a head that reads other dimensions gives nothing, though the
+    features it reads from still carry identity."""
+    data, attackers = sides(False), [default_attackers((32, 16))[0], CosineKnnAttacker()]
+    passes_on = audit_emotion_output(data, linear_head(range(5)), CLASSES, seed=0, attackers=attackers)
+    ignores = audit_emotion_output(data, linear_head(range(10, 15)), CLASSES, seed=0, attackers=attackers)
+    assert passes_on["audit/emotion_output/identity/max"] > 85
+    assert ignores["audit/emotion_output/identity/chance"] == 100 / CLASSES
+    assert ignores["audit/emotion_output/identity/max"] < 100 / CLASSES + 12
+    assert ignores["audit/emotion_output/identity/max"] == max(ignores["audit/emotion_output/identity/logistic"],
+                                                               ignores["audit/emotion_output/identity/knn"])
+
+
 def few_originals(identity_signal, seed=0):
     """A Yale-like fold: 15 subjects, 4 originals each, 10 noisy copies of every original; the
     test side holds 6 originals. Each original has its own random look, plus (if given) a
@@ -134,14 +159,18 @@ def test_reaudit_of_a_saved_run_reproduces_its_audit_and_fresh_heads(tiny_config
     metrics = run(cfg)
     client = MlflowClient(tracking_uri(cfg))
     (logged,) = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])
-    again = reaudit_run(client, logged.info.run_id, transfer=cfg.transfer)
+    again = reaudit_run(client, logged.info.run_id, transfer=cfg.transfer, emotion_output=True)
     audited = {k: v for k, v in metrics.items() if k.startswith("audit/")}
     assert {k: v for k, v in again.items() if k.startswith("audit/")} == pytest.approx(audited)
     assert len(audited) >= 10 and again["Emotion2Face"] == pytest.approx(metrics["Emotion2Face"])
+    assert "audit/emotion_output/identity/max" in audited  # the Emotion CNN's head, saved and reloaded
     raw = OmegaConf.merge(cfg.transfer, {"standardise": False, "max_epochs": 1})
     refitted = reaudit_run(client, logged.info.run_id, transfer=raw)
     logged_now = client.get_run(logged.info.run_id).data
     assert logged_now.metrics["Emotion2Face"] == refitted["Emotion2Face"]
+    # Each re-fit logs its number once, after the training run's own: three entries, newest last.
+    history = sorted(client.get_metric_history(logged.info.run_id, "Emotion2Face"), key=lambda m: m.timestamp)
+    assert len(history) == 3 and history[-1].value == refitted["Emotion2Face"]
     assert "standardise: false" in logged_now.tags["transfer.refit"]
     assert "audit.reaudited_s" in client.get_run(logged.info.run_id).data.tags
     with_null = reaudit_run(client, logged.info.run_id, null_permutations=2)
@@ -160,6 +189,14 @@ def test_reaudit_refuses_a_negative_number_of_permutations_before_any_work(tmp_p
     result = cli("run_id=0123456789abcdef", "null_permutations=-2", f"paths.output_dir={tmp_path}", module="anonemo.audit")
     assert result.returncode == 2
     assert "null_permutations=-2 must be 0 (no null) or a number of permutations" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_reaudit_with_every_part_switched_off_says_so_before_any_work(tmp_path):
+    result = cli("run_id=0123456789abcdef", "attackers=false", "emotion_output=false", f"paths.output_dir={tmp_path}",
+                 module="anonemo.audit")
+    assert result.returncode == 2
+    assert "attackers=false, refit_transfer=false and emotion_output=false leave nothing to do" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 
+from anonemo.audit.saved_run import reaudit_run
 from anonemo.data.augment import Augmentation
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule, extract_features
@@ -426,6 +427,10 @@ def test_recommended_hybrid_runs_and_saves_its_bottleneck_base_and_standardising
     head, _ = load_network(client.download_artifacts(logged.info.run_id, EMOTION_HEAD_ARTIFACT.as_posix(), str(tmp_path)),
                            ClassifierHead)
     assert head.standardise and not torch.equal(head.input_std, torch.ones(8))
+    # The job attacked that head's output (not the Hybrid's own W_e): re-auditing the saved head reproduces it
+    again = reaudit_run(client, logged.info.run_id, audit=False, emotion_output=True)
+    assert again == pytest.approx({k: v for k, v in metrics.items() if k.startswith("audit/emotion_output/")})
+    assert set(again) >= {"audit/emotion_output/identity/max", "audit/emotion_output/identity/chance"}
 
 
 def test_restarts_fall_on_every_rth_round():

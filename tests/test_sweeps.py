@@ -51,7 +51,10 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
                       "audit/identity/gallery": 30.0 if beta == "0.5" or fold == 0 else float("nan"),
                       "audit/identity/gallery/chance": 20.0 if fold == 0 else 25.0,
                       # the permutation null, where it was run (audit.null_permutations > 0)
-                      **({"audit/identity/max/null": 11.0 + fold} if beta == "0.5" else {})})
+                      **({"audit/identity/max/null": 11.0 + fold} if beta == "0.5" else {}),
+                      # identity read off the emotion head's output (audit.emotion_output)
+                      "audit/emotion_output/identity/max": 15.0 + 2 * fold,
+                      "audit/emotion_output/identity/chance": 100 / 15})
     # not reported: a failed run, a sweep parent, and an older duplicate of face fold 0
     make_run(client, experiment, {**common, "model.name": "face", "fold": 5}, {"Face": 0.0}, status="FAILED")
     make_run(client, experiment, {}, {}, tags={"anonemo.sweep": "parent"})
@@ -71,16 +74,17 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
     assert rows[("chance", "")][2] == "6.67" and rows[("chance", "")][5] == "25.00" and rows[("chance", "")][7] == "6.67"
     # anonymity: 1 - (20 - 6.67) / (90 - 6.67) against the Emotion base's leakage
     assert rows[("hybrid", "model.beta=0.5")][7:] == [
-        "20.00 ± 0.00 (2)", "11.50 ± 0.71 (2)", "50.00 ± 0.00 (2)", "30.00 ± 0.00 (2)", "0.84"
+        "20.00 ± 0.00 (2)", "11.50 ± 0.71 (2)", "50.00 ± 0.00 (2)", "30.00 ± 0.00 (2)", "16.00 ± 1.41 (2)", "0.84"
     ]
     assert rows[("hybrid", "model.beta=1.0")][8] == "" and rows[("hybrid", "model.beta=1.0")][10] == "30.00 ± 0.00 (1)"
-    assert rows[("chance", "")][8] == "" and rows[("chance", "")][10] == "22.50"
-    assert rows[("emotion", "")][11] == "0.00"
+    assert rows[("chance", "")][8] == "" and rows[("chance", "")][10] == "22.50" and rows[("chance", "")][11] == "6.67"
+    assert rows[("emotion", "")][12] == "0.00"
     names = {f.name for f in files}
     assert {"report.md", "report.csv", "tradeoff_yale.png"} <= names
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "| hybrid | model.beta=1.0 |  |  |  | 45.00 ± 7.07 (2) | 10.50 ± 0.71 (2) | 20.00 ± 0.00 (2) |  |" in markdown
-    assert "| audit identity max | audit identity max null | audit emotion max |" in markdown
+    assert "| audit identity max | audit identity max null | audit emotion max | audit identity gallery | " \
+           "audit emotion_output identity max | anonymity |" in markdown
     csv_lines = (tmp_path / "report" / "report.csv").read_text().splitlines()
     assert csv_lines[0].startswith("experiment,dataset,model,settings,folds,Face_mean")
     assert len(csv_lines) == 5 and csv_lines[0].endswith(",anonymity")

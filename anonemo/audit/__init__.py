@@ -16,6 +16,9 @@ says. The gallery audit therefore fits a tuning-free attacker (nearest class mea
 validation side, images the base never trained on, and scores it on the test images of the
 subjects that side holds: ``audit/<task>/gallery`` with its own ``chance`` (one over the number of
 gallery classes) and ``coverage`` (the share of test images it can score).
+
+A third, optional part (:func:`audit_emotion_output`) attacks the emotion head's output instead of
+the features: how much identity the emotion decisions themselves carry.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import logging
 import time
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from anonemo.audit.attackers import Attacker, NearestCentroidAttacker, Split, as_split, default_attackers
 from anonemo.data.datamodule import TASKS, TensorBatches
@@ -71,6 +76,44 @@ def audit_features(
         log.info("audit identity/max: %.1f%%; with permuted labels (no identity in the features) %.1f%% on average, "
                  "p = %.3f over %d permutations", observed, metrics["audit/identity/max/null"],
                  metrics["audit/identity/max/p_value"], len(maxima))
+    return metrics
+
+
+def audit_emotion_output(
+    sides: dict[str, TensorBatches],
+    emotion_head: nn.Module,
+    num_subjects: int,
+    seed: int,
+    attackers: list[Attacker] | None = None,
+) -> dict[str, float]:
+    """``audit/emotion_output/identity/<attacker>``, with ``max`` and ``chance``: the identity
+    attackers fitted, tuned and scored as in :func:`audit_features`, on ``emotion_head``'s output
+    (its log-posteriors over the emotions) instead of the base's features.
+
+    The output is computed from the features, so identity read off it can be read off the
+    features by an attacker that includes the head: a base cannot leak less than this without
+    changing its emotion decisions. Where people express emotions in personal ways (the synthetic
+    faces draw a per-subject expression style), a good emotion output is itself partly an
+    identity signal, and this number shows how much.
+    """
+    attackers = attackers if attackers is not None else default_attackers()
+    was_training = emotion_head.training
+    emotion_head.eval()
+    device = next(emotion_head.parameters()).device
+    with torch.no_grad():
+        outputs = {
+            side: as_split(F.log_softmax(emotion_head(sides[side].tensors["features"].float().to(device)).float(), dim=1),
+                           sides[side].tensors["identity"])
+            for side in ("train", "val", "test")
+        }
+    emotion_head.train(was_training)
+    scores = attack(outputs["train"], outputs["val"], outputs["test"], num_subjects, seed, attackers,
+                    task="emotion_output/identity")
+    prefix = "audit/emotion_output/identity"
+    metrics = {f"{prefix}/{name}": score for name, score in scores.items()}
+    metrics |= {f"{prefix}/max": max(scores.values()), f"{prefix}/chance": 100 / num_subjects}
+    log.info("audit emotion_output/identity/max: %.1f%% of identity read off the emotion head's output (chance %.1f%%)",
+             metrics[f"{prefix}/max"], metrics[f"{prefix}/chance"])
     return metrics
 
 

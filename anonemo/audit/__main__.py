@@ -20,11 +20,14 @@ def main(cfg: DictConfig) -> None:
         if not cfg.run_id:
             raise ConfigError("run_id is required: python -m anonemo.audit run_id=<MLflow run id>.")
         require_permutations(cfg.null_permutations, "null_permutations")
-        if not (cfg.attackers or cfg.refit_transfer):
-            raise ConfigError("attackers=false and refit_transfer=false leave nothing to do: set either to true.")
+        if not (cfg.attackers or cfg.refit_transfer or cfg.emotion_output):
+            raise ConfigError(
+                "attackers=false, refit_transfer=false and emotion_output=false leave nothing to do: set one to true."
+            )
         client = MlflowClient(resolve_tracking_uri(cfg.tracking_uri, cfg.paths.output_dir))
         metrics = reaudit_run(client, str(cfg.run_id), cfg.dataset_root, cfg.null_permutations,
-                              cfg.transfer if cfg.refit_transfer else None, audit=cfg.attackers)
+                              cfg.transfer if cfg.refit_transfer else None, audit=cfg.attackers,
+                              emotion_output=cfg.emotion_output)
         print(f"Run {cfg.run_id} (test fold, %):")
         refitted = [name for name in metrics if "/" not in name]  # the heads' test accuracies
         if refitted:
@@ -32,6 +35,8 @@ def main(cfg: DictConfig) -> None:
         for task in ("identity", "emotion") if cfg.attackers else ():
             attackers = sorted(k.split("/")[2] for k in metrics if k.count("/") == 2 and k.startswith(f"audit/{task}/"))
             print(f"  {task:8s} " + "  ".join(f"{name} {metrics[f'audit/{task}/{name}']:.1f}" for name in attackers))
+        if "audit/emotion_output/identity/max" in metrics:
+            print(f"  identity off the emotion head's output: strongest {metrics['audit/emotion_output/identity/max']:.1f}")
         if "audit/identity/max/null" in metrics:
             print(f"  identity max {metrics['audit/identity/max']:.1f} against {metrics['audit/identity/max/null']:.1f} "
                   f"with permuted identities (p = {metrics['audit/identity/max/p_value']:.3f})")
