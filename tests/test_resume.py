@@ -14,7 +14,7 @@ ROUNDS = 30
 HYBRID = (*TINY_SYNTHETIC, "model=hybrid", "model.init_epochs=2", f"model.rounds={ROUNDS}", "threads=1",
           "trainer.enable_progress_bar=false")
 RESULTS = ("Hybrid2Emotion", "Hybrid2Face", "Hybrid/emotion_head", "Hybrid/identity_head", "audit/identity/max",
-           "audit/emotion/max", "Hybrid2Emotion/val_acc")
+           "audit/emotion/max", "audit/emotion_output/identity/max", "Hybrid2Emotion/val_acc")
 
 
 def only_run(output_dir):
