@@ -6,10 +6,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from rich.console import Console
 
 from anonemo.errors import AnonemoError
-from anonemo.tracking import in_multirun
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 @contextmanager

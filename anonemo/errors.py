@@ -27,3 +27,9 @@ class ModelFileError(AnonemoError):
 
 class TrackingError(AnonemoError):
     """An MLflow run or artifact that a command needs is missing or unreachable."""
+
+
+def require_permutations(permutations: int, option: str) -> None:
+    """The permutation-null count ``option``, checked before any work (the null runs last)."""
+    if permutations < 0:
+        raise ConfigError(f"{option}={permutations} must be 0 (no null) or a number of permutations.")

@@ -43,7 +43,7 @@ PAPER_RESULTS = {
 # audit/emotion_output/identity/max is what the strongest attacker reads off the emotion head's
 # output alone: how low the base's leakage can go without changing its emotion decisions.
 AUDIT_METRICS = ("audit/identity/max", "audit/identity/max/null", "audit/emotion/max", "audit/identity/gallery",
-                 "audit/emotion_output/identity/max")
+                 "audit/emotion_output/identity/max", "audit/identity/max/val")
 COLUMNS = (*PAPER_METRICS, *AUDIT_METRICS)
 MODEL_ORDER = ("face", "emotion", "emotion2face", "hybrid", "hybrid_robust", "hybrid_standardised")
 # Parameters that differ between runs without changing their results (the audit only adds

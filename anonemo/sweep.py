@@ -20,7 +20,8 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from anonemo.tracking import PARENT_RUN_ENV, ensure_experiment, in_multirun, terminate_as_interrupt, tracking_uri
+from anonemo.cli import in_multirun
+from anonemo.tracking import PARENT_RUN_ENV, ensure_experiment, terminate_as_interrupt, tracking_uri
 
 log = logging.getLogger(__name__)
 

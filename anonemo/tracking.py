@@ -23,7 +23,6 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -31,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 
 import anonemo
+from anonemo.cli import in_multirun
 from anonemo.errors import ConfigError, TrackingError
 from anonemo.models.networks import ClassifierHead, ConvBase, save_network
 
@@ -203,10 +203,6 @@ def mlflow_run(cfg: DictConfig, reopen: Run | None = None) -> Iterator[RunLogger
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = caller_uri
-
-
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def sweep_tags() -> dict[str, str]:

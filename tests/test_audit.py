@@ -8,7 +8,7 @@ from torch import nn
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from anonemo.audit import audit_emotion_output, audit_features, gallery_audit
+from anonemo.audit.suite import audit_emotion_output, audit_features, gallery_audit
 from anonemo.audit.saved_run import reaudit_run
 from anonemo.audit.attackers import CosineKnnAttacker, Split, default_attackers
 from anonemo.data.datamodule import TensorBatches
@@ -68,6 +68,7 @@ def test_audit_never_tunes_on_the_test_fold():
     assert a["audit/identity/max"] > 85 > b["audit/identity/max"]
     assert a["audit/identity/chance"] == 100 / CLASSES and a["audit/emotion/chance"] == 50
     assert a["audit/identity/max"] == max(a["audit/identity/logistic"], a["audit/identity/knn"])
+    assert a["audit/identity/max/val"] == max(a["audit/identity/logistic/val"], a["audit/identity/knn/val"])
 
 
 def test_gallery_audit_sees_identity_that_training_side_attackers_miss():

@@ -286,11 +286,36 @@ def test_restart_gives_every_identity_head_fresh_weights_and_optimizer_state(mul
         ({"restart_every": -1}, "model.adversary.restart_every=-1 must be 0"),
         ({"neighbour_weight": -1.0}, "model.adversary.neighbour_weight=-1.0 must be 0"),
         ({"neighbour_temperature": 0.0}, "model.adversary.neighbour_temperature=0.0 must be positive"),
+        ({"objective": "grl", "cross_fit": True}, "model.adversary.cross_fit=true needs a frozen-head objective"),
     ],
 )
 def test_bad_adversary_options_are_named(option, message):
     with pytest.raises(ConfigError, match=message):
         Adversary(**option)
+
+
+def test_cross_fitted_heads_learn_from_half_of_the_originals_and_attack_the_other_half(data):
+    """adversary.cross_fit: Li reaches each set of heads only through its own half's originals (so
+    do the multi-task start and every re-fit), and the adversarial term reaches each set only
+    through the other half's."""
+    module = hybrid(HybridSchedule(1, 1), adversary=Adversary(objective="confusion", heads=("paper", "linear"), cross_fit=True))
+    batch = next(iter(data.train_dataloader()))
+    even = batch["source"] % 2 == 0
+    assert even.any() and (~even).any()
+
+    def heads_reached(loss):
+        module.zero_grad()
+        loss.backward()
+        return [any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters()) for head in module.identity_heads]
+
+    for half, learners, attackers in ((even, [True, True, False, False], [False, False, True, True]),
+                                      (~even, [False, False, True, True], [True, True, False, False])):
+        images_of_half = {key: value[half] for key, value in batch.items()}
+        assert heads_reached(module.losses(images_of_half)[1]) == learners
+        assert heads_reached(module.adversarial_loss(images_of_half)[0]) == attackers
+    # Both halves together: every head learns and attacks, each set from and on its own images.
+    assert heads_reached(module.losses(batch)[1]) == [True] * 4
+    assert heads_reached(module.adversarial_loss(batch)[0]) == [True] * 4
 
 
 def test_unknown_identity_head_and_feature_norm_are_named():

@@ -54,7 +54,9 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
                       **({"audit/identity/max/null": 11.0 + fold} if beta == "0.5" else {}),
                       # identity read off the emotion head's output (audit.emotion_output)
                       "audit/emotion_output/identity/max": 15.0 + 2 * fold,
-                      "audit/emotion_output/identity/chance": 100 / 15})
+                      "audit/emotion_output/identity/chance": 100 / 15,
+                      # the strongest attacker on the validation side, to choose settings by
+                      "audit/identity/max/val": 25.0 + fold})
     # not reported: a failed run, a sweep parent, and an older duplicate of face fold 0
     make_run(client, experiment, {**common, "model.name": "face", "fold": 5}, {"Face": 0.0}, status="FAILED")
     make_run(client, experiment, {}, {}, tags={"anonemo.sweep": "parent"})
@@ -74,17 +76,18 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
     assert rows[("chance", "")][2] == "6.67" and rows[("chance", "")][5] == "25.00" and rows[("chance", "")][7] == "6.67"
     # anonymity: 1 - (20 - 6.67) / (90 - 6.67) against the Emotion base's leakage
     assert rows[("hybrid", "model.beta=0.5")][7:] == [
-        "20.00 ± 0.00 (2)", "11.50 ± 0.71 (2)", "50.00 ± 0.00 (2)", "30.00 ± 0.00 (2)", "16.00 ± 1.41 (2)", "0.84"
+        "20.00 ± 0.00 (2)", "11.50 ± 0.71 (2)", "50.00 ± 0.00 (2)", "30.00 ± 0.00 (2)", "16.00 ± 1.41 (2)",
+        "25.50 ± 0.71 (2)", "0.84"
     ]
     assert rows[("hybrid", "model.beta=1.0")][8] == "" and rows[("hybrid", "model.beta=1.0")][10] == "30.00 ± 0.00 (1)"
     assert rows[("chance", "")][8] == "" and rows[("chance", "")][10] == "22.50" and rows[("chance", "")][11] == "6.67"
-    assert rows[("emotion", "")][12] == "0.00"
+    assert rows[("emotion", "")][13] == "0.00" and rows[("emotion", "")][12] == ""
     names = {f.name for f in files}
     assert {"report.md", "report.csv", "tradeoff_yale.png"} <= names
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "| hybrid | model.beta=1.0 |  |  |  | 45.00 ± 7.07 (2) | 10.50 ± 0.71 (2) | 20.00 ± 0.00 (2) |  |" in markdown
     assert "| audit identity max | audit identity max null | audit emotion max | audit identity gallery | " \
-           "audit emotion_output identity max | anonymity |" in markdown
+           "audit emotion_output identity max | audit identity max val | anonymity |" in markdown
     csv_lines = (tmp_path / "report" / "report.csv").read_text().splitlines()
     assert csv_lines[0].startswith("experiment,dataset,model,settings,folds,Face_mean")
     assert len(csv_lines) == 5 and csv_lines[0].endswith(",anonymity")
@@ -161,8 +164,13 @@ def test_optuna_search_optimises_a_validation_objective(tmp_path):
     assert set(best["best_params"]) == {"model.beta", "model.rounds"}
     _, _, children = runs_of(tmp_path)
     assert len(children) == 2
+    objectives = []
     for child in children:  # the objective reads validation numbers, logged beside the test ones
-        assert {"Hybrid2Emotion/val_acc", "Hybrid2Face/val_acc", "Hybrid2Emotion"} <= set(child.data.metrics)
+        metrics = child.data.metrics
+        assert {"Hybrid2Emotion/val_acc", "audit/identity/max/val", "Hybrid2Emotion"} <= set(metrics)
+        # hybrid_privacy: validation emotion, 2 points off per point the strongest attacker reads over 20%
+        objectives.append(metrics["Hybrid2Emotion/val_acc"] - 2.0 * max(0.0, metrics["audit/identity/max/val"] - 20.0))
+    assert best["best_value"] == pytest.approx(max(objectives), abs=1e-3)
 
 
 def test_relaunch_skips_finished_jobs_and_redoes_the_others(tiny_config):

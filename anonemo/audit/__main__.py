@@ -4,14 +4,10 @@ finished run (and re-fit its fresh heads)."""
 from __future__ import annotations
 
 import hydra
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from anonemo.audit.saved_run import reaudit_run
 from anonemo.cli import user_errors_reported
-from anonemo.errors import ConfigError
-from anonemo.tracking import resolve_tracking_uri
-from anonemo.workflow import require_permutations
+from anonemo.errors import ConfigError, require_permutations
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="audit")
@@ -24,6 +20,12 @@ def main(cfg: DictConfig) -> None:
             raise ConfigError(
                 "attackers=false, refit_transfer=false and emotion_output=false leave nothing to do: set one to true."
             )
+        # Imported once the options are known to be valid: torch, Lightning and MLflow take ~10 s.
+        from mlflow.tracking import MlflowClient
+
+        from anonemo.audit.saved_run import reaudit_run
+        from anonemo.tracking import resolve_tracking_uri
+
         client = MlflowClient(resolve_tracking_uri(cfg.tracking_uri, cfg.paths.output_dir))
         metrics = reaudit_run(client, str(cfg.run_id), cfg.dataset_root, cfg.null_permutations,
                               cfg.transfer if cfg.refit_transfer else None, audit=cfg.attackers,

@@ -26,6 +26,14 @@ that did not co-adapt with it.
 side's statistics, refreshed at every re-fit: the audit's attackers standardise, so a direction of
 small spread that an unstandardised head overlooks is one they read.
 
+``cross_fit`` splits the training side's originals in two halves (by the parity of the original's
+index) and keeps one set of identity heads per half, each initialised and re-fitted on its own half
+only. An adversarial step attacks every image with the set that never saw its original. The audit
+asks whether identity *generalises* from training originals to new ones; a head fitted on the very
+images it attacks also rewards the base for scrambling what that head memorised of them, which no
+attacker of new images can use (on synthetic fold 0 the standardised heads read 49% identity on
+the training side and 24% on validation).
+
 ``neighbour_weight`` w > 0 adds a non-parametric adversary, weighted w relative to the heads: a
 soft version of the audit's cosine kNN attacker (:func:`soft_knn_log_posteriors`). Parametric
 heads learn smooth boundaries; a kNN attacker reads identity from who a new image's nearest
@@ -67,6 +75,7 @@ class Adversary:
     neighbour_weight: float = 0.0
     neighbour_temperature: float = 0.1
     standardise: bool = False
+    cross_fit: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -77,6 +86,11 @@ class Adversary:
             raise ConfigError(f"model.adversary.target={self.target!r} is not known: use one of {', '.join(TARGETS)}.")
         if not self.heads:
             raise ConfigError("model.adversary.heads is empty: name at least one identity head, e.g. [paper].")
+        if self.cross_fit and self.objective == "grl":
+            raise ConfigError(
+                "model.adversary.cross_fit=true needs a frozen-head objective (neg_ce, confusion or entropy): "
+                "grl trains the identity heads on the very batch it attacks."
+            )
         if self.restart_every < 0:
             raise ConfigError(f"model.adversary.restart_every={self.restart_every} must be 0 (never) or a number of rounds.")
         if self.neighbour_weight < 0:

@@ -123,9 +123,11 @@ class HybridModule(pl.LightningModule):
         )
         self.emotion_head = ClassifierHead(self.base.out_features, num_emotions, fc_hidden, dropout)
         self.identity_heads = nn.ModuleList(
-            # With adversary.standardise their input statistics are set at every re-fit.
+            # With adversary.standardise their input statistics are set at every re-fit; with
+            # adversary.cross_fit there is one set of adversary.heads per half of the originals.
             ClassifierHead(self.base.out_features, num_subjects, head_widths(name, fc_hidden), dropout,
                            standardise=adversary.standardise)
+            for _ in range(2 if adversary.cross_fit else 1)
             for name in adversary.heads
         )
         self.train_emotion_loss, self.train_loss = EpochMean(), EpochMean()
@@ -146,15 +148,39 @@ class HybridModule(pl.LightningModule):
         audit's attackers read them; the base's gradient passes through the standardisation."""
         return [head(features) for head in self.identity_heads]
 
-    def identity_loss(self, features: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
-        """Li: the identity heads' mean cross-entropy."""
-        return torch.stack([F.cross_entropy(logits, identities) for logits in self.identity_logits(features)]).mean()
+    def head_sets(self, sources: torch.Tensor) -> list[tuple[nn.ModuleList, torch.Tensor, torch.Tensor]]:
+        """(heads, learns, attacks) per set of identity heads: which images of a batch (masks by
+        ``sources``) the set learns from and which it attacks. One set learning from and attacking
+        every image, or with ``adversary.cross_fit`` a set per half of the originals, attacking the
+        other half."""
+        every = torch.ones_like(sources, dtype=torch.bool)
+        if not self.adversary.cross_fit:
+            return [(self.identity_heads, every, every)]
+        per_set = len(self.adversary.heads)
+        even = sources % 2 == 0
+        return [(self.identity_heads[:per_set], even, ~even), (self.identity_heads[per_set:], ~even, even)]
+
+    def identity_loss(self, features: torch.Tensor, identities: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """Li: the identity heads' mean cross-entropy, each head's on the images its set learns from."""
+        return torch.stack([
+            F.cross_entropy(head(features[learns]), identities[learns])
+            for heads, learns, _ in self.head_sets(sources) if learns.any()
+            for head in heads
+        ]).mean()
 
     def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Le, Li, features) of one batch through the current W_c, W_e and W_i."""
         features = self.base(batch["image"])
         emotion_loss = F.cross_entropy(self.emotion_head(features), batch["emotion"])
-        return emotion_loss, self.identity_loss(features, batch["identity"]), features
+        return emotion_loss, self.identity_loss(features, batch["identity"], batch["source"]), features
+
+    def identity_penalty(self, features: torch.Tensor, identities: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """The adversary's term for a batch: each set's on the images it attacks, weighted by their number."""
+        terms = [
+            attacks.float().mean() * self.adversary.penalty([head(features[attacks]) for head in heads], identities[attacks])
+            for heads, _, attacks in self.head_sets(sources) if attacks.any()
+        ]
+        return torch.stack(terms).sum()
 
     def adversarial_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, Le, features) of an adversarial step: eq. (2) with the configured adversary.
@@ -170,7 +196,7 @@ class HybridModule(pl.LightningModule):
             reversed_features = reverse_gradient(features, self.beta)
             loss = emotion_loss + adversary.penalty(self.identity_logits(reversed_features), identities)
         else:
-            loss = emotion_loss + self.beta * adversary.penalty(self.identity_logits(features), identities)
+            loss = emotion_loss + self.beta * self.identity_penalty(features, identities, batch["source"])
         if adversary.neighbour_weight:
             penalty = adversary.neighbour_penalty(features, identities, batch["source"], self.hparams.num_subjects)
             loss = loss + self.beta * adversary.neighbour_weight * penalty
@@ -209,17 +235,19 @@ class HybridModule(pl.LightningModule):
                 module.reset_parameters()
         optimizer.state.clear()
 
-    def refit_identity_head(self, features: torch.Tensor, identities: torch.Tensor, round_: int) -> None:
-        """Step 6 of Algorithm 1: W_c and W_e frozen, W_i fitted to Li on cached features, under
-        the Trainer's precision (its autocast, as in the training steps)."""
+    def refit_identity_head(self, features: torch.Tensor, labels: dict[str, torch.Tensor], round_: int) -> None:
+        """Step 6 of Algorithm 1: W_c and W_e frozen, W_i fitted to Li on cached features (with
+        their ``identity`` and ``source`` labels), under the Trainer's precision (its autocast, as
+        in the training steps)."""
         _, identity = self.optimizers()
         generator = torch.Generator().manual_seed(self.hparams.seed * 100_003 + round_)
         batch_size = self.trainer.datamodule.batch_size
+        identities, sources = labels["identity"].to(self.device), labels["source"].to(self.device)
         with self.toggled_optimizer(identity):
             for _ in range(self.schedule.refit_epochs):
                 for batch in torch.randperm(len(features), generator=generator).split(batch_size):
                     with self.trainer.precision_plugin.forward_context():
-                        loss = self.identity_loss(features[batch], identities[batch])
+                        loss = self.identity_loss(features[batch], identities[batch], sources[batch])
                     self._step(loss, identity)
 
     def on_train_epoch_end(self) -> None:
@@ -248,9 +276,10 @@ class HybridModule(pl.LightningModule):
             if self.adversary.restarts_before_refit(phase.round):
                 self.restart_identity_heads(self.optimizers()[1].optimizer)
             if self.adversary.standardise:
-                for head in self.identity_heads:
-                    head.set_input_statistics(train_features)
-            self.refit_identity_head(train_features, train_labels["identity"].to(self.device), phase.round)
+                for heads, learns, _ in self.head_sets(train_labels["source"].to(self.device)):
+                    for head in heads:
+                        head.set_input_statistics(train_features[learns])
+            self.refit_identity_head(train_features, train_labels, phase.round)
             for name, (features, labels) in sides.items():
                 refitted = self.round_accuracies(features, labels, name)[f"round/identity_acc/{name}"]
                 metrics[f"round/refit_identity_acc/{name}"] = refitted

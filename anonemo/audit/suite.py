@@ -1,0 +1,182 @@
+"""The identity audit: how much identity (and emotion) a frozen base's features still give away.
+
+The paper's Hybrid2Face is one fresh FC head; a base can fool the head it was trained against
+while other attackers still read identity off it. The audit has two parts.
+
+Training-side attackers (:func:`~anonemo.audit.attackers.default_attackers`) are fitted on the
+training side's features, tuned on the validation side and scored once on the test fold.
+``audit/<task>/max``, the strongest of them, is the leakage number the paper's protocol asks for.
+
+Those attackers learn from features of images the base was trained on. An adversarially trained
+base can treat those images differently from new ones: measured on Yale, ``hybrid_robust`` bases
+put new images of a subject away from that subject's training images, so training-side attackers
+scored *below* chance (0% on both validation and test, chance 6.7%) on half of the folds. Below
+chance is not anonymity: the features still separate people, just not the way the training side
+says. The gallery audit therefore fits a tuning-free attacker (nearest class mean) on the
+validation side, images the base never trained on, and scores it on the test images of the
+subjects that side holds: ``audit/<task>/gallery`` with its own ``chance`` (one over the number of
+gallery classes) and ``coverage`` (the share of test images it can score).
+
+A third, optional part (:func:`audit_emotion_output`) attacks the emotion head's output instead of
+the features: how much identity the emotion decisions themselves carry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anonemo.audit.attackers import Attacker, NearestCentroidAttacker, Split, as_split, default_attackers
+from anonemo.data.datamodule import TASKS, TensorBatches
+from anonemo.evaluation import accuracy
+
+log = logging.getLogger(__name__)
+
+
+def audit_features(
+    sides: dict[str, TensorBatches],
+    num_classes: dict[str, int],
+    seed: int,
+    attackers: list[Attacker] | None = None,
+    null_permutations: int = 0,
+) -> dict[str, float]:
+    """``audit/<task>/<attacker>`` test accuracies (%), with ``max`` and ``chance`` per task, and
+    the gallery audit's ``audit/<task>/gallery{,/chance,/coverage}``.
+
+    Each attacker's validation score is logged as ``.../val``, and the strongest of them as
+    ``audit/<task>/max/val``: the leakage number to *choose* settings by (a search, a β) without
+    looking at the test fold. It reads high, as the attackers chose their epoch or k there.
+
+    ``sides`` holds ``features`` and labels for ``train``, ``val`` and ``test``; only ``train``
+    and ``val`` are used for fitting and every choice, ``test`` only for the final scores.
+    ``null_permutations`` > 0 adds the identity audit's null (:func:`null_maxima`):
+    ``audit/identity/max/null`` (its mean) and ``audit/identity/max/p_value``.
+    """
+    attackers = attackers if attackers is not None else default_attackers()
+    metrics: dict[str, float] = {}
+    for task in TASKS:
+        train, val, test = (as_split(sides[s].tensors["features"], sides[s].tensors[task]) for s in ("train", "val", "test"))
+        scores = attack(train, val, test, num_classes[task], seed, attackers, task)
+        metrics |= {f"audit/{task}/{attacker.name}/val": attacker.val_accuracy for attacker in attackers}
+        metrics[f"audit/{task}/max/val"] = max(attacker.val_accuracy for attacker in attackers)
+        metrics |= {f"audit/{task}/{name}": score for name, score in scores.items()}
+        metrics[f"audit/{task}/max"] = max(scores.values())
+        metrics[f"audit/{task}/chance"] = 100 / num_classes[task]
+        if metrics[f"audit/{task}/max"] < metrics[f"audit/{task}/chance"]:
+            log.warning(
+                "audit %s: every training-side attacker is below chance (best %.1f%%, chance %.1f%%): the features "
+                "treat new images unlike training images; read the gallery audit", task,
+                metrics[f"audit/{task}/max"], metrics[f"audit/{task}/chance"],
+            )
+        metrics |= gallery_audit(val, test, task)
+    if null_permutations:
+        maxima = null_maxima(sides, "identity", num_classes["identity"], seed, null_permutations, attackers)
+        observed = metrics["audit/identity/max"]
+        metrics["audit/identity/max/null"] = sum(maxima) / len(maxima)
+        metrics["audit/identity/max/p_value"] = (1 + sum(m >= observed for m in maxima)) / (1 + len(maxima))
+        log.info("audit identity/max: %.1f%%; with permuted labels (no identity in the features) %.1f%% on average, "
+                 "p = %.3f over %d permutations", observed, metrics["audit/identity/max/null"],
+                 metrics["audit/identity/max/p_value"], len(maxima))
+    return metrics
+
+
+def audit_emotion_output(
+    sides: dict[str, TensorBatches],
+    emotion_head: nn.Module,
+    num_subjects: int,
+    seed: int,
+    attackers: list[Attacker] | None = None,
+) -> dict[str, float]:
+    """``audit/emotion_output/identity/<attacker>``, with ``max`` and ``chance``: the identity
+    attackers fitted, tuned and scored as in :func:`audit_features`, on ``emotion_head``'s output
+    (its log-posteriors over the emotions) instead of the base's features.
+
+    The output is computed from the features, so identity read off it can be read off the
+    features by an attacker that includes the head: a base cannot leak less than this without
+    changing its emotion decisions. Where people express emotions in personal ways (the synthetic
+    faces draw a per-subject expression style), a good emotion output is itself partly an
+    identity signal, and this number shows how much.
+    """
+    attackers = attackers if attackers is not None else default_attackers()
+    was_training = emotion_head.training
+    emotion_head.eval()
+    device = next(emotion_head.parameters()).device
+    with torch.no_grad():
+        outputs = {
+            side: as_split(F.log_softmax(emotion_head(sides[side].tensors["features"].float().to(device)).float(), dim=1),
+                           sides[side].tensors["identity"])
+            for side in ("train", "val", "test")
+        }
+    emotion_head.train(was_training)
+    scores = attack(outputs["train"], outputs["val"], outputs["test"], num_subjects, seed, attackers,
+                    task="emotion_output/identity")
+    prefix = "audit/emotion_output/identity"
+    metrics = {f"{prefix}/{name}": score for name, score in scores.items()}
+    metrics |= {f"{prefix}/max": max(scores.values()), f"{prefix}/chance": 100 / num_subjects}
+    log.info("audit emotion_output/identity/max: %.1f%% of identity read off the emotion head's output (chance %.1f%%)",
+             metrics[f"{prefix}/max"], metrics[f"{prefix}/chance"])
+    return metrics
+
+
+def attack(
+    train: Split, val: Split, test: Split, num_classes: int, seed: int, attackers: list[Attacker], task: str | None
+) -> dict[str, float]:
+    """Each attacker's test accuracy (%), fitted on ``train`` and tuned on ``val``; logged per
+    attacker when ``task`` names the audit it belongs to."""
+    scores = {}
+    for attacker in attackers:
+        started = time.perf_counter()
+        attacker.fit(train, val, num_classes, seed)
+        scores[attacker.name] = accuracy(attacker.predict(test.features), test.labels)
+        if task is not None:
+            log.info("audit %s/%s: %.1f%% on the test fold (%.1f%% validation, %.1f s)", task, attacker.name,
+                     scores[attacker.name], attacker.val_accuracy, time.perf_counter() - started)
+    return scores
+
+
+def null_maxima(
+    sides: dict[str, TensorBatches], task: str, num_classes: int, seed: int, permutations: int, attackers: list[Attacker]
+) -> list[float]:
+    """The strongest attacker's test accuracy on features with no ``task`` information, once per
+    permutation: the training and validation sides' labels are shuffled among their original
+    images (copies keep one label), the test fold's are kept.
+
+    ``max`` over several attackers, scored on a test fold of few originals (6 on Yale: each is
+    one sixth of the score), sits above ``chance`` even for features without identity; this is
+    the level to read it against, with the same features, copies and attackers.
+    """
+    generator = torch.Generator().manual_seed(seed * 7919 + 1)  # its own stream, apart from the fits' seed
+    sources = torch.cat([sides[s].tensors["source"] for s in ("train", "val")])
+    labels = torch.cat([torch.as_tensor(sides[s].tensors[task]) for s in ("train", "val")])
+    originals, copy_of = sources.unique(return_inverse=True)
+    label_of_original = torch.zeros(len(originals), dtype=labels.dtype).scatter_(0, copy_of, labels)
+    n_train = len(sides["train"].tensors["source"])
+    test = as_split(sides["test"].tensors["features"], sides["test"].tensors[task])
+    maxima = []
+    for _ in range(permutations):
+        shuffled = label_of_original[torch.randperm(len(originals), generator=generator)][copy_of]
+        train = as_split(sides["train"].tensors["features"], shuffled[:n_train])
+        val = as_split(sides["val"].tensors["features"], shuffled[n_train:])
+        maxima.append(max(attack(train, val, test, num_classes, seed, attackers, task=None).values()))
+    return maxima
+
+
+def gallery_audit(gallery: Split, test: Split, task: str) -> dict[str, float]:
+    """A nearest-class-mean attacker fitted on ``gallery`` (images the base never trained on),
+    scored on the ``test`` images whose class the gallery holds."""
+    attacker = NearestCentroidAttacker().fit(gallery, None, 0, seed=0)
+    covered = torch.isin(test.labels, attacker.classes)
+    metrics = {
+        f"audit/{task}/gallery/chance": 100 / len(attacker.classes),
+        f"audit/{task}/gallery/coverage": 100 * covered.float().mean().item(),
+        f"audit/{task}/gallery": accuracy(attacker.predict(test.features[covered]), test.labels[covered])
+        if covered.any() else float("nan"),
+    }
+    log.info("audit %s/gallery: %.1f%% on %.0f%% of the test fold (chance %.1f%%, %d gallery classes)", task,
+             metrics[f"audit/{task}/gallery"], metrics[f"audit/{task}/gallery/coverage"],
+             metrics[f"audit/{task}/gallery/chance"], len(attacker.classes))
+    return metrics
