@@ -148,23 +148,21 @@ class HybridModule(pl.LightningModule):
         audit's attackers read them; the base's gradient passes through the standardisation."""
         return [head(features) for head in self.identity_heads]
 
-    def head_sets(self, sources: torch.Tensor) -> list[tuple[nn.ModuleList, torch.Tensor, torch.Tensor]]:
-        """(heads, learns, attacks) per set of identity heads: which images of a batch (masks by
-        ``sources``) the set learns from and which it attacks. One set learning from and attacking
-        every image, or with ``adversary.cross_fit`` a set per half of the originals, attacking the
-        other half."""
-        every = torch.ones_like(sources, dtype=torch.bool)
-        if not self.adversary.cross_fit:
-            return [(self.identity_heads, every, every)]
+    def half_sets(self, sources: torch.Tensor) -> list[tuple[nn.ModuleList, torch.Tensor, torch.Tensor]]:
+        """With ``adversary.cross_fit``: (heads, learns, attacks) per set of identity heads, the
+        masks (by ``sources``) of the batch images the set learns from and of those it attacks."""
         per_set = len(self.adversary.heads)
         even = sources % 2 == 0
         return [(self.identity_heads[:per_set], even, ~even), (self.identity_heads[per_set:], ~even, even)]
 
     def identity_loss(self, features: torch.Tensor, identities: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-        """Li: the identity heads' mean cross-entropy, each head's on the images its set learns from."""
+        """Li: the identity heads' mean cross-entropy (with ``adversary.cross_fit``, each head's on
+        the images its set learns from)."""
+        if not self.adversary.cross_fit:
+            return torch.stack([F.cross_entropy(logits, identities) for logits in self.identity_logits(features)]).mean()
         return torch.stack([
             F.cross_entropy(head(features[learns]), identities[learns])
-            for heads, learns, _ in self.head_sets(sources) if learns.any()
+            for heads, learns, _ in self.half_sets(sources) if learns.any()
             for head in heads
         ]).mean()
 
@@ -175,12 +173,14 @@ class HybridModule(pl.LightningModule):
         return emotion_loss, self.identity_loss(features, batch["identity"], batch["source"]), features
 
     def identity_penalty(self, features: torch.Tensor, identities: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-        """The adversary's term for a batch: each set's on the images it attacks, weighted by their number."""
-        terms = [
+        """The adversary's term for a batch (with ``adversary.cross_fit``, each set's on the images it
+        attacks, weighted by their share of the batch)."""
+        if not self.adversary.cross_fit:
+            return self.adversary.penalty(self.identity_logits(features), identities)
+        return torch.stack([
             attacks.float().mean() * self.adversary.penalty([head(features[attacks]) for head in heads], identities[attacks])
-            for heads, _, attacks in self.head_sets(sources) if attacks.any()
-        ]
-        return torch.stack(terms).sum()
+            for heads, _, attacks in self.half_sets(sources) if attacks.any()
+        ]).sum()
 
     def adversarial_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, Le, features) of an adversarial step: eq. (2) with the configured adversary.
@@ -276,7 +276,9 @@ class HybridModule(pl.LightningModule):
             if self.adversary.restarts_before_refit(phase.round):
                 self.restart_identity_heads(self.optimizers()[1].optimizer)
             if self.adversary.standardise:
-                for heads, learns, _ in self.head_sets(train_labels["source"].to(self.device)):
+                sets = (self.half_sets(train_labels["source"].to(self.device)) if self.adversary.cross_fit
+                        else [(self.identity_heads, slice(None), None)])
+                for heads, learns, _ in sets:
                     for head in heads:
                         head.set_input_statistics(train_features[learns])
             self.refit_identity_head(train_features, train_labels, phase.round)
