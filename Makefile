@@ -31,8 +31,9 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(BIN)/python -m anonemo.train $(ARGS)
 
+# One pytest worker per core; a test file stays on one worker, so its module fixtures are built once.
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n auto --dist loadfile $(PYTEST_ARGS)
 
 preview: install
 	$(BIN)/python -m anonemo.data.preview $(ARGS)

@@ -188,8 +188,9 @@ def write_csv(groups: list[RunGroup], path: Path) -> None:
                              "" if score is None else f"{score:.4f}"])
 
 
-def tradeoff_figure(groups: list[RunGroup], title: str) -> plt.Figure | None:
-    """Hybrid2Emotion (utility) against identity leakage, one point per Hybrid setting.
+def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = False) -> plt.Figure | None:
+    """Hybrid2Emotion (utility) against identity leakage, one point per Hybrid setting (labelled
+    with its experiment too when ``by_experiment``: the front across several sweeps).
 
     Leakage is the strongest audit attacker (``audit/identity/max``) when every Hybrid setting
     was audited, else the paper's single-head Hybrid2Face.
@@ -200,11 +201,15 @@ def tradeoff_figure(groups: list[RunGroup], title: str) -> plt.Figure | None:
     audited = all(g.summary("audit/identity/max") for g in hybrids)
     leakage = "audit/identity/max" if audited else "Hybrid2Face"
     labels = settings_labels(groups)
-    figure, axes = plt.subplots(figsize=(6.5, 5))
+    figure, axes = plt.subplots(figsize=(10, 5) if by_experiment else (6.5, 5))
     for g in hybrids:
         (x, dx, _), (y, dy, n) = g.summary(leakage), g.summary("Hybrid2Emotion")
-        axes.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", capsize=3)
-        axes.annotate(f"{g.model} {labels[id(g)]}".strip() + f" ({n} folds)", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        label = f"{g.experiment}: " * by_experiment + f"{g.model} {labels[id(g)]}".strip() + f" ({n} folds)"
+        if by_experiment:  # a front's points lie close together: named in the legend, with their values
+            axes.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", capsize=3, label=f"{label}: {x:.1f}, {y:.1f}")
+        else:
+            axes.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", capsize=3)
+            axes.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     # References: the Emotion CNN's accuracy, and the leakage of its base by the same measure.
     references = [("Emotion", "Emotion", axes.axhline, ("emotion", "emotion2face"))]
     if audited:
@@ -228,7 +233,10 @@ def tradeoff_figure(groups: list[RunGroup], title: str) -> plt.Figure | None:
     axes.set_xlim(0, 100)
     axes.set_ylim(0, 100)
     axes.set_title(title)
-    axes.legend(fontsize=7, loc="lower right")
+    if by_experiment:
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    elif axes.get_legend_handles_labels()[0]:  # reference lines, where the groups have them
+        axes.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     return figure
 
@@ -274,6 +282,17 @@ def build_report(
                 files.append(output_dir / f"rounds_{name}_{index}.png")
                 figure.savefig(files[-1], dpi=110)
                 plt.close(figure)
+    # A trade-off swept over several experiments (one per beta, say) is drawn as one front per dataset.
+    by_dataset: dict[str, list[RunGroup]] = defaultdict(list)
+    for group in groups:
+        by_dataset[group.dataset].append(group)
+    for dataset, members in by_dataset.items():
+        if len({g.experiment for g in members}) > 1:
+            figure = tradeoff_figure(members, f"{dataset}: privacy/utility front across experiments", by_experiment=True)
+            if figure is not None:
+                files.append(output_dir / f"front_{dataset}.png")
+                figure.savefig(files[-1], dpi=110)
+                plt.close(figure)
     return tables, files
 
 
@@ -300,11 +319,13 @@ def main(cfg: DictConfig) -> None:
             experiment_ids = [client.get_run(cfg.parent_run).info.experiment_id]
             filters.append(f"tags.mlflow.parentRunId = '{cfg.parent_run}'")
         elif cfg.experiment_name:
-            experiment = client.get_experiment_by_name(cfg.experiment_name)
-            if experiment is None:
+            names = [cfg.experiment_name] if isinstance(cfg.experiment_name, str) else list(cfg.experiment_name)
+            experiments = {name: client.get_experiment_by_name(name) for name in names}
+            unknown = [name for name, experiment in experiments.items() if experiment is None]
+            if unknown:
                 known = ", ".join(e.name for e in client.search_experiments())
-                raise ConfigError(f"experiment_name={cfg.experiment_name} is not in {uri}; experiments there: {known or 'none'}.")
-            experiment_ids = [experiment.experiment_id]
+                raise ConfigError(f"experiment_name={','.join(unknown)} is not in {uri}; experiments there: {known or 'none'}.")
+            experiment_ids = [experiment.experiment_id for experiment in experiments.values()]
         else:
             experiment_ids = [e.experiment_id for e in client.search_experiments()]
         tables, files = build_report(client, experiment_ids, " and ".join(filters), Path(cfg.output_dir))

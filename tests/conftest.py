@@ -53,12 +53,19 @@ def jaffe_gray_values(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L"))
 
 
+# Under pytest-xdist (make test runs a worker per core) the in-process jobs share the cores as a
+# sweep's jobs do: a worker's torch threads, like a joblib job's, are its share of the cores.
+WORKER_THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
 def make_config(tmp_path: Path, *overrides: str) -> DictConfig:
-    """The training config with everything written under ``tmp_path`` and no progress bar."""
+    """The training config with everything written under ``tmp_path``, no progress bar, and this
+    test worker's share of the cores."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(
             config_name="train",
-            overrides=[f"paths.output_dir={tmp_path}", "trainer.enable_progress_bar=false", *overrides],
+            overrides=[f"paths.output_dir={tmp_path}", "trainer.enable_progress_bar=false",
+                       f"threads={WORKER_THREADS}", *overrides],
         )
 
 

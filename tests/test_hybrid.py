@@ -6,6 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from conftest import make_config
 from mlflow.tracking import MlflowClient
 
 from anonemo.audit.saved_run import reaudit_run
@@ -456,6 +457,19 @@ def test_recommended_hybrid_runs_and_saves_its_bottleneck_base_and_standardising
     again = reaudit_run(client, logged.info.run_id, audit=False, emotion_output=True)
     assert again == pytest.approx({k: v for k, v in metrics.items() if k.startswith("audit/emotion_output/")})
     assert set(again) >= {"audit/emotion_output/identity/max", "audit/emotion_output/identity/chance"}
+
+
+def test_recommended_hybrid_takes_its_beta_from_the_dataset(tmp_path):
+    """As the paper's T, hybrid_standardised's beta is set per dataset; the paper's recipe keeps
+    beta=1 everywhere, and a command-line beta wins."""
+    def beta(*overrides):
+        return make_config(tmp_path, *overrides).model.beta
+
+    assert {name: beta(f"dataset={name}", "model=hybrid_standardised") for name in ("synthetic", "yale", "jaffe")} == {
+        "synthetic": 0.8, "yale": 0.3, "jaffe": 0.3
+    }
+    assert beta("dataset=synthetic", "model=hybrid") == beta("dataset=yale", "model=hybrid") == 1.0
+    assert beta("dataset=yale", "model=hybrid_standardised", "model.beta=0.6") == 0.6
 
 
 def test_restarts_fall_on_every_rth_round():

@@ -5,11 +5,11 @@ import statistics
 
 import pytest
 import yaml
-from conftest import TINY_SYNTHETIC
+from conftest import TINY_SYNTHETIC, WORKER_THREADS
 from mlflow.tracking import MlflowClient
 from test_bad_input import cli
 
-from anonemo.report import build_report, collect_groups
+from anonemo.report import build_report, collect_groups, tradeoff_figure
 from anonemo.tracking import tracking_uri
 from anonemo.workflow import run
 
@@ -91,6 +91,30 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
     csv_lines = (tmp_path / "report" / "report.csv").read_text().splitlines()
     assert csv_lines[0].startswith("experiment,dataset,model,settings,folds,Face_mean")
     assert len(csv_lines) == 5 and csv_lines[0].endswith(",anonymity")
+
+
+def test_report_draws_the_front_across_experiments(store, tmp_path):
+    """Settings swept as separate experiments (one per beta) share one trade-off figure per dataset."""
+    client, first = store
+    second = client.create_experiment("yale_beta08", artifact_location=(tmp_path / "artifacts2").as_uri())
+    common = {"dataset.name": "yale", "model.name": "hybrid_standardised"}
+    for experiment, beta, h2e in ((first, "0.3", 50.0), (second, "0.8", 40.0)):
+        for fold in range(2):
+            make_run(client, experiment, {**common, "model.beta": beta, "fold": fold},
+                     {"Hybrid2Emotion": h2e, "Hybrid2Face": 10.0, "audit/identity/max": 30.0 - 10 * (beta == "0.8")})
+    make_run(client, first, {"dataset.name": "yale", "model.name": "emotion2face", "fold": 0},
+             {"Emotion": 45.0, "audit/identity/max": 90.0})
+    groups = collect_groups(client, [first, second])
+    figure = tradeoff_figure(groups, "front", by_experiment=True)
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    # each point named with its experiment and (leakage, utility)
+    assert "yale: hybrid_standardised (2 folds): 30.0, 50.0" in legend
+    assert "yale_beta08: hybrid_standardised (2 folds): 20.0, 40.0" in legend
+    assert "Emotion base, strongest attacker 90.0" in legend
+    _, files = build_report(client, [first, second], "", tmp_path / "report")
+    assert {"tradeoff_yale.png", "tradeoff_yale_beta08.png", "front_yale.png"} <= {f.name for f in files}
+    _, files = build_report(client, [first], "", tmp_path / "one")
+    assert "front_yale.png" not in {f.name for f in files}  # one experiment: its own figure is the front
 
 
 def test_settings_that_do_not_change_results_do_not_split_groups(store):
@@ -183,7 +207,8 @@ def test_relaunch_skips_finished_jobs_and_redoes_the_others(tiny_config):
     def runs():
         return client.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
 
-    again = run(tiny_config("model=emotion", "fold=0", "sweep.skip_finished=true", "threads=1"))
+    # torch threads change how fast a job runs, not what it is
+    again = run(tiny_config("model=emotion", "fold=0", "sweep.skip_finished=true", f"threads={WORKER_THREADS + 1}"))
     assert len(runs()) == 1 and again["Emotion"] == first["Emotion"]
     run(tiny_config("model=emotion", "fold=1", "sweep.skip_finished=true"))
     run(tiny_config("model=emotion", "fold=0", "model.lr=0.01", "sweep.skip_finished=true"))
@@ -195,6 +220,7 @@ def test_relaunch_skips_finished_jobs_and_redoes_the_others(tiny_config):
 
 
 def test_report_names_an_unknown_experiment(tmp_path):
-    result = cli("experiment_name=nope", f"paths.output_dir={tmp_path}", module="anonemo.report")
+    # a list of experiments: the one that is not in the store is named (MLflow creates "Default")
+    result = cli("experiment_name=[Default,nope]", f"paths.output_dir={tmp_path}", module="anonemo.report")
     assert result.returncode == 2
     assert "experiment_name=nope is not in sqlite:///" in result.stderr and "Traceback" not in result.stderr
