@@ -189,13 +189,14 @@ def train_hybrid(cfg: DictConfig, data: GroupedFoldDataModule, logger: RunLogger
         weight_decay=m.weight_decay,
         channels_last=net.channels_last,
         max_feature_growth=m.max_feature_growth,
+        emotion_guard=m.emotion_guard,
         seed=cfg.seed,
     )
     log.info(
         "Algorithm 1: %d epochs of multi-task initialisation, then %d rounds of %d adversarial epoch(s) "
-        "and a %d-pass identity re-fit (alpha=%g, beta=%g, adversary: %s)",
+        "and a %d-pass identity re-fit (alpha=%g, beta=%g, emotion guard %g, adversary: %s)",
         schedule.init_epochs, schedule.rounds, schedule.adversarial_epochs, schedule.refit_epochs, m.alpha, m.beta,
-        hybrid.adversary,
+        m.emotion_guard, hybrid.adversary,
     )
     # No validation loop or checkpoint selection: each round is scored on both sides by the module.
     folder = checkpoint_dir(cfg.paths.output_dir, logger.run_id, "hybrid")

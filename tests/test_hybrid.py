@@ -18,7 +18,7 @@ from anonemo.data.synthetic import SyntheticFaces
 from anonemo.errors import ConfigError
 from anonemo.models.classifiers import SingleTaskModule, TransferModule
 from anonemo.models.adversary import Adversary, soft_knn_log_posteriors
-from anonemo.models.hybrid import HybridModule, HybridSchedule, TrainingDivergedError
+from anonemo.models.hybrid import HybridModule, HybridSchedule, TrainingDivergedError, guarded_beta
 from anonemo.models.networks import ClassifierHead, load_base, load_network
 from anonemo.tracking import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT, tracking_uri
 from anonemo.workflow import run
@@ -210,9 +210,9 @@ def test_paper_steps_raise_the_frozen_identity_heads_loss(multitask_start):
     start, batch = multitask_start
     trained = start.losses(batch)[1].item()
     adversarial = after_adversarial_steps(start, batch)
-    start.beta = 0.0
+    start.round_beta = 0.0  # the weight the adversarial step uses (model.beta, unless the emotion guard lowered it)
     emotion_only = after_adversarial_steps(start, batch)
-    start.beta = 1.0
+    start.round_beta = 1.0
     assert adversarial.losses(batch)[1].item() > trained + 1.0
     assert adversarial.losses(batch)[1].item() > emotion_only.losses(batch)[1].item() + 1.0
     assert identity_posteriors(adversarial, batch)[0] < identity_posteriors(start, batch)[0] - 0.3
@@ -556,3 +556,31 @@ def test_standardised_identity_heads_read_the_training_sides_standardised_featur
         assert torch.allclose(module.identity_logits(features)[0], module.identity_heads[0].layers(standardised), atol=1e-4)
         plain = hybrid(HybridSchedule(1, 1))
         assert torch.equal(plain.identity_logits(features)[0], plain.identity_heads[0].layers(features))
+
+
+def test_guarded_beta_halves_below_the_floor_and_grows_back_to_model_beta():
+    assert guarded_beta(0.8, ceiling=0.8, emotion_acc=40.0, floor=58.0) == 0.4
+    assert guarded_beta(0.4, ceiling=0.8, emotion_acc=60.0, floor=58.0) == 0.5
+    assert guarded_beta(0.7, ceiling=0.8, emotion_acc=60.0, floor=58.0) == 0.8
+    assert guarded_beta(0.8, ceiling=0.8, emotion_acc=58.0, floor=58.0) == 0.8
+
+
+def test_emotion_guard_backs_the_adversary_off_while_emotion_is_lost_and_is_otherwise_inert(data):
+    """A large beta on a tiny set takes the emotion head's training accuracy down; the guard then
+    sets each round's beta from the round before by guarded_beta. A guard that never fires
+    trains exactly as a fixed beta (so runs where it would not have fired need no re-run)."""
+    def fit(guard):
+        torch.manual_seed(0)
+        module = hybrid(HybridSchedule(init_epochs=10, rounds=4, refit_epochs=1), beta=20.0, lr=0.01, emotion_guard=guard)
+        quiet_trainer(module.schedule.total_epochs).fit(module, datamodule=data)
+        return module.history
+
+    fixed, inert, guarded = fit(0), fit(100), fit(1)
+    assert inert == fixed and [h["round/beta"] for h in fixed[1:]] == [20.0] * 4
+    floor = guarded[0]["round/emotion_acc/train"] - 1
+    betas = [h["round/beta"] for h in guarded[1:]]
+    accuracies = [h["round/emotion_acc/train"] for h in guarded[1:]]
+    assert betas[0] == 20.0 and min(betas) < 20.0  # it fired
+    assert betas[1:] == [guarded_beta(b, 20.0, a, floor) for b, a in zip(betas[:-1], accuracies[:-1])]
+    with pytest.raises(ConfigError, match="model.emotion_guard=-1 must be between 0"):
+        hybrid(HybridSchedule(1, 1), emotion_guard=-1)

@@ -71,6 +71,13 @@ class HybridSchedule:
         return Phase("adversarial", t + 1, k == self.adversarial_epochs - 1)
 
 
+def guarded_beta(beta: float, ceiling: float, emotion_acc: float, floor: float) -> float:
+    """The emotion guard's step: the adversarial weight for the next round. Halved when the emotion
+    head's training-side accuracy (%) fell below ``floor``, else grown by a quarter, up to
+    ``ceiling`` (model.beta): the adversary backs off while emotion is being lost, not for good."""
+    return beta / 2 if emotion_acc < floor else min(ceiling, beta * 1.25)
+
+
 class HybridModule(pl.LightningModule):
     """Shared base W_c, emotion head W_e and identity head(s) W_i, trained by Algorithm 1.
 
@@ -84,6 +91,11 @@ class HybridModule(pl.LightningModule):
     After every round the current heads are scored on the training and validation sides, the
     re-fitted W_i too (the strongest head, for an ensemble), and logged with the round as the
     MLflow step; ``history`` keeps them.
+
+    With ``emotion_guard`` > 0 the adversarial weight of each round is ``guarded_beta`` of the one
+    before: it backs off while the emotion head's training-side accuracy is more than
+    ``emotion_guard`` points below its value after initialisation (``round/beta`` logs it). Until
+    that happens, training is exactly that of a fixed ``beta``.
     """
 
     def __init__(
@@ -105,12 +117,15 @@ class HybridModule(pl.LightningModule):
         weight_decay: float = 1e-4,
         channels_last: bool = True,
         max_feature_growth: float = 1000.0,
+        emotion_guard: float = 0.0,
         seed: int = 0,
     ):
         super().__init__()
         for option, value in (("alpha", alpha), ("beta", beta)):
             if value < 0:
                 raise ConfigError(f"model.{option}={value} must be non-negative (the paper uses alpha=0.5, beta=1).")
+        if not 0 <= emotion_guard <= 100:
+            raise ConfigError(f"model.emotion_guard={emotion_guard} must be between 0 (off) and 100 accuracy points.")
         if max_feature_growth <= 0:
             raise ConfigError(f"model.max_feature_growth={max_feature_growth} must be positive (default 1000).")
         self.save_hyperparameters(ignore=["schedule", "adversary"], logger=False)
@@ -118,6 +133,7 @@ class HybridModule(pl.LightningModule):
         self.schedule = schedule
         self.adversary = adversary
         self.alpha, self.beta = alpha, beta
+        self.round_beta = beta  # the adversarial weight of the current round (see emotion_guard)
         self.base = ConvBase(
             image_size, conv_channels, channels_last=channels_last, bottleneck=bottleneck, feature_norm=feature_norm
         )
@@ -193,13 +209,13 @@ class HybridModule(pl.LightningModule):
         emotion_loss = F.cross_entropy(self.emotion_head(features), batch["emotion"])
         adversary, identities = self.adversary, batch["identity"]
         if adversary.objective == "grl":
-            reversed_features = reverse_gradient(features, self.beta)
+            reversed_features = reverse_gradient(features, self.round_beta)
             loss = emotion_loss + adversary.penalty(self.identity_logits(reversed_features), identities)
         else:
-            loss = emotion_loss + self.beta * self.identity_penalty(features, identities, batch["source"])
+            loss = emotion_loss + self.round_beta * self.identity_penalty(features, identities, batch["source"])
         if adversary.neighbour_weight:
             penalty = adversary.neighbour_penalty(features, identities, batch["source"], self.hparams.num_subjects)
-            loss = loss + self.beta * adversary.neighbour_weight * penalty
+            loss = loss + self.round_beta * adversary.neighbour_weight * penalty
         return loss, emotion_loss, features
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -285,6 +301,9 @@ class HybridModule(pl.LightningModule):
             for name, (features, labels) in sides.items():
                 refitted = self.round_accuracies(features, labels, name)[f"round/identity_acc/{name}"]
                 metrics[f"round/refit_identity_acc/{name}"] = refitted
+        if phase.round:
+            metrics["round/beta"] = self.round_beta
+            self._guard_emotion(metrics["round/emotion_acc/train"], phase.round)
         self.history.append({"round": phase.round, **metrics})
         self.round_end_seconds += time.perf_counter() - started
         log.info(
@@ -296,13 +315,28 @@ class HybridModule(pl.LightningModule):
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=phase.round)
 
+    def _guard_emotion(self, emotion_acc: float, round_: int) -> None:
+        """Set the next round's adversarial weight (``emotion_guard``). At a large beta the
+        adversary can take emotion with identity: on some folds the emotion head's training
+        accuracy fell from ~88% to ~35% within three rounds and never came back."""
+        guard = self.hparams.emotion_guard
+        if not guard:
+            return
+        floor = self.history[0]["round/emotion_acc/train"] - guard
+        beta = guarded_beta(self.round_beta, self.beta, emotion_acc, floor)
+        if beta < self.round_beta:
+            log.info("round %d: emotion head %.1f%% on the training side, under its floor of %.1f%% "
+                     "(model.emotion_guard=%g): beta %.3g -> %.3g", round_, emotion_acc, floor, guard, self.round_beta, beta)
+        self.round_beta = beta
+
     # What a resumed run needs besides weights and optimizer states (see anonemo.resume).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["hybrid"] = {"history": self.history, "reference_scale": self.reference_scale}
+        checkpoint["hybrid"] = {"history": self.history, "reference_scale": self.reference_scale, "round_beta": self.round_beta}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint["hybrid"]["history"])
         self.reference_scale = checkpoint["hybrid"]["reference_scale"]
+        self.round_beta = checkpoint["hybrid"]["round_beta"]
 
     def round_accuracies(self, features: torch.Tensor, labels: dict[str, torch.Tensor], side: str) -> dict[str, float]:
         """Accuracy of the emotion head and of the strongest identity head on one side."""
