@@ -263,36 +263,33 @@ def build_report(
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     by_experiment: dict[str, list[RunGroup]] = defaultdict(list)
+    by_dataset: dict[str, list[RunGroup]] = defaultdict(list)
     for group in groups:
         by_experiment[group.experiment].append(group)
+        by_dataset[group.dataset].append(group)
     tables = {name: table_rows(members) for name, members in by_experiment.items()}
     files = [output_dir / "report.md", output_dir / "report.csv"]
     write_markdown(tables, files[0])
     write_csv(groups, files[1])
-    for name, members in by_experiment.items():
-        figure = tradeoff_figure(members, f"{name}: privacy/utility trade-off")
+
+    def save(figure: plt.Figure | None, name: str) -> None:
         if figure is not None:
-            files.append(output_dir / f"tradeoff_{name}.png")
+            files.append(output_dir / name)
             figure.savefig(files[-1], dpi=110)
             plt.close(figure)
+
+    for name, members in by_experiment.items():
+        save(tradeoff_figure(members, f"{name}: privacy/utility trade-off"), f"tradeoff_{name}.png")
         for index, group in enumerate(g for g in members if g.model.startswith("hybrid")):
             history = mean_round_history(client, group)
             if history:
-                figure = round_curves_figure(history, f"{name}: Hybrid rounds, mean of {len(group.runs)} folds")
-                files.append(output_dir / f"rounds_{name}_{index}.png")
-                figure.savefig(files[-1], dpi=110)
-                plt.close(figure)
+                title = f"{name}: Hybrid rounds, mean of {len(group.runs)} folds"
+                save(round_curves_figure(history, title), f"rounds_{name}_{index}.png")
     # A trade-off swept over several experiments (one per beta, say) is drawn as one front per dataset.
-    by_dataset: dict[str, list[RunGroup]] = defaultdict(list)
-    for group in groups:
-        by_dataset[group.dataset].append(group)
     for dataset, members in by_dataset.items():
         if len({g.experiment for g in members}) > 1:
-            figure = tradeoff_figure(members, f"{dataset}: privacy/utility front across experiments", by_experiment=True)
-            if figure is not None:
-                files.append(output_dir / f"front_{dataset}.png")
-                figure.savefig(files[-1], dpi=110)
-                plt.close(figure)
+            title = f"{dataset}: privacy/utility front across experiments"
+            save(tradeoff_figure(members, title, by_experiment=True), f"front_{dataset}.png")
     return tables, files
 
 
