@@ -36,13 +36,16 @@ from omegaconf import DictConfig
 from torch import nn
 
 from anonemo.cli import user_errors_reported
+from anonemo.config import build
 from anonemo.data.datamodule import GroupedFoldDataModule
+from anonemo.data.features import is_bf16
+from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError
+from anonemo.job import run
 from anonemo.models.classifiers import SingleTaskModule
-from anonemo.models.hybrid import HybridModule, HybridSchedule
-from anonemo.models.networks import ClassifierHead, ConvBase, adam
-from anonemo.sweep import configure_threads
-from anonemo.workflow import build_datamodule, run
+from anonemo.models.hybrid import PAPER_ADAM, HybridModule, HybridSchedule
+from anonemo.models.networks import ClassifierHead, ConvBase, Networks, adam
+from anonemo.threads import configure_threads
 
 log = logging.getLogger(__name__)
 PATHS = ("single_task", "adversarial")
@@ -63,20 +66,15 @@ class Workload:
         self.identity = train["identity"].to(device)
         self.device = device
         self.batch_size = data.batch_size
-        self.bf16 = str(cfg.trainer.precision).startswith("bf16")
+        self.bf16 = is_bf16(cfg.trainer.precision)
         self.num_emotions, self.num_subjects = data.num_emotions, data.num_subjects
-        net = cfg.network
-        self.network = dict(
-            image_size=cfg.dataset.image_size, conv_channels=tuple(net.conv_channels), fc_hidden=tuple(net.fc_hidden),
-            dropout=net.dropout, channels_last=net.channels_last,
-        )
+        self.networks: Networks = build(cfg.network, "network")
         self.data = data
         self.cfg = cfg
 
     def base_and_head(self, num_classes: int) -> tuple[ConvBase, ClassifierHead]:
-        n = self.network
-        base = ConvBase(n["image_size"], n["conv_channels"], channels_last=n["channels_last"])
-        return base, ClassifierHead(base.out_features, num_classes, n["fc_hidden"], n["dropout"])
+        base = self.networks.base()
+        return base, self.networks.head(base.out_features, num_classes)
 
     def batches(self, epoch: int) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(epoch)
@@ -128,11 +126,7 @@ def plain_adversarial(w: Workload, epochs: int, beta: float = 1.0) -> list[float
 
 
 class EpochTimer(pl.Callback):
-    """Seconds of each training epoch's steps; for the Hybrid only its adversarial epochs.
-
-    Callbacks' ``on_train_epoch_end`` runs before the module's, so the Hybrid's round-end
-    re-fit is not counted: only the steps are, as in the plain loop.
-    """
+    """Seconds of each training epoch's steps; for the Hybrid only its adversarial epochs."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -169,19 +163,15 @@ def lightning_epochs(w: Workload, module: pl.LightningModule, epochs: int) -> li
 
 
 def anonemo_single_task(w: Workload, epochs: int) -> list[float]:
-    n = w.network
-    module = SingleTaskModule("emotion", w.num_emotions, n["image_size"], n["conv_channels"], n["fc_hidden"],
-                              n["dropout"], channels_last=n["channels_last"])
+    module = SingleTaskModule(*w.base_and_head(w.num_emotions), "emotion", PAPER_ADAM)
     return lightning_epochs(w, module, epochs)
 
 
 def anonemo_adversarial(w: Workload, epochs: int) -> list[float]:
-    n = w.network
-    module = HybridModule(
-        w.num_emotions, w.num_subjects, n["image_size"], HybridSchedule(init_epochs=1, rounds=epochs, refit_epochs=1),
-        conv_channels=n["conv_channels"], fc_hidden=n["fc_hidden"], dropout=n["dropout"],
-        channels_last=n["channels_last"],
-    )
+    """The Hybrid's adversarial epochs; its round ends (re-fits, scoring) are not part of the loop."""
+    base, emotion_head = w.base_and_head(w.num_emotions)
+    module = HybridModule(base, emotion_head, [w.networks.head(base.out_features, w.num_subjects)],
+                          HybridSchedule(init_epochs=1, rounds=epochs, refit_epochs=1))
     return lightning_epochs(w, module, 1 + epochs)
 
 
@@ -270,7 +260,7 @@ def main(cfg: DictConfig) -> None:
         torch.set_flush_denormal(True)
         threads = configure_threads(cfg.threads)
         pl.seed_everything(cfg.seed, verbose=False)
-        data = build_datamodule(cfg)
+        data = fold_data(cfg)
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
         results = {
             "dataset": cfg.dataset.name,

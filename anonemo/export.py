@@ -31,13 +31,13 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from anonemo.cli import user_errors_reported
-from anonemo.data.features import extract_features
-from anonemo.data.preprocess import ImagePreprocessor
+from anonemo.data.features import extract_features, is_bf16
+from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError
 from anonemo.evaluation import accuracy
 from anonemo.models.networks import ClassifierHead, ConvBase, EmotionModel, load_network
-from anonemo.tracking import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT, require_run, resolve_tracking_uri, run_artifact
-from anonemo.workflow import build_datamodule, uses_bf16
+from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT, require_run, run_artifact
+from anonemo.tracking.store import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "emotion_model.pt"
@@ -65,11 +65,11 @@ def load_emotion_model(client: MlflowClient, run_id: str) -> tuple[EmotionModel,
 def agreement_on_test_fold(model: EmotionModel, run_cfg: DictConfig) -> dict[str, float]:
     """The packaged model (float32, images in) against the run's own evaluation path (cached
     features of the base under the run's precision, then the head) on the run's test fold."""
-    data = build_datamodule(run_cfg)
+    data = fold_data(run_cfg)
     test = data.side("test").tensors
     with torch.no_grad():
         exported = torch.cat([model(chunk) for chunk in test["image"].split(512)]).argmax(1)
-        features = extract_features(model.base, test["image"], uses_bf16(run_cfg))
+        features = extract_features(model.base, test["image"], is_bf16(run_cfg.trainer.precision))
         own = model.head(features).argmax(1)
     return {
         "export/agreement": accuracy(exported, own),

@@ -60,6 +60,9 @@ def fit_resumably(trainer: pl.Trainer, module: pl.LightningModule, datamodule: p
         checkpoint = torch.load(last, map_location=module.device, weights_only=False)  # written by this job
         module.load_state_dict(checkpoint["state_dict"])
         module.on_load_checkpoint(checkpoint)
+        for callback in trainer.callbacks:  # what they keep of the fit (the Hybrid's round history)
+            if callback.state_key in checkpoint.get("callbacks", {}):
+                callback.load_state_dict(checkpoint["callbacks"][callback.state_key])
         return
     ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path:

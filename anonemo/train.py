@@ -13,7 +13,7 @@ def main(cfg: DictConfig) -> dict[str, float] | float | None:
     """The job's metrics, or under a hyper-parameter search (``search`` set) its objective."""
     # Imported here, not above: torch, Lightning and MLflow take ~10 s to import, and a mistyped
     # override should be answered (by Hydra, before this runs) without that wait.
-    from anonemo.workflow import run, search_objective
+    from anonemo.job import run, search_objective
 
     with user_errors_reported():
         metrics = run(cfg)

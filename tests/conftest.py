@@ -59,13 +59,15 @@ WORKER_THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIS
 
 
 def make_config(tmp_path: Path, *overrides: str) -> DictConfig:
-    """The training config with everything written under ``tmp_path``, no progress bar, and this
-    test worker's share of the cores."""
+    """The training config with everything written under ``tmp_path``, no progress bar, this test
+    worker's share of the cores, and float32 arithmetic: on CPUs without native bf16 the default
+    bf16 autocast is emulated, about 10x slower, and not bit-reproducible within a process
+    (docs/performance.md). The command-line tests run the default precision."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(
             config_name="train",
             overrides=[f"paths.output_dir={tmp_path}", "trainer.enable_progress_bar=false",
-                       f"threads={WORKER_THREADS}", *overrides],
+                       f"threads={WORKER_THREADS}", "trainer.precision=32-true", *overrides],
         )
 
 

@@ -15,8 +15,8 @@ from anonemo.data.datamodule import TensorBatches
 from anonemo.errors import ModelFileError
 from anonemo.evaluation import accuracy
 from anonemo.models.networks import ConvBase, load_base, save_network
-from anonemo.tracking import tracking_uri
-from anonemo.workflow import run
+from anonemo.tracking.store import tracking_uri
+from anonemo.job import run
 from test_bad_input import cli
 
 CLASSES = 5

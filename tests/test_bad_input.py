@@ -12,7 +12,7 @@ from conftest import REPO, TINY_SYNTHETIC, make_config
 from mlflow.tracking import MlflowClient
 
 from anonemo.errors import ConfigError, DatasetError, ImageReadError, TrackingError
-from anonemo.workflow import run
+from anonemo.job import run
 
 
 def yale_folder(tmp_path, files):
@@ -72,7 +72,8 @@ CATALOGUE = [
     ("unknown face crop", lambda t, y, j: ["dataset=yale", f"dataset.root={y}", "dataset.face_crop.method=dlib"],
      ConfigError, "dataset.face_crop.method='dlib' is not known"),
     ("unknown task", lambda t, y, j: ["model.task=age"], ConfigError, "model.task='age' is not known"),
-    ("unknown model workflow", lambda t, y, j: ["model.workflow=hybridx"], ConfigError, "model.workflow=hybridx (model=emotion) is not known"),
+    ("unknown fresh head", lambda t, y, j: ["model=emotion2face", "model.fresh_heads=[age]"],
+     ConfigError, "model.fresh_heads: age is not a task; use emotion or identity"),
     ("negative alpha", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid", "model.alpha=-0.5"], ConfigError, "model.alpha=-0.5 must be non-negative"),
     ("negative beta", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid", "model.beta=-1"], ConfigError, "model.beta=-1 must be non-negative"),
     ("T = 0", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid", "model.rounds=0"], ConfigError, "model.rounds=0 must be at least 1"),
@@ -80,8 +81,8 @@ CATALOGUE = [
      ConfigError, "model.adversary.objective='kl' is not known: use one of neg_ce, confusion, entropy, grl"),
     ("unknown identity head", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid", "model.adversary.heads=[paper,huge]"],
      ConfigError, "model.adversary.heads: 'huge' is not a known identity head"),
-    ("unknown feature norm", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid_robust", "model.feature_norm=group"],
-     ConfigError, "feature_norm='group' is not known"),
+    ("unknown feature norm", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid_robust", "network.feature_norm=group"],
+     ConfigError, "network.feature_norm='group' is not known"),
     ("negative null permutations", lambda t, y, j: ["audit.null_permutations=-1"],
      ConfigError, "audit.null_permutations=-1 must be 0 (no null) or a number of permutations"),
     ("unreachable tracking server", lambda t, y, j: ["logger.tracking_uri=http://127.0.0.1:9"],

@@ -6,7 +6,6 @@ import zipfile
 from collections import Counter
 
 import numpy as np
-import pytest
 from conftest import JAFFE_CODES, JAFFE_SUBJECTS, JAFFE_TAKES, jaffe_gray_values
 from sklearn.linear_model import LogisticRegression
 

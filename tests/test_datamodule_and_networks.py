@@ -1,5 +1,7 @@
 """The LightningDataModule's batches and the networks' shapes."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from anonemo.data.augment import Augmentation
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.synthetic import SyntheticFaces
-from anonemo.models.networks import ClassifierHead, ConvBase
+from anonemo.models.networks import ClassifierHead, ConvBase, Networks, adam
 from anonemo.models.classifiers import SingleTaskModule
 
 
@@ -58,12 +60,19 @@ def test_classifier_head_has_three_fully_connected_layers():
     assert head(torch.zeros(3, 20)).shape == (3, 5)
 
 
+def identity_cnn(dropout: float) -> SingleTaskModule:
+    networks = Networks(image_size=32, conv_channels=(8, 16, 16), fc_hidden=(64, 32), dropout=dropout)
+    base = networks.base()
+    return SingleTaskModule(base, networks.head(base.out_features, 4), "identity",
+                            functools.partial(adam, lr=3e-3, weight_decay=1e-4))
+
+
 def test_single_task_module_can_overfit_one_batch_of_its_task(faces):
     """The standard sanity check: from chance-level loss, repeated steps on one batch fit it."""
     torch.manual_seed(0)
     dm = GroupedFoldDataModule(faces, fold=0, n_splits=4, val_fraction=0.25, batch_size=32)
     batch = next(iter(dm.train_dataloader()))
-    module = SingleTaskModule("identity", 4, 32, conv_channels=(8, 16, 16), fc_hidden=(64, 32), dropout=0.0, lr=3e-3)
+    module = identity_cnn(dropout=0.0)
     optimizer = module.configure_optimizers()
     losses = []
     for _ in range(60):
@@ -84,7 +93,7 @@ def test_epoch_metrics_are_the_whole_epochs_values(faces):
 
     torch.manual_seed(0)
     dm = GroupedFoldDataModule(faces, fold=0, n_splits=4, val_fraction=0.25, batch_size=16)
-    module = SingleTaskModule("identity", 4, 32, conv_channels=(8, 16, 16), fc_hidden=(64, 32), lr=3e-3)
+    module = identity_cnn(dropout=0.3)
     trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)

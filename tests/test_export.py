@@ -21,8 +21,8 @@ from anonemo.data.synthetic import SyntheticFaces
 from anonemo.export import MODEL_FILE, PREPROCESSING_FILE, export_run
 from anonemo.models.networks import ClassifierHead, ConvBase, EmotionModel
 from anonemo.predict import main as predict_main
-from anonemo.tracking import tracking_uri
-from anonemo.workflow import run
+from anonemo.tracking.store import tracking_uri
+from anonemo.job import run
 
 
 @pytest.fixture(scope="module")

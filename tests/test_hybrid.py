@@ -1,6 +1,7 @@
 """Algorithm 1 (the Hybrid model), the transfer heads, and the jobs that use them."""
 
 import copy
+import functools
 
 import pytest
 import pytorch_lightning as pl
@@ -16,14 +17,17 @@ from anonemo.data.features import FeatureDataModule, extract_features
 from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.synthetic import SyntheticFaces
 from anonemo.errors import ConfigError
+from anonemo.models.adversary import Adversary, head_widths
 from anonemo.models.classifiers import SingleTaskModule, TransferModule
-from anonemo.models.adversary import Adversary, soft_knn_log_posteriors
-from anonemo.models.hybrid import HybridModule, HybridSchedule, TrainingDivergedError, guarded_beta
-from anonemo.models.networks import ClassifierHead, load_base, load_network
-from anonemo.tracking import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT, tracking_uri
-from anonemo.workflow import run
+from anonemo.models.hybrid import PAPER_ADAM, HybridModule, HybridSchedule, TrainingDivergedError, guarded_beta
+from anonemo.models.networks import ClassifierHead, Networks, adam, load_base, load_network
+from anonemo.models.rounds import RoundEnd
+from anonemo.recipes.hybrid import Hybrid
+from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT
+from anonemo.tracking.store import tracking_uri
+from anonemo.job import run
 
-SMALL_NET = {"conv_channels": (4, 8, 8), "fc_hidden": (32, 16), "dropout": 0.0}
+SMALL_NET = Networks(image_size=32, conv_channels=(4, 8, 8), fc_hidden=(32, 16), dropout=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +37,20 @@ def data():
     return GroupedFoldDataModule(faces, fold=0, n_splits=4, val_fraction=0.25, batch_size=32)
 
 
-def hybrid(schedule, **kwargs):
-    return HybridModule(num_emotions=3, num_subjects=4, image_size=32, schedule=schedule, **{**SMALL_NET, **kwargs})
+def hybrid(schedule, adversary=Adversary(), **kwargs):
+    """A Hybrid of small networks for 3 emotions and 4 subjects, built as the recipe builds it."""
+    base = SMALL_NET.base()
+    emotion_head = SMALL_NET.head(base.out_features, 3)
+    identity_heads = [SMALL_NET.head(base.out_features, 4, hidden=head_widths(name, SMALL_NET.fc_hidden),
+                                     standardise=adversary.standardise) for name in adversary.heads]
+    return HybridModule(base, emotion_head, identity_heads, schedule, adversary, **kwargs)
+
+
+def fit_with_rounds(module, data, callbacks=()):
+    """Algorithm 1 in full: the training steps and, at each round's end, the re-fit and scores."""
+    rounds = RoundEnd(data.side("train"), data.side("val"))
+    quiet_trainer(module.schedule.total_epochs, [*callbacks, rounds]).fit(module, datamodule=data)
+    return rounds.history
 
 
 def quiet_trainer(epochs, callbacks=()):
@@ -66,15 +82,15 @@ def test_schedule_rejects_empty_phases(option):
 @pytest.mark.parametrize("option", ["alpha", "beta"])
 def test_negative_weights_are_refused(option):
     with pytest.raises(ConfigError, match=f"model.{option}=-1 must be non-negative"):
-        hybrid(HybridSchedule(1, 1), **{option: -1})
+        Hybrid("hybrid", Adversary(), PAPER_ADAM, PAPER_ADAM, **{option: -1})
 
 
 class PhaseSnapshots(pl.Callback):
     """Records which parts of the Hybrid each phase changed.
 
-    Callbacks' ``on_train_epoch_end`` runs before the module's, where the re-fit happens, so
-    epoch start -> callback epoch end is the training steps, and callback epoch end -> next epoch
-    start (or train end) is the re-fit.
+    Placed before :class:`RoundEnd`, whose epoch end re-fits W_i: epoch start -> this callback's
+    epoch end is the training steps, and its epoch end -> next epoch start (or train end) is the
+    re-fit.
     """
 
     def __init__(self):
@@ -113,7 +129,7 @@ def test_algorithm_1_alternates(data):
     torch.manual_seed(0)
     snapshots = PhaseSnapshots()
     module = hybrid(HybridSchedule(init_epochs=1, rounds=2, adversarial_epochs=1, refit_epochs=1))
-    quiet_trainer(module.schedule.total_epochs, [snapshots]).fit(module, datamodule=data)
+    history = fit_with_rounds(module, data, [snapshots])
     assert [(kind, t) for kind, t, _ in snapshots.changes] == [
         ("init", 0), ("adversarial", 1), ("refit", 1), ("adversarial", 2), ("refit", 2),
     ]
@@ -124,8 +140,8 @@ def test_algorithm_1_alternates(data):
             "refit": {"base": False, "emotion_head": False, "identity_heads": True},
         }[kind]
         assert changed == expected, kind
-    assert [row["round"] for row in module.history] == [0, 1, 2]
-    assert "round/refit_identity_acc/val" in module.history[1]
+    assert [row["round"] for row in history] == [0, 1, 2]
+    assert "round/refit_identity_acc/val" in history[1]
 
 
 def base_gradient(module, loss_of_batch, batch):
@@ -285,9 +301,6 @@ def test_restart_gives_every_identity_head_fresh_weights_and_optimizer_state(mul
         ({"target": "weakest"}, "model.adversary.target='weakest' is not known"),
         ({"heads": ()}, "model.adversary.heads is empty"),
         ({"restart_every": -1}, "model.adversary.restart_every=-1 must be 0"),
-        ({"neighbour_weight": -1.0}, "model.adversary.neighbour_weight=-1.0 must be 0"),
-        ({"neighbour_temperature": 0.0}, "model.adversary.neighbour_temperature=0.0 must be positive"),
-        ({"objective": "grl", "cross_fit": True}, "model.adversary.cross_fit=true needs a frozen-head objective"),
     ],
 )
 def test_bad_adversary_options_are_named(option, message):
@@ -295,42 +308,19 @@ def test_bad_adversary_options_are_named(option, message):
         Adversary(**option)
 
 
-def test_cross_fitted_heads_learn_from_half_of_the_originals_and_attack_the_other_half(data):
-    """adversary.cross_fit: Li reaches each set of heads only through its own half's originals (so
-    do the multi-task start and every re-fit), and the adversarial term reaches each set only
-    through the other half's."""
-    module = hybrid(HybridSchedule(1, 1), adversary=Adversary(objective="confusion", heads=("paper", "linear"), cross_fit=True))
-    batch = next(iter(data.train_dataloader()))
-    even = batch["source"] % 2 == 0
-    assert even.any() and (~even).any()
-
-    def heads_reached(loss):
-        module.zero_grad()
-        loss.backward()
-        return [any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters()) for head in module.identity_heads]
-
-    for half, learners, attackers in ((even, [True, True, False, False], [False, False, True, True]),
-                                      (~even, [False, False, True, True], [True, True, False, False])):
-        images_of_half = {key: value[half] for key, value in batch.items()}
-        assert heads_reached(module.losses(images_of_half)[1]) == learners
-        assert heads_reached(module.adversarial_loss(images_of_half)[0]) == attackers
-    # Both halves together: every head learns and attacks, each set from and on its own images.
-    assert heads_reached(module.losses(batch)[1]) == [True] * 4
-    assert heads_reached(module.adversarial_loss(batch)[0]) == [True] * 4
-
-
 def test_unknown_identity_head_and_feature_norm_are_named():
     with pytest.raises(ConfigError, match="model.adversary.heads: 'huge' is not a known identity head"):
         hybrid(HybridSchedule(1, 1), adversary=Adversary(heads=("paper", "huge")))
-    with pytest.raises(ConfigError, match="feature_norm='group' is not known"):
-        hybrid(HybridSchedule(1, 1), feature_norm="group")
+    with pytest.raises(ConfigError, match="network.feature_norm='group' is not known"):
+        Networks(image_size=32, feature_norm="group")
 
 
 def test_transfer_heads_start_fresh_on_a_frozen_base(data):
     torch.manual_seed(0)
-    source = SingleTaskModule("emotion", 3, 32, channels_last=False, **SMALL_NET)
+    base = SMALL_NET.base()
+    source = SingleTaskModule(base, SMALL_NET.head(base.out_features, 3), "emotion", PAPER_ADAM)
     base_before = copy.deepcopy(source.base.state_dict())
-    transfer = TransferModule(source.base, "identity", 4, fc_hidden=(32, 16), dropout=0.0, metric_prefix="T/")
+    transfer = TransferModule(source.base, SMALL_NET.head(base.out_features, 4), "identity", PAPER_ADAM, metric_prefix="T/")
     assert transfer.base is source.base
     assert not any(p.requires_grad for p in transfer.base.parameters())
     assert not any(p is q for p in transfer.head.parameters() for q in source.head.parameters())
@@ -378,7 +368,7 @@ def test_divergence_message_names_the_round_and_settings():
     module = hybrid(HybridSchedule(init_epochs=1, rounds=3), beta=4.0)
     module._nonfinite = torch.tensor(True)
     with pytest.raises(TrainingDivergedError) as raised:
-        module._check_divergence(module.schedule.phase(2))
+        module.check_divergence(module.schedule.phase(2))
     message = str(raised.value)
     assert "round 2 of 3" in message and "model.beta=4.0" in message and "NaN or infinite" in message
 
@@ -436,7 +426,7 @@ def test_diverged_hybrid_stops_and_keeps_partial_metrics(tiny_config):
 def test_recommended_hybrid_runs_and_saves_its_bottleneck_base_and_standardising_head(tiny_config, tmp_path):
     cfg = tiny_config("model=hybrid_standardised", "model.init_epochs=2", "model.rounds=2", "model.refit_epochs=2",
                       "transfer.max_epochs=3")
-    assert cfg.model.workflow == "hybrid" and cfg.model.adversary.objective == "confusion"
+    assert cfg.model._target_ == "anonemo.recipes.hybrid.Hybrid" and cfg.model.adversary.objective == "confusion"
     assert cfg.model.adversary.standardise and cfg.transfer.standardise
     metrics = run(cfg)
     client, logged, rounds = run_history(cfg, "round/refit_identity_acc/val")
@@ -477,75 +467,12 @@ def test_restarts_fall_on_every_rth_round():
     assert not any(Adversary().restarts_before_refit(t) for t in range(1, 7))
 
 
-def test_soft_knn_posterior_votes_by_similarity_and_skips_the_querys_own_original():
-    # subject 0 along one direction (originals 10 and 12), subject 1 along the other (original 11)
-    features = torch.tensor([[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0], [1.0, 0.0]])
-    identities, sources = torch.tensor([0, 0, 1, 1, 0]), torch.tensor([10, 10, 11, 11, 12])
-    p = soft_knn_log_posteriors(features, identities, sources, num_classes=3, temperature=0.05).exp()
-    assert torch.allclose(p.sum(1), torch.ones(5))
-    assert p[4, 0] > 0.99  # original 12 sits among subject 0's other images
-    assert p[0, 0] > 0.99  # a copy of original 10 is voted by original 12, not by its twin
-    assert p[2, 1] < 1e-6  # original 11 has no other original of subject 1 to vote for it
-    assert p[:, 2].max() == 0  # a subject absent from the batch gets no vote
-
-
-def test_bounded_objectives_count_only_the_classes_a_knn_posterior_reaches():
-    log_p = torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.25, 0.5]]).log()
-    identities = torch.tensor([0, 2])
-    uniform_over_reachable = torch.tensor([[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]]).log()
-    for objective in ("confusion", "entropy"):
-        adversary = Adversary(objective=objective)
-        assert adversary.posterior_penalty(uniform_over_reachable, identities).item() == pytest.approx(0.0, abs=1e-6)
-        assert adversary.posterior_penalty(log_p, identities).item() > 0.01
-
-
-def knn_vote_on_the_training_side(module, data):
-    """(true-class probability, entropy) of the soft kNN vote over the whole training side."""
-    train = data.side("train").tensors
-    module.eval()
-    with torch.no_grad():
-        features = module.base(train["image"])
-        p = soft_knn_log_posteriors(features, train["identity"], train["source"], 4, 0.1).exp()
-    module.train()
-    return p.gather(1, train["identity"].unsqueeze(1)).mean().item(), -(p * p.clamp_min(1e-12).log()).sum(1).mean().item()
-
-
-def test_neighbour_adversary_takes_identity_out_of_the_knn_vote(multitask_start, data):
-    """Against the same frozen heads, steps that also fight the soft kNN attacker leave an image's
-    nearest other originals less telling about its subject than steps against the heads alone."""
-    start, batch = multitask_start
-    heads_only, with_knn = (
-        knn_vote_on_the_training_side(
-            after_adversarial_steps(start, batch, objective="confusion", neighbour_weight=weight), data
-        )
-        for weight in (0.0, 5.0)
-    )
-    assert with_knn[0] < heads_only[0] - 0.1
-    assert with_knn[1] > heads_only[1] + 0.1
-
-
-def test_neighbour_penalty_has_finite_gradients_when_classes_or_voters_are_missing():
-    """A batch where one image has no other original to vote for it and a subject is absent."""
-    features = torch.randn(5, 8, requires_grad=True)
-    identities, sources = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([1, 2, 3, 3, 4])
-    for objective in ("neg_ce", "confusion", "entropy"):
-        features.grad = None
-        penalty = Adversary(objective=objective).neighbour_penalty(features, identities, sources, num_classes=4)
-        penalty.backward()
-        assert torch.isfinite(penalty) and torch.isfinite(features.grad).all(), objective
-        assert features.grad.abs().sum() > 0, objective
-    lonely = torch.randn(2, 8, requires_grad=True)
-    penalty = Adversary(objective="confusion").neighbour_penalty(lonely, torch.tensor([0, 0]), torch.tensor([5, 5]), 4)
-    penalty.backward()
-    assert penalty.item() == 0 and torch.equal(lonely.grad, torch.zeros(2, 8))
-
-
 def test_standardised_identity_heads_read_the_training_sides_standardised_features(data):
     """After a re-fit the heads' input statistics are the training side's (as the audit's
     attackers standardise), and every identity head reads features through them."""
     torch.manual_seed(0)
     module = hybrid(HybridSchedule(init_epochs=1, rounds=1, refit_epochs=1), adversary=Adversary(standardise=True))
-    quiet_trainer(module.schedule.total_epochs).fit(module, datamodule=data)
+    fit_with_rounds(module, data)
     features = extract_features(module.base, data.side("train").tensors["image"])
     for head in module.identity_heads:
         assert torch.allclose(head.input_mean, features.mean(0), atol=1e-5)
@@ -571,9 +498,9 @@ def test_emotion_guard_backs_the_adversary_off_while_emotion_is_lost_and_is_othe
     trains exactly as a fixed beta (so runs where it would not have fired need no re-run)."""
     def fit(guard):
         torch.manual_seed(0)
-        module = hybrid(HybridSchedule(init_epochs=10, rounds=4, refit_epochs=1), beta=20.0, lr=0.01, emotion_guard=guard)
-        quiet_trainer(module.schedule.total_epochs).fit(module, datamodule=data)
-        return module.history
+        module = hybrid(HybridSchedule(init_epochs=10, rounds=4, refit_epochs=1), beta=20.0,
+                        optimizer=functools.partial(adam, lr=0.01, weight_decay=1e-4), emotion_guard=guard)
+        return fit_with_rounds(module, data)
 
     fixed, inert, guarded = fit(0), fit(100), fit(1)
     assert inert == fixed and [h["round/beta"] for h in fixed[1:]] == [20.0] * 4
@@ -583,4 +510,4 @@ def test_emotion_guard_backs_the_adversary_off_while_emotion_is_lost_and_is_othe
     assert betas[0] == 20.0 and min(betas) < 20.0  # it fired
     assert betas[1:] == [guarded_beta(b, 20.0, a, floor) for b, a in zip(betas[:-1], accuracies[:-1])]
     with pytest.raises(ConfigError, match="model.emotion_guard=-1 must be between 0"):
-        hybrid(HybridSchedule(1, 1), emotion_guard=-1)
+        Hybrid("hybrid", Adversary(), PAPER_ADAM, PAPER_ADAM, emotion_guard=-1)

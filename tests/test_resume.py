@@ -8,7 +8,7 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from anonemo.workflow import run as train
+from anonemo.job import run as train
 from conftest import REPO, TINY_SYNTHETIC, make_config
 from test_bad_input import cli
 
@@ -65,8 +65,8 @@ def test_a_killed_hybrid_resumes_to_the_uninterrupted_metrics(tmp_path, caplog):
     assert set(rounds) == set(range(ROUNDS + 1))
 
     # Resuming a finished job is answered from its run, without training (in-process: a CLI start costs ~12 s).
-    with caplog.at_level(logging.INFO, logger="anonemo.workflow"):
-        again = train(make_config(killed_dir, *HYBRID, "resume=true"))
+    with caplog.at_level(logging.INFO, logger="anonemo.job"):
+        again = train(make_config(killed_dir, *HYBRID, "resume=true", "trainer.precision=bf16-mixed"))  # as the CLI ran it
     assert f"run {run.info.run_id} with the same settings FINISHED already (resume)" in caplog.text
     assert again == run.data.metrics and len(MlflowClient(f"sqlite:///{killed_dir / 'mlflow.db'}").search_runs(
         [run.info.experiment_id])) == 1

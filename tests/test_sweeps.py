@@ -9,9 +9,10 @@ from conftest import TINY_SYNTHETIC, WORKER_THREADS
 from mlflow.tracking import MlflowClient
 from test_bad_input import cli
 
-from anonemo.report import build_report, collect_groups, tradeoff_figure
-from anonemo.tracking import tracking_uri
-from anonemo.workflow import run
+from anonemo.report.collect import collect_groups
+from anonemo.report.render import build_report, tradeoff_figure
+from anonemo.tracking.store import tracking_uri
+from anonemo.job import run
 
 TINY_JOB = (*TINY_SYNTHETIC, "trainer.enable_progress_bar=false")
 
@@ -211,7 +212,7 @@ def test_relaunch_skips_finished_jobs_and_redoes_the_others(tiny_config):
     again = run(tiny_config("model=emotion", "fold=0", "sweep.skip_finished=true", f"threads={WORKER_THREADS + 1}"))
     assert len(runs()) == 1 and again["Emotion"] == first["Emotion"]
     run(tiny_config("model=emotion", "fold=1", "sweep.skip_finished=true"))
-    run(tiny_config("model=emotion", "fold=0", "model.lr=0.01", "sweep.skip_finished=true"))
+    run(tiny_config("model=emotion", "fold=0", "model.optimizer.lr=0.01", "sweep.skip_finished=true"))
     assert len(runs()) == 3
     client.set_terminated(runs()[1].info.run_id, "FAILED")  # fold 1 crashed: it is redone
     run(tiny_config("model=emotion", "fold=1", "sweep.skip_finished=true"))

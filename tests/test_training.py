@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from anonemo.tracking import tracking_uri
-from anonemo.workflow import build_datamodule, run
+from anonemo.tracking.store import tracking_uri
+from anonemo.data.pipeline import fold_data
+from anonemo.job import run
 
 
 def only_run(cfg):
@@ -28,7 +29,7 @@ def test_emotion_run_logs_the_mlflow_contract(tiny_config):
     assert len(client.get_metric_history(logged.info.run_id, "val/acc")) == 2  # one value per epoch
     params = logged.data.params
     assert (params["fold"], params["model.name"], params["seed"], params["dataset.name"]) == ("2", "emotion", "3", "synthetic")
-    assert params["trainer.precision"] == "bf16-mixed" and params["network.conv_channels"] == "[16, 32, 64]"
+    assert params["trainer.precision"] == "32-true" and params["network.conv_channels"] == "[16, 32, 64]"
     assert logged.data.tags["dataset"] == "synthetic"
     assert logged.data.tags["mlflow.runName"] == "emotion-synthetic-fold2"
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
@@ -47,7 +48,7 @@ def test_same_config_gives_same_folds_and_accuracies(tiny_config, tmp_path):
     first, second = run(cfg), run(cfg)
     for name in ("Face", "Face/macro_f1"):
         assert first[name] == second[name]
-    a, b = build_datamodule(cfg).split, build_datamodule(cfg).split
+    a, b = fold_data(cfg).split, fold_data(cfg).split
     assert all(np.array_equal(getattr(a, s), getattr(b, s)) for s in ("train", "val", "test"))
 
 

@@ -23,25 +23,27 @@ def main(cfg: DictConfig) -> None:
         # Imported once the options are known to be valid: torch, Lightning and MLflow take ~10 s.
         from mlflow.tracking import MlflowClient
 
+        from anonemo import metrics as names
+        from anonemo.audit.attackers import default_attackers
         from anonemo.audit.saved_run import reaudit_run
-        from anonemo.tracking import resolve_tracking_uri
+        from anonemo.tracking.store import resolve_tracking_uri
 
         client = MlflowClient(resolve_tracking_uri(cfg.tracking_uri, cfg.paths.output_dir))
         metrics = reaudit_run(client, str(cfg.run_id), cfg.dataset_root, cfg.null_permutations,
                               cfg.transfer if cfg.refit_transfer else None, audit=cfg.attackers,
                               emotion_output=cfg.emotion_output)
         print(f"Run {cfg.run_id} (test fold, %):")
-        refitted = [name for name in metrics if "/" not in name]  # the heads' test accuracies
+        refitted = [name for name in names.PAPER_METRICS if name in metrics]
         if refitted:
             print("  fresh heads re-fitted: " + "  ".join(f"{name} {metrics[name]:.1f}" for name in refitted))
+        attackers = [attacker.name for attacker in default_attackers()] + ["max", "gallery", "chance"]
         for task in ("identity", "emotion") if cfg.attackers else ():
-            attackers = sorted(k.split("/")[2] for k in metrics if k.count("/") == 2 and k.startswith(f"audit/{task}/"))
-            print(f"  {task:8s} " + "  ".join(f"{name} {metrics[f'audit/{task}/{name}']:.1f}" for name in attackers))
-        if "audit/emotion_output/identity/max" in metrics:
-            print(f"  identity off the emotion head's output: strongest {metrics['audit/emotion_output/identity/max']:.1f}")
-        if "audit/identity/max/null" in metrics:
-            print(f"  identity max {metrics['audit/identity/max']:.1f} against {metrics['audit/identity/max/null']:.1f} "
-                  f"with permuted identities (p = {metrics['audit/identity/max/p_value']:.3f})")
+            print(f"  {task:8s} " + "  ".join(f"{name} {metrics[names.audit(task, name)]:.1f}" for name in attackers))
+        if names.EMOTION_OUTPUT_IDENTITY_MAX in metrics:
+            print(f"  identity off the emotion head's output: strongest {metrics[names.EMOTION_OUTPUT_IDENTITY_MAX]:.1f}")
+        if names.IDENTITY_MAX_NULL in metrics:
+            print(f"  identity max {metrics[names.IDENTITY_MAX]:.1f} against {metrics[names.IDENTITY_MAX_NULL]:.1f} "
+                  f"with permuted identities (p = {metrics[names.IDENTITY_MAX_P_VALUE]:.3f})")
 
 
 if __name__ == "__main__":

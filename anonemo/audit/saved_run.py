@@ -3,10 +3,10 @@
 Every training job logs its frozen conv base (``model/conv_base.pt``) and its resolved config
 (``config.yaml``). From those two artifacts the fold is rebuilt exactly (same data, folds and
 seed) and the current attacker suite is run again; the metrics go back into the same run.
-Optionally the run's fresh heads (Emotion2Face, Hybrid2Emotion, Hybrid2Face) are re-fitted too,
-with given ``transfer`` settings: how runs trained before a change of that protocol are brought
-up to it without training their bases again. With ``emotion_output`` the run's saved emotion head
-(``model/emotion_head.pt``, after any re-fit) is audited too.
+Optionally the run's fresh heads (Emotion2Face, Hybrid2Emotion, Hybrid2Face: what its recipe
+trains) are re-fitted too, with given ``transfer`` settings: how runs trained before a change of
+that protocol are brought up to it without training their bases again. With ``emotion_output``
+the run's saved emotion head (``model/emotion_head.pt``, after any re-fit) is audited too.
 """
 
 from __future__ import annotations
@@ -19,18 +19,19 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from anonemo.audit.attackers import default_attackers
+from anonemo.audit.suite import audit_base
+from anonemo.config import build
 from anonemo.data.datamodule import GroupedFoldDataModule
-from anonemo.data.features import FeatureDataModule
-from anonemo.models.networks import ClassifierHead, ConvBase, load_base, load_network
-from anonemo.tracking import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT, RunLogger, require_run, run_artifact
-from anonemo.workflow import (
-    audit_fold,
-    build_datamodule,
-    emotion_output_audit,
-    fit_transfer_heads,
-    transfer_heads,
-    uses_bf16,
-)
+from anonemo.data.features import FeatureDataModule, is_bf16
+from anonemo.data.pipeline import fold_data
+from anonemo.errors import TrackingError
+from anonemo.models.networks import ClassifierHead, ConvBase, Networks, load_base, load_network
+from anonemo.recipes.base import Job, Recipe
+from anonemo.recipes.fresh_heads import fit_fresh_heads
+from anonemo.timing import PhaseClock
+from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT, require_run, run_artifact
+from anonemo.tracking.run import RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,29 @@ def reaudit_run(
     with tempfile.TemporaryDirectory() as folder:
         run_cfg: DictConfig = OmegaConf.load(run_artifact(client, run_id, "config.yaml", folder))
         base = load_base(run_artifact(client, run_id, BASE_ARTIFACT.as_posix(), folder))
+    if "_target_" not in run_cfg.model:
+        raise TrackingError(
+            f"run_id={run_id} was trained by an anonemo older than its model recipes (model={run_cfg.model.name}); "
+            "train it again with this version to re-audit it."
+        )
     if dataset_root is not None:
         run_cfg.dataset.root = dataset_root
+    recipe: Recipe = build(run_cfg.model, "model")
+    networks: Networks = build(run_cfg.network, "network")
     started = time.perf_counter()
-    data = build_datamodule(run_cfg)
-    features = FeatureDataModule(base, data, bf16=uses_bf16(run_cfg))
-    metrics = {} if transfer is None else refit_transfer_heads(client, run_id, run_cfg, transfer, base, features, data)
+    data = fold_data(run_cfg)
+    bf16 = is_bf16(run_cfg.trainer.precision)
+    features = FeatureDataModule(base, data, bf16=bf16)
+    metrics = {} if transfer is None else refit_fresh_heads(client, run_id, run_cfg, recipe, networks, transfer, base,
+                                                             features, data)
     # The re-fitted heads' metrics are logged already, as the job logs them; the emotion head is
     # read back after the re-fit, which replaced it.
-    audited = audit_fold(run_cfg, features, data, null_permutations) if audit else {}
-    if emotion_output and (emotion_head := saved_emotion_head(client, run_id, run_cfg)) is not None:
-        audited |= emotion_output_audit(run_cfg, features, data, emotion_head)
+    emotion_head = saved_emotion_head(client, run_id, recipe) if emotion_output else None
+    audited = audit_base(
+        features.sides, {"emotion": data.num_emotions, "identity": data.num_subjects}, run_cfg.seed,
+        default_attackers(tuple(networks.fc_hidden), bf16=bf16), features=audit,
+        null_permutations=null_permutations, emotion_head=emotion_head,
+    )
     if audited:
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in audited.items()])
@@ -71,21 +84,22 @@ def reaudit_run(
     return metrics
 
 
-def saved_emotion_head(client: MlflowClient, run_id: str, run_cfg: DictConfig) -> ClassifierHead | None:
+def saved_emotion_head(client: MlflowClient, run_id: str, recipe: Recipe) -> ClassifierHead | None:
     """The emotion head the run logged (the Emotion CNN's, or Hybrid2Emotion's); None for a Face model."""
-    model = run_cfg.model
-    if model.workflow == "face":
-        log.info("Run %s (model=%s) has no emotion head; its emotion output is not audited.", run_id, model.name)
+    if not recipe.hands_on_emotion_head:
+        log.info("Run %s (model=%s) has no emotion head; its emotion output is not audited.", run_id, recipe.name)
         return None
     with tempfile.TemporaryDirectory() as folder:
         head, _ = load_network(run_artifact(client, run_id, EMOTION_HEAD_ARTIFACT.as_posix(), folder), ClassifierHead)
     return head
 
 
-def refit_transfer_heads(
+def refit_fresh_heads(
     client: MlflowClient,
     run_id: str,
     run_cfg: DictConfig,
+    recipe: Recipe,
+    networks: Networks,
     transfer: DictConfig,
     base: ConvBase,
     features: FeatureDataModule,
@@ -93,13 +107,16 @@ def refit_transfer_heads(
 ) -> dict[str, float]:
     """The run's fresh heads trained again on its saved ``base`` with ``transfer`` settings, their
     metrics (and Hybrid2Emotion's head artifact) logged to the run, as the job logs them."""
-    if not transfer_heads(run_cfg):
-        log.warning("Run %s (model=%s) has no fresh heads on its base; nothing to re-fit.", run_id, run_cfg.model.name)
+    if not recipe.fresh_heads:
+        log.warning("Run %s (model=%s) has no fresh heads on its base; nothing to re-fit.", run_id, recipe.name)
         return {}
     with tempfile.TemporaryDirectory() as folder:
         # The heads' checkpoints go to a scratch folder; the run's own are left as they are.
         refit_cfg = OmegaConf.merge(run_cfg, {"transfer": transfer, "paths": {"output_dir": folder}})
         logger = RunLogger(tracking_uri=client.tracking_uri, run_id=run_id)
-        metrics, _ = fit_transfer_heads(refit_cfg, base, features, data, logger)
+        job = Job(refit_cfg, data, logger, PhaseClock(), networks)
+        metrics, heads = fit_fresh_heads(job, base, features, recipe.fresh_head_metrics())
+        if "emotion" in heads:
+            logger.log_network(heads["emotion"], EMOTION_HEAD_ARTIFACT, class_names=data.class_names("emotion"))
     client.set_tag(run_id, "transfer.refit", OmegaConf.to_yaml(transfer).strip().replace("\n", ", "))
     return metrics

@@ -30,11 +30,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anonemo import metrics as names
 from anonemo.audit.attackers import Attacker, NearestCentroidAttacker, Split, as_split, default_attackers
 from anonemo.data.datamodule import TASKS, TensorBatches
 from anonemo.evaluation import accuracy
 
 log = logging.getLogger(__name__)
+
+
+def audit_base(
+    sides: dict[str, TensorBatches],
+    num_classes: dict[str, int],
+    seed: int,
+    attackers: list[Attacker],
+    features: bool = True,
+    null_permutations: int = 0,
+    emotion_head: nn.Module | None = None,
+) -> dict[str, float]:
+    """The audit of a frozen base from its features' ``sides``: the attackers on the features
+    (:func:`audit_features`, with ``features``) and, given ``emotion_head``, on that head's
+    output (:func:`audit_emotion_output`)."""
+    metrics: dict[str, float] = {}
+    if features:
+        started = time.perf_counter()
+        metrics |= audit_features(sides, num_classes, seed, attackers, null_permutations)
+        log.info(
+            "Audit: strongest identity attacker %.1f%% (chance %.1f%%), strongest emotion attacker %.1f%% (%.0f s)",
+            metrics[names.IDENTITY_MAX], metrics[names.IDENTITY_CHANCE], metrics[names.EMOTION_MAX],
+            time.perf_counter() - started,
+        )
+    if emotion_head is not None:
+        metrics |= audit_emotion_output(sides, emotion_head, num_classes["identity"], seed, attackers)
+    return metrics
 
 
 def audit_features(
@@ -61,26 +88,26 @@ def audit_features(
     for task in TASKS:
         train, val, test = (as_split(sides[s].tensors["features"], sides[s].tensors[task]) for s in ("train", "val", "test"))
         scores = attack(train, val, test, num_classes[task], seed, attackers, task)
-        metrics |= {f"audit/{task}/{attacker.name}/val": attacker.val_accuracy for attacker in attackers}
-        metrics[f"audit/{task}/max/val"] = max(attacker.val_accuracy for attacker in attackers)
-        metrics |= {f"audit/{task}/{name}": score for name, score in scores.items()}
-        metrics[f"audit/{task}/max"] = max(scores.values())
-        metrics[f"audit/{task}/chance"] = 100 / num_classes[task]
-        if metrics[f"audit/{task}/max"] < metrics[f"audit/{task}/chance"]:
+        metrics |= {f"{names.audit(task, attacker.name)}/val": attacker.val_accuracy for attacker in attackers}
+        metrics[f"{names.audit(task)}/val"] = max(attacker.val_accuracy for attacker in attackers)
+        metrics |= {names.audit(task, name): score for name, score in scores.items()}
+        metrics[names.audit(task)] = max(scores.values())
+        metrics[names.audit(task, "chance")] = 100 / num_classes[task]
+        if metrics[names.audit(task)] < metrics[names.audit(task, "chance")]:
             log.warning(
                 "audit %s: every training-side attacker is below chance (best %.1f%%, chance %.1f%%): the features "
                 "treat new images unlike training images; read the gallery audit", task,
-                metrics[f"audit/{task}/max"], metrics[f"audit/{task}/chance"],
+                metrics[names.audit(task)], metrics[names.audit(task, "chance")],
             )
         metrics |= gallery_audit(val, test, task)
     if null_permutations:
         maxima = null_maxima(sides, "identity", num_classes["identity"], seed, null_permutations, attackers)
-        observed = metrics["audit/identity/max"]
-        metrics["audit/identity/max/null"] = sum(maxima) / len(maxima)
-        metrics["audit/identity/max/p_value"] = (1 + sum(m >= observed for m in maxima)) / (1 + len(maxima))
+        observed = metrics[names.IDENTITY_MAX]
+        metrics[names.IDENTITY_MAX_NULL] = sum(maxima) / len(maxima)
+        metrics[names.IDENTITY_MAX_P_VALUE] = (1 + sum(m >= observed for m in maxima)) / (1 + len(maxima))
         log.info("audit identity/max: %.1f%%; with permuted labels (no identity in the features) %.1f%% on average, "
-                 "p = %.3f over %d permutations", observed, metrics["audit/identity/max/null"],
-                 metrics["audit/identity/max/p_value"], len(maxima))
+                 "p = %.3f over %d permutations", observed, metrics[names.IDENTITY_MAX_NULL],
+                 metrics[names.IDENTITY_MAX_P_VALUE], len(maxima))
     return metrics
 
 
@@ -112,13 +139,12 @@ def audit_emotion_output(
             for side in ("train", "val", "test")
         }
     emotion_head.train(was_training)
-    scores = attack(outputs["train"], outputs["val"], outputs["test"], num_subjects, seed, attackers,
-                    task="emotion_output/identity")
-    prefix = "audit/emotion_output/identity"
-    metrics = {f"{prefix}/{name}": score for name, score in scores.items()}
-    metrics |= {f"{prefix}/max": max(scores.values()), f"{prefix}/chance": 100 / num_subjects}
-    log.info("audit emotion_output/identity/max: %.1f%% of identity read off the emotion head's output (chance %.1f%%)",
-             metrics[f"{prefix}/max"], metrics[f"{prefix}/chance"])
+    task = names.EMOTION_OUTPUT_TASK
+    scores = attack(outputs["train"], outputs["val"], outputs["test"], num_subjects, seed, attackers, task=task)
+    metrics = {names.audit(task, name): score for name, score in scores.items()}
+    metrics |= {names.audit(task): max(scores.values()), names.audit(task, "chance"): 100 / num_subjects}
+    log.info("audit %s/max: %.1f%% of identity read off the emotion head's output (chance %.1f%%)", task,
+             metrics[names.audit(task)], metrics[names.audit(task, "chance")])
     return metrics
 
 
@@ -170,13 +196,14 @@ def gallery_audit(gallery: Split, test: Split, task: str) -> dict[str, float]:
     scored on the ``test`` images whose class the gallery holds."""
     attacker = NearestCentroidAttacker().fit(gallery, None, 0, seed=0)
     covered = torch.isin(test.labels, attacker.classes)
+    gallery_metric = names.audit(task, "gallery")
     metrics = {
-        f"audit/{task}/gallery/chance": 100 / len(attacker.classes),
-        f"audit/{task}/gallery/coverage": 100 * covered.float().mean().item(),
-        f"audit/{task}/gallery": accuracy(attacker.predict(test.features[covered]), test.labels[covered])
+        f"{gallery_metric}/chance": 100 / len(attacker.classes),
+        f"{gallery_metric}/coverage": 100 * covered.float().mean().item(),
+        gallery_metric: accuracy(attacker.predict(test.features[covered]), test.labels[covered])
         if covered.any() else float("nan"),
     }
     log.info("audit %s/gallery: %.1f%% on %.0f%% of the test fold (chance %.1f%%, %d gallery classes)", task,
-             metrics[f"audit/{task}/gallery"], metrics[f"audit/{task}/gallery/coverage"],
-             metrics[f"audit/{task}/gallery/chance"], len(attacker.classes))
+             metrics[gallery_metric], metrics[f"{gallery_metric}/coverage"], metrics[f"{gallery_metric}/chance"],
+             len(attacker.classes))
     return metrics

@@ -61,3 +61,8 @@ class FeatureDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return batch_loader(self.sides["test"], self.batch_size, shuffle=False)
+
+
+def is_bf16(precision: object) -> bool:
+    """Whether a Trainer precision (``trainer.precision``: ``bf16-mixed``, ...) runs under bf16 autocast."""
+    return str(precision).startswith("bf16")

@@ -20,6 +20,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from anonemo.data.augment import Augmentation
+from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.files import JaffeFaces, LabelledImageFolder, YaleFaces
 from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.records import FaceRecords
@@ -136,3 +137,15 @@ def _read_cache(path: Path) -> FaceRecords:
             emotion_names=tuple(str(s) for s in data["emotion_names"]),
             source_names=tuple(str(s) for s in data["source_names"]),
         )
+
+
+def fold_data(cfg: DictConfig) -> GroupedFoldDataModule:
+    """Fold ``cfg.fold`` of the configured dataset, augmented and split as ``cfg.cv`` says."""
+    return GroupedFoldDataModule(
+        load_faces(cfg.dataset, cfg.augment, cfg.paths.cache_dir),
+        fold=cfg.fold,
+        n_splits=cfg.cv.n_splits,
+        val_fraction=cfg.cv.val_fraction,
+        batch_size=cfg.data.batch_size,
+        seed=cfg.cv.seed,
+    )

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from anonemo.data.datamodule import TASKS
 from anonemo.errors import ConfigError
-from anonemo.models.networks import ClassifierHead, ConvBase, adam
+from anonemo.models.networks import ClassifierHead, ConvBase
 
 
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -45,19 +46,23 @@ class EpochMean(Metric):
         return self.total / self.count
 
 
+Optimizer = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
 class ClassifierModule(pl.LightningModule):
     """Cross-entropy training of ``head`` for one task; subclasses say what the head reads.
 
     Metrics are logged per epoch as ``<metric_prefix>{train,val}/{loss,acc,macro_f1}``, so that
     several phases of one job (e.g. Emotion, then Emotion2Face) can share one MLflow run.
+    ``optimizer`` builds the optimizer from the trainable parameters (``model.optimizer``).
     """
 
-    def __init__(self, task: str, lr: float, weight_decay: float, metric_prefix: str, num_classes: int):
+    def __init__(self, num_classes: int, task: str, optimizer: Optimizer, metric_prefix: str = ""):
         super().__init__()
         if task not in TASKS:
             raise ConfigError(f"model.task={task!r} is not known: use one of {', '.join(TASKS)}.")
         self.task = task
-        self.lr, self.weight_decay = lr, weight_decay
+        self.make_optimizer = optimizer
         self.metric_prefix = metric_prefix
         self.train_metrics = classification_metrics(num_classes, f"{metric_prefix}train/")
         self.val_metrics = classification_metrics(num_classes, f"{metric_prefix}val/")
@@ -98,30 +103,16 @@ class ClassifierModule(pl.LightningModule):
         return self.logits(batch).float()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        return adam(trainable, lr=self.lr, weight_decay=self.weight_decay)
+        return self.make_optimizer([p for p in self.parameters() if p.requires_grad])
 
 
 class SingleTaskModule(ClassifierModule):
-    """``model=emotion`` (task ``emotion``) and ``model=face`` (task ``identity``): base + head on images."""
+    """The Emotion CNN (task ``emotion``) and the Face CNN (task ``identity``): ``base`` and
+    ``head`` trained together on images."""
 
-    def __init__(
-        self,
-        task: str,
-        num_classes: int,
-        image_size: int,
-        conv_channels: Sequence[int] = (16, 32, 64),
-        fc_hidden: Sequence[int] = (256, 128),
-        dropout: float = 0.3,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        channels_last: bool = True,
-        metric_prefix: str = "",
-    ):
-        super().__init__(task, lr, weight_decay, metric_prefix, num_classes)
-        self.save_hyperparameters(logger=False)
-        self.base = ConvBase(image_size, conv_channels, channels_last=channels_last)
-        self.head = ClassifierHead(self.base.out_features, num_classes, fc_hidden, dropout)
+    def __init__(self, base: ConvBase, head: ClassifierHead, task: str, optimizer: Optimizer, metric_prefix: str = ""):
+        super().__init__(head.architecture["num_classes"], task, optimizer, metric_prefix)
+        self.base, self.head = base, head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.base(images))
@@ -131,34 +122,17 @@ class SingleTaskModule(ClassifierModule):
 
 
 class TransferModule(ClassifierModule):
-    """A frozen, given ``ConvBase`` and a fresh head of the paper's shape trained for one task.
+    """A frozen, given ``base`` and a fresh ``head`` trained for one task.
 
     Emotion2Face, Hybrid2Emotion and Hybrid2Face. The base never changes, so the head trains on
     the base's features computed once per side (batches with a ``features`` key, see
     :class:`~anonemo.data.features.FeatureDataModule`); ``forward`` still maps images to logits.
-    ``standardise_with``: the training side's features; the head then reads its inputs
-    standardised with their statistics (``transfer.standardise``, see :class:`ClassifierHead`).
     """
 
-    def __init__(
-        self,
-        base: ConvBase,
-        task: str,
-        num_classes: int,
-        fc_hidden: Sequence[int] = (256, 128),
-        dropout: float = 0.3,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        metric_prefix: str = "",
-        standardise_with: torch.Tensor | None = None,
-    ):
-        super().__init__(task, lr, weight_decay, metric_prefix, num_classes)
-        self.save_hyperparameters(ignore=["base", "standardise_with"], logger=False)
-        self.base = base
+    def __init__(self, base: ConvBase, head: ClassifierHead, task: str, optimizer: Optimizer, metric_prefix: str = ""):
+        super().__init__(head.architecture["num_classes"], task, optimizer, metric_prefix)
+        self.base, self.head = base, head
         self.base.requires_grad_(False)
-        self.head = ClassifierHead(base.out_features, num_classes, fc_hidden, dropout, standardise=standardise_with is not None)
-        if standardise_with is not None:
-            self.head.set_input_statistics(standardise_with)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.base(images))

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import logging
-import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anonemo.data.features import extract_features
 from anonemo.errors import AnonemoError, ConfigError
 from anonemo.evaluation import accuracy
-from anonemo.models.adversary import Adversary, head_widths, reverse_gradient
+from anonemo.models.adversary import Adversary, reverse_gradient
 from anonemo.models.classifiers import EpochMean
 from anonemo.models.networks import ClassifierHead, ConvBase, adam
 
@@ -78,19 +77,24 @@ def guarded_beta(beta: float, ceiling: float, emotion_acc: float, floor: float) 
     return beta / 2 if emotion_acc < floor else min(ceiling, beta * 1.25)
 
 
+Optimizer = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+PAPER_ADAM = partial(adam, lr=1e-3, weight_decay=1e-4)
+
+
 class HybridModule(pl.LightningModule):
     """Shared base W_c, emotion head W_e and identity head(s) W_i, trained by Algorithm 1.
 
-    Manual optimisation with two optimizers: ``main`` over W_c and W_e, ``identity`` over W_i.
-    The identity heads are "frozen" during adversarial steps by toggling the ``main`` optimizer,
-    which stops their weights from changing while they still pass gradients back to W_c. What
-    the base is trained against is :class:`~anonemo.models.adversary.Adversary`; its defaults
-    are the paper's (one head, ``Le - beta * Li``). With ``objective="grl"`` the adversarial
-    epochs update both optimizers in one pass instead.
+    Manual optimisation with two optimizers: ``main`` over W_c and W_e (built by ``optimizer``),
+    ``identity`` over W_i (``identity_optimizer``). The identity heads are "frozen" during
+    adversarial steps by toggling the ``main`` optimizer, which stops their weights from changing
+    while they still pass gradients back to W_c. What the base is trained against is
+    :class:`~anonemo.models.adversary.Adversary`; its defaults are the paper's (one head,
+    ``Le - beta * Li``). With ``objective="grl"`` the adversarial epochs update both optimizers
+    in one pass instead.
 
-    After every round the current heads are scored on the training and validation sides, the
-    re-fitted W_i too (the strongest head, for an ensemble), and logged with the round as the
-    MLflow step; ``history`` keeps them.
+    Step 6 of Algorithm 1, the re-fit of W_i on the frozen base's features after each round, is
+    :meth:`refit_identity_heads`; :class:`~anonemo.models.rounds.RoundEnd` calls it with the
+    features it extracts, and hands back what the module keeps of each round (:meth:`end_round`).
 
     With ``emotion_guard`` > 0 the adversarial weight of each round is ``guarded_beta`` of the one
     before: it backs off while the emotion head's training-side accuracy is more than
@@ -100,63 +104,38 @@ class HybridModule(pl.LightningModule):
 
     def __init__(
         self,
-        num_emotions: int,
-        num_subjects: int,
-        image_size: int,
+        base: ConvBase,
+        emotion_head: ClassifierHead,
+        identity_heads: Sequence[ClassifierHead],
         schedule: HybridSchedule,
+        adversary: Adversary = Adversary(),
+        optimizer: Optimizer = PAPER_ADAM,
+        identity_optimizer: Optimizer = PAPER_ADAM,
         alpha: float = 0.5,
         beta: float = 1.0,
-        adversary: Adversary = Adversary(),
-        conv_channels: Sequence[int] = (16, 32, 64),
-        fc_hidden: Sequence[int] = (256, 128),
-        dropout: float = 0.3,
-        bottleneck: int = 0,
-        feature_norm: str = "none",
-        lr: float = 1e-3,
-        identity_lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        channels_last: bool = True,
-        max_feature_growth: float = 1000.0,
         emotion_guard: float = 0.0,
+        max_feature_growth: float = 1000.0,
+        refit_batch_size: int = 64,
         seed: int = 0,
     ):
         super().__init__()
-        for option, value in (("alpha", alpha), ("beta", beta)):
-            if value < 0:
-                raise ConfigError(f"model.{option}={value} must be non-negative (the paper uses alpha=0.5, beta=1).")
-        if not 0 <= emotion_guard <= 100:
-            raise ConfigError(f"model.emotion_guard={emotion_guard} must be between 0 (off) and 100 accuracy points.")
-        if max_feature_growth <= 0:
-            raise ConfigError(f"model.max_feature_growth={max_feature_growth} must be positive (default 1000).")
-        self.save_hyperparameters(ignore=["schedule", "adversary"], logger=False)
         self.automatic_optimization = False
-        self.schedule = schedule
-        self.adversary = adversary
+        self.base, self.emotion_head = base, emotion_head
+        self.identity_heads = nn.ModuleList(identity_heads)
+        self.schedule, self.adversary = schedule, adversary
+        self.make_optimizer, self.make_identity_optimizer = optimizer, identity_optimizer
         self.alpha, self.beta = alpha, beta
+        self.emotion_guard, self.max_feature_growth = emotion_guard, max_feature_growth
+        self.refit_batch_size, self.seed = refit_batch_size, seed
         self.round_beta = beta  # the adversarial weight of the current round (see emotion_guard)
-        self.base = ConvBase(
-            image_size, conv_channels, channels_last=channels_last, bottleneck=bottleneck, feature_norm=feature_norm
-        )
-        self.emotion_head = ClassifierHead(self.base.out_features, num_emotions, fc_hidden, dropout)
-        self.identity_heads = nn.ModuleList(
-            # With adversary.standardise their input statistics are set at every re-fit; with
-            # adversary.cross_fit there is one set of adversary.heads per half of the originals.
-            ClassifierHead(self.base.out_features, num_subjects, head_widths(name, fc_hidden), dropout,
-                           standardise=adversary.standardise)
-            for _ in range(2 if adversary.cross_fit else 1)
-            for name in adversary.heads
-        )
         self.train_emotion_loss, self.train_loss = EpochMean(), EpochMean()
-        self.history: list[dict[str, float]] = []
-        self.round_end_seconds = 0.0  # time on frozen-base work (extraction, re-fits, scoring)
         self.reference_scale: float | None = None  # mean |W_c features| after initialisation
+        self.initial_emotion_acc: float | None = None  # the emotion head's, after initialisation
         self._reset_watch()
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        hp = self.hparams
-        main = adam([*self.base.parameters(), *self.emotion_head.parameters()], lr=hp.lr, weight_decay=hp.weight_decay)
-        identity = adam(self.identity_heads.parameters(), lr=hp.identity_lr, weight_decay=hp.weight_decay)
-        return [main, identity]
+        main = self.make_optimizer([*self.base.parameters(), *self.emotion_head.parameters()])
+        return [main, self.make_identity_optimizer(self.identity_heads.parameters())]
 
     def identity_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
         """Every identity head's logits. With ``adversary.standardise`` the heads read the features
@@ -164,46 +143,21 @@ class HybridModule(pl.LightningModule):
         audit's attackers read them; the base's gradient passes through the standardisation."""
         return [head(features) for head in self.identity_heads]
 
-    def half_sets(self, sources: torch.Tensor) -> list[tuple[nn.ModuleList, torch.Tensor, torch.Tensor]]:
-        """With ``adversary.cross_fit``: (heads, learns, attacks) per set of identity heads, the
-        masks (by ``sources``) of the batch images the set learns from and of those it attacks."""
-        per_set = len(self.adversary.heads)
-        even = sources % 2 == 0
-        return [(self.identity_heads[:per_set], even, ~even), (self.identity_heads[per_set:], ~even, even)]
-
-    def identity_loss(self, features: torch.Tensor, identities: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-        """Li: the identity heads' mean cross-entropy (with ``adversary.cross_fit``, each head's on
-        the images its set learns from)."""
-        if not self.adversary.cross_fit:
-            return torch.stack([F.cross_entropy(logits, identities) for logits in self.identity_logits(features)]).mean()
-        return torch.stack([
-            F.cross_entropy(head(features[learns]), identities[learns])
-            for heads, learns, _ in self.half_sets(sources) if learns.any()
-            for head in heads
-        ]).mean()
+    def identity_loss(self, features: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
+        """Li: the identity heads' mean cross-entropy."""
+        return torch.stack([F.cross_entropy(logits, identities) for logits in self.identity_logits(features)]).mean()
 
     def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Le, Li, features) of one batch through the current W_c, W_e and W_i."""
         features = self.base(batch["image"])
         emotion_loss = F.cross_entropy(self.emotion_head(features), batch["emotion"])
-        return emotion_loss, self.identity_loss(features, batch["identity"], batch["source"]), features
-
-    def identity_penalty(self, features: torch.Tensor, identities: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-        """The adversary's term for a batch (with ``adversary.cross_fit``, each set's on the images it
-        attacks, weighted by their share of the batch)."""
-        if not self.adversary.cross_fit:
-            return self.adversary.penalty(self.identity_logits(features), identities)
-        return torch.stack([
-            attacks.float().mean() * self.adversary.penalty([head(features[attacks]) for head in heads], identities[attacks])
-            for heads, _, attacks in self.half_sets(sources) if attacks.any()
-        ]).sum()
+        return emotion_loss, self.identity_loss(features, batch["identity"]), features
 
     def adversarial_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, Le, features) of an adversarial step: eq. (2) with the configured adversary.
 
         For ``grl`` the loss also trains the identity heads: their input passes through a
-        gradient reversal, so the base receives ``-beta`` times the heads' gradient. The soft kNN
-        adversary (``neighbour_weight``) votes within the batch, so it needs the batch's sources.
+        gradient reversal, so the base receives ``-beta`` times the heads' gradient.
         """
         features = self.base(batch["image"])
         emotion_loss = F.cross_entropy(self.emotion_head(features), batch["emotion"])
@@ -212,10 +166,7 @@ class HybridModule(pl.LightningModule):
             reversed_features = reverse_gradient(features, self.round_beta)
             loss = emotion_loss + adversary.penalty(self.identity_logits(reversed_features), identities)
         else:
-            loss = emotion_loss + self.round_beta * self.identity_penalty(features, identities, batch["source"])
-        if adversary.neighbour_weight:
-            penalty = adversary.neighbour_penalty(features, identities, batch["source"], self.hparams.num_subjects)
-            loss = loss + self.round_beta * adversary.neighbour_weight * penalty
+            loss = emotion_loss + self.round_beta * adversary.penalty(self.identity_logits(features), identities)
         return loss, emotion_loss, features
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -251,92 +202,59 @@ class HybridModule(pl.LightningModule):
                 module.reset_parameters()
         optimizer.state.clear()
 
-    def refit_identity_head(self, features: torch.Tensor, labels: dict[str, torch.Tensor], round_: int) -> None:
-        """Step 6 of Algorithm 1: W_c and W_e frozen, W_i fitted to Li on cached features (with
-        their ``identity`` and ``source`` labels), under the Trainer's precision (its autocast, as
-        in the training steps)."""
+    def refit_identity_heads(self, features: torch.Tensor, identities: torch.Tensor, round_: int) -> None:
+        """Step 6 of Algorithm 1: W_c and W_e frozen, W_i fitted to Li on the training side's cached
+        ``features``, under the Trainer's precision (its autocast, as in the training steps); first
+        restarted (``adversary.restart_every``) and given the features' statistics
+        (``adversary.standardise``)."""
         _, identity = self.optimizers()
-        generator = torch.Generator().manual_seed(self.hparams.seed * 100_003 + round_)
-        batch_size = self.trainer.datamodule.batch_size
-        identities, sources = labels["identity"].to(self.device), labels["source"].to(self.device)
+        if self.adversary.restarts_before_refit(round_):
+            self.restart_identity_heads(identity.optimizer)
+        if self.adversary.standardise:
+            for head in self.identity_heads:
+                head.set_input_statistics(features)
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + round_)
+        identities = identities.to(self.device)
         with self.toggled_optimizer(identity):
             for _ in range(self.schedule.refit_epochs):
-                for batch in torch.randperm(len(features), generator=generator).split(batch_size):
+                for batch in torch.randperm(len(features), generator=generator).split(self.refit_batch_size):
                     with self.trainer.precision_plugin.forward_context():
-                        loss = self.identity_loss(features[batch], identities[batch], sources[batch])
+                        loss = self.identity_loss(features[batch], identities[batch])
                     self._step(loss, identity)
+
+    def end_round(self, round_: int, feature_scale: float, emotion_acc: float) -> None:
+        """What the algorithm keeps of a round's measurements: after the initialisation (round 0) the
+        base's feature scale (for the divergence check) and the emotion head's training-side
+        accuracy (the guard's reference); after round t >= 1 the guard sets the next round's beta."""
+        if round_ == 0:
+            self.reference_scale, self.initial_emotion_acc = feature_scale, emotion_acc
+            return
+        if not self.emotion_guard:
+            return
+        # At a large beta the adversary can take emotion with identity (docs/results.md, "The emotion guard").
+        floor = self.initial_emotion_acc - self.emotion_guard
+        beta = guarded_beta(self.round_beta, self.beta, emotion_acc, floor)
+        if beta < self.round_beta:
+            log.info("round %d: emotion head %.1f%% on the training side, under its floor of %.1f%% "
+                     "(model.emotion_guard=%g): beta %.3g -> %.3g", round_, emotion_acc, floor, self.emotion_guard,
+                     self.round_beta, beta)
+        self.round_beta = beta
 
     def on_train_epoch_end(self) -> None:
         self.log_dict({"train/emotion_loss": self.train_emotion_loss.compute(), "train/loss": self.train_loss.compute()})
         self.train_emotion_loss.reset()
         self.train_loss.reset()
-        phase = self.schedule.phase(self.current_epoch)
-        self._check_divergence(phase)
-        if not phase.ends_round:
-            return
-        started = time.perf_counter()
-        data = self.trainer.datamodule
-        bf16 = str(self.trainer.precision).startswith("bf16")
-        sides = {
-            name: (extract_features(self.base, data.side(name).tensors["image"], bf16), data.side(name).tensors)
-            for name in ("train", "val")
-        }
-        metrics = {}
-        for name, (features, labels) in sides.items():
-            metrics |= self.round_accuracies(features, labels, name)
-        train_features, train_labels = sides["train"]
-        metrics["round/feature_scale"] = train_features.abs().mean().item()
-        if phase.kind == "init":
-            self.reference_scale = metrics["round/feature_scale"]
-        else:
-            if self.adversary.restarts_before_refit(phase.round):
-                self.restart_identity_heads(self.optimizers()[1].optimizer)
-            if self.adversary.standardise:
-                sets = (self.half_sets(train_labels["source"].to(self.device)) if self.adversary.cross_fit
-                        else [(self.identity_heads, slice(None), None)])
-                for heads, learns, _ in sets:
-                    for head in heads:
-                        head.set_input_statistics(train_features[learns])
-            self.refit_identity_head(train_features, train_labels, phase.round)
-            for name, (features, labels) in sides.items():
-                refitted = self.round_accuracies(features, labels, name)[f"round/identity_acc/{name}"]
-                metrics[f"round/refit_identity_acc/{name}"] = refitted
-        if phase.round:
-            metrics["round/beta"] = self.round_beta
-            self._guard_emotion(metrics["round/emotion_acc/train"], phase.round)
-        self.history.append({"round": phase.round, **metrics})
-        self.round_end_seconds += time.perf_counter() - started
-        log.info(
-            "round %d/%d: emotion head %.1f%% val, identity %.1f%% val (strongest head%s), feature scale %.3g",
-            phase.round, self.schedule.rounds, metrics["round/emotion_acc/val"],
-            metrics.get("round/refit_identity_acc/val", metrics["round/identity_acc/val"]),
-            ", re-fitted" if phase.round else "", metrics["round/feature_scale"],
-        )
-        if self.logger is not None:
-            self.logger.log_metrics(metrics, step=phase.round)
-
-    def _guard_emotion(self, emotion_acc: float, round_: int) -> None:
-        """Set the next round's adversarial weight (``emotion_guard``). At a large beta the
-        adversary can take emotion with identity: on some folds the emotion head's training
-        accuracy fell from ~88% to ~35% within three rounds and never came back."""
-        guard = self.hparams.emotion_guard
-        if not guard:
-            return
-        floor = self.history[0]["round/emotion_acc/train"] - guard
-        beta = guarded_beta(self.round_beta, self.beta, emotion_acc, floor)
-        if beta < self.round_beta:
-            log.info("round %d: emotion head %.1f%% on the training side, under its floor of %.1f%% "
-                     "(model.emotion_guard=%g): beta %.3g -> %.3g", round_, emotion_acc, floor, guard, self.round_beta, beta)
-        self.round_beta = beta
+        self.check_divergence(self.schedule.phase(self.current_epoch))
 
     # What a resumed run needs besides weights and optimizer states (see anonemo.resume).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["hybrid"] = {"history": self.history, "reference_scale": self.reference_scale, "round_beta": self.round_beta}
+        checkpoint["hybrid"] = {"reference_scale": self.reference_scale, "initial_emotion_acc": self.initial_emotion_acc,
+                                "round_beta": self.round_beta}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.history = list(checkpoint["hybrid"]["history"])
-        self.reference_scale = checkpoint["hybrid"]["reference_scale"]
-        self.round_beta = checkpoint["hybrid"]["round_beta"]
+        state = checkpoint["hybrid"]
+        self.reference_scale, self.initial_emotion_acc = state["reference_scale"], state["initial_emotion_acc"]
+        self.round_beta = state["round_beta"]
 
     def round_accuracies(self, features: torch.Tensor, labels: dict[str, torch.Tensor], side: str) -> dict[str, float]:
         """Accuracy of the emotion head and of the strongest identity head on one side."""
@@ -350,15 +268,11 @@ class HybridModule(pl.LightningModule):
 
     @torch.no_grad()
     def head_logits(self, features: torch.Tensor) -> dict:
-        """The current heads' logits (eval mode) on cached features: ``emotion``, ``identity``
-        (W_i, the first identity head) and ``identity_heads`` (all of them)."""
+        """The current heads' logits (eval mode) on cached features: ``emotion`` and
+        ``identity_heads`` (all of them; the first is W_i)."""
         was_training = self.training
         self.eval()
-        logits = {
-            "emotion": self.emotion_head(features),
-            "identity_heads": self.identity_logits(features),
-        }
-        logits["identity"] = logits["identity_heads"][0]  # W_i: the first configured head
+        logits = {"emotion": self.emotion_head(features), "identity_heads": self.identity_logits(features)}
         self.train(was_training)
         return logits
 
@@ -373,10 +287,12 @@ class HybridModule(pl.LightningModule):
         self._nonfinite = self._nonfinite.to(loss.device) | ~torch.isfinite(loss.detach())
         self._max_scale = torch.maximum(self._max_scale.to(loss.device), features.detach().abs().mean().float())
 
-    def _check_divergence(self, phase: Phase) -> None:
+    def check_divergence(self, phase: Phase) -> None:
+        """Raise :class:`TrainingDivergedError` if this epoch's steps ran away; once per epoch (the
+        watch starts afresh)."""
         nonfinite, scale = bool(self._nonfinite), float(self._max_scale)
         self._reset_watch()
-        limit = self.hparams.max_feature_growth
+        limit = self.max_feature_growth
         if nonfinite or not torch.isfinite(torch.tensor(scale)):
             reason = "the loss became NaN or infinite"
         elif self.reference_scale and scale > limit * self.reference_scale:
@@ -387,11 +303,9 @@ class HybridModule(pl.LightningModule):
         else:
             return
         where = "the multi-task initialisation" if phase.kind == "init" else f"round {phase.round} of {self.schedule.rounds}"
-        hp = self.hparams
         raise TrainingDivergedError(
-            f"Hybrid training diverged in {where} (model.alpha={hp.alpha}, model.beta={hp.beta}, "
-            f"model.lr={hp.lr}, model.identity_lr={hp.identity_lr}): {reason}. The adversarial term "
-            "-beta*Li is unbounded below, so the base can inflate the identity logits instead of "
-            "removing identity. Lower model.beta or model.lr, or use fewer model.rounds. Metrics of "
+            f"Hybrid training diverged in {where} (model.alpha={self.alpha}, model.beta={self.beta}): {reason}. "
+            "The adversarial term -beta*Li is unbounded below, so the base can inflate the identity logits instead "
+            "of removing identity. Lower model.beta or model.optimizer.lr, or use fewer model.rounds. Metrics of "
             "the rounds before are kept in the MLflow run, which is marked FAILED."
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,7 +12,16 @@ from torch import nn
 from anonemo.errors import ConfigError, ModelFileError
 
 
-FEATURE_NORMS = ("none", "layer", "batch")
+FEATURE_NORMS = ("none", "layer")
+
+
+def check_base_shape(channels: Sequence[int], bottleneck: int, feature_norm: str) -> None:
+    if len(channels) != 3:
+        raise ConfigError(f"network.conv_channels={list(channels)}: the base has three convolutional layers; give three widths.")
+    if feature_norm not in FEATURE_NORMS:
+        raise ConfigError(f"network.feature_norm={feature_norm!r} is not known: use one of {', '.join(FEATURE_NORMS)}.")
+    if bottleneck < 0:
+        raise ConfigError(f"network.bottleneck={bottleneck} must be 0 (none) or a positive number of features.")
 
 
 class ConvBase(nn.Module):
@@ -22,10 +32,8 @@ class ConvBase(nn.Module):
 
     Two options exist for adversarial training (off in the paper's models): ``bottleneck`` > 0
     adds a linear projection to that many features, so that an adversary has fewer directions to
-    clean; ``feature_norm`` fixes the features' scale (no learned scale or shift), so the base
-    cannot escape the adversary by inflating its activations: ``layer`` normalises each image's
-    feature vector, ``batch`` each feature over the batch (running statistics at evaluation),
-    which is the standardisation the audit's attackers apply, so the adversary sees what they see.
+    clean; ``feature_norm="layer"`` normalises each image's feature vector (no learned scale or
+    shift), so the base cannot escape the adversary by inflating its activations.
     """
 
     def __init__(
@@ -46,12 +54,7 @@ class ConvBase(nn.Module):
             "bottleneck": bottleneck,
             "feature_norm": feature_norm,
         }
-        if len(channels) != 3:
-            raise ValueError(f"ConvBase has three convolutional layers; got {len(channels)} widths: {list(channels)}")
-        if feature_norm not in FEATURE_NORMS:
-            raise ConfigError(f"model.feature_norm={feature_norm!r} is not known: use one of {', '.join(FEATURE_NORMS)}.")
-        if bottleneck < 0:
-            raise ConfigError(f"model.bottleneck={bottleneck} must be 0 (none) or a positive number of features.")
+        check_base_shape(channels, bottleneck, feature_norm)
         layers: list[nn.Module] = []
         for out_channels in channels:
             # Pooling before the ReLU computes exactly ReLU-then-pool (max and ReLU commute, and so
@@ -66,8 +69,6 @@ class ConvBase(nn.Module):
             self.out_features = bottleneck
         if feature_norm == "layer":
             layers.append(nn.LayerNorm(self.out_features, elementwise_affine=False))
-        elif feature_norm == "batch":
-            layers.append(nn.BatchNorm1d(self.out_features, affine=False))
         self.layers = nn.Sequential(*layers)
         self.channels_last = channels_last
         if channels_last:
@@ -102,7 +103,7 @@ class ClassifierHead(nn.Module):
     statistics (:meth:`set_input_statistics`), as the audit's attackers do. The map is affine, so
     the head can represent the same functions as on raw inputs; what changes is whether Adam finds
     them: on adversarially trained bases, raw-input heads barely rose above chance on the training
-    side where standardised ones read the label (README, "Fresh heads read standardised features").
+    side where standardised ones read the label (docs/algorithm.md, "Fresh heads").
     The statistics are buffers, so saved heads and exported models carry them.
     """
 
@@ -147,6 +148,33 @@ class ClassifierHead(nn.Module):
         if self.standardise:
             features = (features - self.input_mean) / self.input_std
         return self.layers(features)
+
+
+@dataclass(frozen=True)
+class Networks:
+    """The configured shapes (``conf/network``): every model's conv base and FC heads come from here,
+    so one fold's numbers are comparable across models."""
+
+    image_size: int
+    conv_channels: Sequence[int] = (16, 32, 64)
+    bottleneck: int = 0
+    feature_norm: str = "none"
+    fc_hidden: Sequence[int] = (256, 128)
+    dropout: float = 0.3
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        check_base_shape(self.conv_channels, self.bottleneck, self.feature_norm)
+
+    def base(self) -> ConvBase:
+        return ConvBase(self.image_size, tuple(self.conv_channels), channels_last=self.channels_last,
+                        bottleneck=self.bottleneck, feature_norm=self.feature_norm)
+
+    def head(self, in_features: int, num_classes: int, hidden: Sequence[int] | None = None,
+             standardise: bool = False) -> ClassifierHead:
+        """A head of the configured shape (or of ``hidden`` widths) on ``in_features`` inputs."""
+        hidden = tuple(self.fc_hidden) if hidden is None else tuple(hidden)
+        return ClassifierHead(in_features, num_classes, hidden, self.dropout, standardise=standardise)
 
 
 def adam(parameters: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:

@@ -1,4 +1,4 @@
-"""Hydra multirun support: one MLflow parent run per sweep, and CPU threads per parallel job.
+"""Hydra multirun support: one MLflow parent run per sweep.
 
 The callback runs in the launching process before any job starts. It creates the tracking
 database, the experiment and the parent run there, once, so that parallel jobs never race to
@@ -14,14 +14,14 @@ import os
 import sys
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from anonemo.cli import in_multirun
-from anonemo.tracking import PARENT_RUN_ENV, ensure_experiment, terminate_as_interrupt, tracking_uri
+from anonemo.cli import terminate_as_interrupt
+from anonemo.tracking.run import PARENT_RUN_ENV
+from anonemo.tracking.store import ensure_experiment, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -75,26 +75,3 @@ class MlflowSweepCallback(Callback):
             len(statuses), statuses.count("FINISHED"), failed, parent,
         )
         return failed
-
-
-def parallel_jobs() -> int:
-    """How many jobs of this sweep share the machine's cores (1 outside a parallel launcher)."""
-    if not in_multirun():
-        return 1
-    launcher = HydraConfig.get().launcher
-    n_jobs = launcher.get("n_jobs")  # joblib
-    if n_jobs is not None:
-        return os.cpu_count() or 1 if n_jobs < 0 else max(1, int(n_jobs))
-    return 1
-
-
-def configure_threads(threads: int | None) -> int:
-    """Torch CPU threads for this job: ``threads`` if set, else the cores divided among parallel
-    jobs, so that a joblib sweep does not oversubscribe the machine."""
-    import torch
-
-    if threads is None:
-        launcher = HydraConfig.get().launcher if in_multirun() else {}
-        threads = launcher.get("cpus_per_task") or max(1, (os.cpu_count() or 1) // parallel_jobs())
-    torch.set_num_threads(int(threads))
-    return int(threads)

@@ -1,0 +1,143 @@
+"""One training job: ``run(cfg)`` trains ``cfg.model`` on fold ``cfg.fold`` and logs every number
+to one MLflow run.
+
+The job has no model-specific branches. The model's recipe (``cfg.model``, see
+:mod:`anonemo.recipes`) trains and scores what it trains; the job then does what every model
+shares: fresh heads on the frozen base (``Emotion2Face``, ``Hybrid2Emotion``, ``Hybrid2Face``),
+the audit of the base (``audit/identity/max``, ...; docs/audit.md), the saved base and emotion
+head, and where the wall time went (``time/*``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from anonemo import metrics as names
+from anonemo.audit.attackers import default_attackers
+from anonemo.audit.suite import audit_base
+from anonemo.config import build
+from anonemo.data.features import FeatureDataModule
+from anonemo.data.pipeline import fold_data
+from anonemo.errors import ConfigError, require_permutations
+from anonemo.evaluation import score
+from anonemo.models.networks import Networks
+from anonemo.recipes.base import Job, Recipe, Trained
+from anonemo.recipes.fresh_heads import fit_fresh_heads
+from anonemo.threads import configure_threads
+from anonemo.timing import PhaseClock
+from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT
+from anonemo.tracking.identity import finished_run, unfinished_run
+from anonemo.tracking.run import mlflow_run, run_url
+from anonemo.tracking.store import tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train and evaluate ``cfg.model`` on fold ``cfg.fold``; returns the metrics logged to MLflow
+    (with ``wall_time_s`` and where it went, ``time/*``)."""
+    recipe: Recipe = build(cfg.model, "model")
+    networks: Networks = build(cfg.network, "network")
+    require_permutations(cfg.audit.null_permutations, "audit.null_permutations")
+    if cfg.sweep.skip_finished or cfg.resume:
+        done = finished_run(cfg)
+        if done is not None:
+            log.info("Skipped %s on %s fold %d: run %s with the same settings FINISHED already (%s)",
+                     recipe.name, cfg.dataset.name, cfg.fold, done.info.run_id,
+                     "resume" if cfg.resume else "sweep.skip_finished")
+            return dict(done.data.metrics)
+    reopen = unfinished_run(cfg) if cfg.resume else None
+    if cfg.resume:
+        log.info("Resume: %s", f"continuing run {reopen.info.run_id} ({reopen.info.status})" if reopen
+                 else "no unfinished run with these settings; starting a new one")
+    clock = PhaseClock()
+    # Weights and activations that decay into the subnormal range make CPU arithmetic several
+    # times slower (an adversarial base that collapsed); flush them to 0.
+    torch.set_flush_denormal(True)
+    threads = configure_threads(cfg.threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    with mlflow_run(cfg, reopen) as logger:
+        logger.client.set_tag(logger.run_id, "torch_threads", str(threads))
+        with clock.phase("data"):
+            data = fold_data(cfg)
+            for side in ("train", "val", "test"):
+                data.side(side)
+        metrics = train_and_evaluate(recipe, Job(cfg, data, logger, clock, networks))
+        timings = clock.metrics()
+        logger.log_metrics(timings)
+        metrics |= timings
+    log.info(
+        "Results of %s on %s fold %d: %s. MLflow run %s in %s (open with `make ui`, then %s)",
+        recipe.name, cfg.dataset.name, cfg.fold,
+        ", ".join(f"{k} = {v:.2f}" for k, v in metrics.items() if not k.startswith("time/")),
+        logger.run_id, tracking_uri(cfg), run_url(logger),
+    )
+    return metrics
+
+
+def train_and_evaluate(recipe: Recipe, job: Job) -> dict[str, float]:
+    """The recipe's training, then what every model shares on its frozen base."""
+    cfg, data, logger = job.cfg, job.data, job.logger
+    trained = recipe.train(job)
+    metrics = dict(trained.metrics)
+    logger.log_network(trained.base, BASE_ARTIFACT)
+    emotion_head = trained.emotion_head
+    if not (recipe.fresh_heads or trained.own_heads or cfg.audit.enabled):
+        features = None
+    else:
+        with job.clock.phase("frozen_base"):
+            features = FeatureDataModule(trained.base, data, bf16=job.bf16)
+            metrics |= score_own_heads(trained, features, job)
+            fresh, heads = fit_fresh_heads(job, trained.base, features, recipe.fresh_head_metrics())
+            metrics |= fresh
+            emotion_head = heads.get("emotion", emotion_head)
+    if emotion_head is not None:  # what anonemo.export ships with the base
+        logger.log_network(emotion_head, EMOTION_HEAD_ARTIFACT, class_names=data.class_names("emotion"))
+    if cfg.audit.enabled:
+        with job.clock.phase("frozen_base"):
+            audited = audit_base(
+                features.sides, {"emotion": data.num_emotions, "identity": data.num_subjects}, cfg.seed,
+                default_attackers(tuple(job.networks.fc_hidden), bf16=job.bf16),
+                null_permutations=cfg.audit.null_permutations,
+                emotion_head=emotion_head if cfg.audit.emotion_output else None,
+            )
+        logger.log_metrics(audited)
+        metrics |= audited
+    return metrics
+
+
+def score_own_heads(trained: Trained, features: FeatureDataModule, job: Job) -> dict[str, float]:
+    """Test-fold accuracy of each of the recipe's own heads (eval mode) on the frozen features."""
+    metrics = {}
+    for name, (task, head) in trained.own_heads.items():
+        was_training = head.training
+        head.eval()
+        with torch.no_grad():
+            logits = head(features.sides["test"].tensors["features"])
+        head.train(was_training)
+        metrics[name] = score(logits, job.data.labels("test", task), job.data.class_names(task)).accuracy
+    job.logger.log_metrics(metrics)
+    return metrics
+
+
+def search_objective(cfg: DictConfig, metrics: dict[str, float]) -> float:
+    """The value a hyper-parameter search maximises (``search.objective``), from validation only.
+
+    ``hybrid_privacy``: the validation accuracy of Hybrid2Emotion, penalised by how far the
+    strongest audit attacker's validation accuracy (``audit/identity/max/val``) exceeds
+    ``search.identity_ceiling``. Not Hybrid2Face's: one fresh head is the weak measure that a base
+    can fool while other attackers still read identity.
+    """
+    if cfg.search.objective != "hybrid_privacy":
+        raise ConfigError(f"search.objective={cfg.search.objective!r} is not known: use hybrid_privacy.")
+    utility = names.val_acc(names.HYBRID2EMOTION)
+    if utility not in metrics:
+        raise ConfigError("search.objective=hybrid_privacy needs a Hybrid model (model=hybrid or hybrid_*): it scores Hybrid2Emotion.")
+    if names.IDENTITY_MAX_VAL not in metrics:
+        raise ConfigError("search.objective=hybrid_privacy scores identity with the audit: set audit.enabled=true.")
+    excess = max(0.0, metrics[names.IDENTITY_MAX_VAL] - cfg.search.identity_ceiling)
+    return metrics[utility] - cfg.search.penalty * excess

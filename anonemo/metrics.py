@@ -1,0 +1,63 @@
+"""The names of the metrics anonemo logs to MLflow, defined once.
+
+The paper names a model's accuracy after what it was trained for (``Emotion``, ``Face``) and a
+fresh head on a frozen base after both (``Emotion2Face``: a Face head on the Emotion CNN's base).
+Accuracies are test-fold percentages; ``<name>/chance``, ``<name>/macro_f1`` and
+``<name>/val_acc`` sit beside them.
+"""
+
+from __future__ import annotations
+
+# What a network trained end to end on a task is called in the paper's tables.
+TASK_METRIC = {"emotion": "Emotion", "identity": "Face"}
+HYBRID = "Hybrid"
+
+
+def transfer_metric(source: str, task: str) -> str:
+    """A fresh ``task`` head on the frozen base of the model called ``source``: ``Emotion2Face``."""
+    return f"{source}2{TASK_METRIC[task]}"
+
+
+EMOTION, FACE = TASK_METRIC["emotion"], TASK_METRIC["identity"]
+EMOTION2FACE = transfer_metric(EMOTION, "identity")
+HYBRID2EMOTION, HYBRID2FACE = transfer_metric(HYBRID, "emotion"), transfer_metric(HYBRID, "identity")
+PAPER_METRICS = (FACE, EMOTION, EMOTION2FACE, HYBRID2EMOTION, HYBRID2FACE)
+
+
+def own_head_metric(model: str, task: str) -> str:
+    """A model's own head for ``task`` scored on the test fold: ``Hybrid/emotion_head``."""
+    return f"{model}/{task}_head"
+
+
+def chance(metric: str) -> str:
+    return f"{metric}/chance"
+
+
+def val_acc(metric: str) -> str:
+    """The validation accuracy of the checkpoint selected for ``metric``: what searches may use."""
+    return f"{metric}/val_acc"
+
+
+def audit(task: str, attacker: str = "max") -> str:
+    """``audit/<task>/<attacker>``: an attacker's test accuracy on the frozen base's features
+    (``max``: the strongest; ``chance``; ``gallery``); ``task`` may be ``emotion_output/identity``."""
+    return f"audit/{task}/{attacker}"
+
+
+IDENTITY_MAX = audit("identity")
+IDENTITY_MAX_VAL = f"{IDENTITY_MAX}/val"
+IDENTITY_MAX_NULL = f"{IDENTITY_MAX}/null"
+IDENTITY_MAX_P_VALUE = f"{IDENTITY_MAX}/p_value"
+IDENTITY_CHANCE = audit("identity", "chance")
+IDENTITY_GALLERY = audit("identity", "gallery")
+EMOTION_MAX = audit("emotion")
+EMOTION_OUTPUT_TASK = "emotion_output/identity"
+EMOTION_OUTPUT_IDENTITY_MAX = audit(EMOTION_OUTPUT_TASK)
+
+# The Hybrid's per-round curves, logged with the round as the MLflow step.
+ROUND_CURVES = tuple(
+    f"round/{curve}/{side}" for curve in ("emotion_acc", "identity_acc", "refit_identity_acc") for side in ("train", "val")
+)
+ROUND_BETA = "round/beta"
+ROUND_FEATURE_SCALE = "round/feature_scale"
+WALL_TIME = "wall_time_s"

@@ -1,0 +1,120 @@
+"""What every recipe shares: the job it trains in (:class:`Job`), what it hands on
+(:class:`Trained`), and its fresh heads' names."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from torch import nn
+from torch.utils.data import DataLoader
+
+from anonemo.data.datamodule import TASKS, GroupedFoldDataModule
+from anonemo.data.features import is_bf16
+from anonemo.errors import ConfigError
+from anonemo.evaluation import ClassificationResult, confusion_figure, score
+from anonemo.metrics import transfer_metric
+from anonemo.models.classifiers import ClassifierModule
+from anonemo.models.networks import ClassifierHead, ConvBase, Networks
+from anonemo.resume import checkpoint_dir, fit_resumably, resumable_callbacks
+from anonemo.timing import PhaseClock
+from anonemo.tracking.run import RunLogger
+
+
+@dataclass
+class Job:
+    """One job's fold, MLflow run, clock and settings, and the training steps recipes share."""
+
+    cfg: DictConfig
+    data: GroupedFoldDataModule
+    logger: RunLogger
+    clock: PhaseClock
+    networks: Networks
+
+    @property
+    def bf16(self) -> bool:
+        return is_bf16(self.cfg.trainer.precision)
+
+    def checkpoints(self, phase: str) -> Path:
+        """Where a training phase of this job checkpoints (see :mod:`anonemo.resume`)."""
+        return checkpoint_dir(self.cfg.paths.output_dir, self.logger.run_id, phase)
+
+    def trainer(self, callbacks: list[pl.Callback], **overrides) -> pl.Trainer:
+        """The configured Trainer (``conf/trainer``), logging to this job's run."""
+        if self.cfg.trainer.enable_progress_bar:
+            callbacks = [*callbacks, RichProgressBar()]
+        return instantiate(self.cfg.trainer, callbacks=callbacks, logger=self.logger, **overrides)
+
+    def selecting_trainer(self, phase: str, monitor: str, patience: int, **overrides) -> pl.Trainer:
+        """A Trainer that early-stops on ``monitor`` and keeps the best checkpoint by it (validation only)."""
+        folder = self.checkpoints(phase)
+        mode = self.cfg.callbacks.mode
+        callbacks: list[pl.Callback] = [
+            ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode=mode),
+            EarlyStopping(monitor=monitor, mode=mode, patience=patience),
+            *resumable_callbacks(folder),
+        ]
+        return self.trainer(callbacks, **overrides)
+
+    def fit(self, trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule, phase: str) -> None:
+        """``trainer.fit``, continued from the phase's last checkpoint with ``resume=true``."""
+        fit_resumably(trainer, module, datamodule, self.checkpoints(phase), self.cfg.resume)
+
+    def test_once(self, trainer: pl.Trainer, module: ClassifierModule, loader: DataLoader, task: str,
+                  checkpoint: Path | str) -> ClassificationResult:
+        """Score ``checkpoint``, the one selected on validation, on the test fold: the only look at it."""
+        batches = trainer.predict(module, dataloaders=loader, ckpt_path=str(checkpoint))
+        return score(torch.cat(batches), self.data.labels("test", task), self.data.class_names(task))
+
+    def log_result(self, result: ClassificationResult, name: str) -> None:
+        self.logger.log_metrics(result.as_metrics(name))
+        self.logger.log_figure(confusion_figure(result, name), f"confusion_{name}.png")
+
+
+@dataclass
+class Trained:
+    """What a recipe hands on: its final ``base`` (audited, saved, exported), the test-fold
+    ``metrics`` it scored itself, the ``emotion_head`` that goes with the base unless a fresh
+    emotion head replaces it, and ``own_heads`` (metric name: task, head) that the job scores on
+    the base's frozen test features."""
+
+    base: ConvBase
+    metrics: dict[str, float] = field(default_factory=dict)
+    emotion_head: ClassifierHead | None = None
+    own_heads: dict[str, tuple[str, nn.Module]] = field(default_factory=dict)
+
+
+class Recipe(ABC):
+    """A kind of model. ``label`` is what its trained base is called in metric names (the paper's
+    Emotion, Face, Hybrid), ``fresh_heads`` the tasks of the fresh heads the job trains on that
+    base once it is frozen (``Emotion2Face``: a fresh identity head on the Emotion CNN's base)."""
+
+    label: str
+
+    def __init__(self, name: str, fresh_heads: Sequence[str] = ()):
+        unknown = [task for task in fresh_heads if task not in TASKS]
+        if unknown:
+            raise ConfigError(f"model.fresh_heads: {', '.join(map(str, unknown))} is not a task; use {' or '.join(TASKS)}.")
+        self.name = name
+        self.fresh_heads = tuple(fresh_heads)
+
+    def fresh_head_metrics(self) -> list[tuple[str, str]]:
+        """(task, metric name) of each fresh head: ``("identity", "Emotion2Face")``."""
+        return [(task, transfer_metric(self.label, task)) for task in self.fresh_heads]
+
+    @property
+    def hands_on_emotion_head(self) -> bool:
+        """Whether a trained model of this recipe has an emotion head (saved, audited, exported)."""
+        return "emotion" in self.fresh_heads
+
+    @abstractmethod
+    def train(self, job: Job) -> Trained:
+        """Train on ``job.data`` (training and validation sides only), score what the recipe
+        itself scores on the test fold, and log it to ``job.logger``."""

@@ -1,0 +1,53 @@
+"""Fresh heads on a frozen base (Emotion2Face, Hybrid2Emotion, Hybrid2Face): the paper's measure of
+what a base still holds, trained on its cached features with their own early stopping."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+
+from anonemo.data.features import FeatureDataModule
+from anonemo.metrics import val_acc
+from anonemo.models.classifiers import TransferModule
+from anonemo.models.networks import ClassifierHead, ConvBase
+from anonemo.recipes.base import Job
+
+
+def fit_fresh_heads(
+    job: Job, base: ConvBase, features: FeatureDataModule, heads: list[tuple[str, str]]
+) -> tuple[dict[str, float], dict[str, ClassifierHead]]:
+    """The metrics of the fresh heads ``heads`` (task, metric name), and the selected heads by task."""
+    metrics: dict[str, float] = {}
+    fitted: dict[str, ClassifierHead] = {}
+    for task, name in heads:
+        head_metrics, fitted[task] = fit_fresh_head(job, base, features, task, name)
+        metrics |= head_metrics
+    return metrics, fitted
+
+
+def fit_fresh_head(
+    job: Job, base: ConvBase, features: FeatureDataModule, task: str, name: str
+) -> tuple[dict[str, float], ClassifierHead]:
+    """A fresh head of the network config's shape on the frozen ``base``, trained on its cached
+    features with the ``transfer`` settings, scored as ``name``; its metrics and the selected head.
+
+    With ``transfer.standardise`` the head reads the features standardised with the training
+    side's statistics, as the audit's attackers do (docs/algorithm.md, "Fresh heads")."""
+    transfer, data = job.cfg.transfer, job.data
+    # Its own seed: the same head whether or not the job was resumed before this phase.
+    pl.seed_everything((job.cfg.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31, verbose=False)
+    head = job.networks.head(base.out_features, data.num_classes(task), standardise=transfer.standardise)
+    if transfer.standardise:
+        head.set_input_statistics(features.sides["train"].tensors["features"])
+    module = TransferModule(base, head, task, instantiate(transfer.optimizer), metric_prefix=f"{name}/")
+    trainer = job.selecting_trainer(phase=name, monitor=f"{name}/val/acc", patience=transfer.patience,
+                                    max_epochs=transfer.max_epochs)
+    trainer.fit(module, datamodule=features)
+    result = job.test_once(trainer, module, features.test_dataloader(), task, trainer.checkpoint_callback.best_model_path)
+    job.log_result(result, name)
+    # The selected head's validation accuracy: what hyper-parameter searches may optimise.
+    selected = {val_acc(name): 100 * float(trainer.checkpoint_callback.best_model_score)}
+    job.logger.log_metrics(selected)
+    return result.as_metrics(name) | selected, module.head

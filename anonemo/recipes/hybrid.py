@@ -1,0 +1,111 @@
+"""The Hybrid model trained by Algorithm 1, then Hybrid2Emotion and Hybrid2Face on its final base."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+from anonemo.errors import ConfigError
+from anonemo.evaluation import round_curves_figure
+from anonemo.metrics import HYBRID, own_head_metric
+from anonemo.models.adversary import Adversary, head_widths
+from anonemo.models.classifiers import Optimizer
+from anonemo.models.hybrid import HybridModule, HybridSchedule
+from anonemo.models.rounds import RoundEnd
+from anonemo.recipes.base import Job, Recipe, Trained
+from anonemo.resume import resumable_callbacks
+
+log = logging.getLogger(__name__)
+
+
+class Hybrid(Recipe):
+    """Algorithm 1 (:class:`~anonemo.models.hybrid.HybridModule`, schedule in
+    :class:`~anonemo.models.hybrid.HybridSchedule`) against the configured
+    :class:`~anonemo.models.adversary.Adversary`. The defaults are the paper's recipe
+    (``model=hybrid``); docs/algorithm.md says what each option changes.
+
+    The job then trains fresh emotion and identity heads on the final, frozen base
+    (``Hybrid2Emotion``, ``Hybrid2Face``); Hybrid2Emotion's head is the one shipped with the base.
+    The Hybrid's own heads are scored too (``Hybrid/emotion_head``, ``Hybrid/identity_head``).
+    """
+
+    label = HYBRID
+
+    def __init__(
+        self,
+        name: str,
+        adversary: Adversary,
+        optimizer: Optimizer,
+        identity_optimizer: Optimizer,
+        alpha: float = 0.5,
+        beta: float = 1.0,
+        init_epochs: int = 15,
+        rounds: int = 20,
+        adversarial_epochs: int = 1,
+        refit_epochs: int = 5,
+        emotion_guard: float = 0.0,
+        max_feature_growth: float = 1000.0,
+        fresh_heads: Sequence[str] = ("emotion", "identity"),
+    ):
+        super().__init__(name, fresh_heads)
+        for option, value in (("alpha", alpha), ("beta", beta)):
+            if value < 0:
+                raise ConfigError(f"model.{option}={value} must be non-negative (the paper uses alpha=0.5, beta=1).")
+        if not 0 <= emotion_guard <= 100:
+            raise ConfigError(f"model.emotion_guard={emotion_guard} must be between 0 (off) and 100 accuracy points.")
+        if max_feature_growth <= 0:
+            raise ConfigError(f"model.max_feature_growth={max_feature_growth} must be positive (default 1000).")
+        self.schedule = HybridSchedule(init_epochs, rounds, adversarial_epochs, refit_epochs)
+        self.adversary, self.optimizer, self.identity_optimizer = adversary, optimizer, identity_optimizer
+        self.alpha, self.beta, self.emotion_guard, self.max_feature_growth = alpha, beta, emotion_guard, max_feature_growth
+
+    @property
+    def hands_on_emotion_head(self) -> bool:
+        return True
+
+    def module(self, job: Job) -> HybridModule:
+        """W_c, W_e and the adversary's identity heads (of the network config's shapes), wired by
+        Algorithm 1."""
+        networks, data = job.networks, job.data
+        base = networks.base()
+        emotion_head = networks.head(base.out_features, data.num_emotions)
+        identity_heads = [
+            networks.head(base.out_features, data.num_subjects, hidden=head_widths(name, networks.fc_hidden),
+                          standardise=self.adversary.standardise)
+            for name in self.adversary.heads
+        ]
+        return HybridModule(
+            base, emotion_head, identity_heads, self.schedule, self.adversary, self.optimizer, self.identity_optimizer,
+            alpha=self.alpha, beta=self.beta, emotion_guard=self.emotion_guard,
+            max_feature_growth=self.max_feature_growth, refit_batch_size=data.batch_size, seed=job.cfg.seed,
+        )
+
+    def train(self, job: Job) -> Trained:
+        hybrid = self.module(job)
+        schedule = self.schedule
+        log.info(
+            "Algorithm 1: %d epochs of multi-task initialisation, then %d rounds of %d adversarial epoch(s) "
+            "and a %d-pass identity re-fit (alpha=%g, beta=%g, emotion guard %g, adversary: %s)",
+            schedule.init_epochs, schedule.rounds, schedule.adversarial_epochs, schedule.refit_epochs, self.alpha,
+            self.beta, self.emotion_guard, self.adversary,
+        )
+        rounds = RoundEnd(job.data.side("train"), job.data.side("val"), job.clock)
+        # No validation loop or checkpoint selection: RoundEnd scores each round on both sides.
+        trainer = job.trainer([rounds, *resumable_callbacks(job.checkpoints("hybrid"))],
+                              max_epochs=schedule.total_epochs, limit_val_batches=0)
+        try:
+            with warnings.catch_warnings():
+                # The datamodule offers a val loader; the Hybrid scores rounds itself and needs none.
+                warnings.filterwarnings("ignore", message=".*no `validation_step`.*")
+                with job.clock.phase("base_training"):
+                    job.fit(trainer, hybrid, job.data, "hybrid")
+        finally:
+            if rounds.history:  # partial curves too, when training stopped early
+                title = f"Hybrid on {job.cfg.dataset.name}, fold {job.cfg.fold}"
+                job.logger.log_figure(round_curves_figure(rounds.history, title), "hybrid_rounds.png")
+        own_heads = {
+            own_head_metric(HYBRID, "emotion"): ("emotion", hybrid.emotion_head),
+            own_head_metric(HYBRID, "identity"): ("identity", hybrid.identity_heads[0]),  # W_i
+        }
+        return Trained(hybrid.base, emotion_head=hybrid.emotion_head, own_heads=own_heads)

@@ -1,0 +1,56 @@
+"""``python -m anonemo.report``: the paper's tables from the runs in MLflow.
+
+Runs are grouped by every parameter except the fold (and settings that do not change results:
+paths, logging, progress display, threads), so one group is one configuration evaluated over
+folds. Each experiment gets a table with the paper's five accuracies and the audit's figures as
+mean ± std over folds (n folds), the published row for that dataset and the chance levels,
+written as Markdown and CSV with a privacy/utility trade-off plot and the Hybrid's per-round
+curves averaged over folds.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from anonemo.cli import user_errors_reported
+from anonemo.errors import ConfigError
+from anonemo.report.render import build_report, print_tables
+from anonemo.tracking.store import resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="report")
+def main(cfg: DictConfig) -> None:
+    with user_errors_reported():
+        uri = resolve_tracking_uri(cfg.tracking_uri, cfg.paths.output_dir)
+        client = MlflowClient(uri)
+        filters = [cfg.filter] if cfg.filter else []
+        if cfg.parent_run:
+            experiment_ids = [client.get_run(cfg.parent_run).info.experiment_id]
+            filters.append(f"tags.mlflow.parentRunId = '{cfg.parent_run}'")
+        elif cfg.experiment_name:
+            names = [cfg.experiment_name] if isinstance(cfg.experiment_name, str) else list(cfg.experiment_name)
+            experiments = {name: client.get_experiment_by_name(name) for name in names}
+            unknown = [name for name, experiment in experiments.items() if experiment is None]
+            if unknown:
+                known = ", ".join(e.name for e in client.search_experiments())
+                raise ConfigError(f"experiment_name={','.join(unknown)} is not in {uri}; experiments there: {known or 'none'}.")
+            experiment_ids = [experiment.experiment_id for experiment in experiments.values()]
+        else:
+            experiment_ids = [e.experiment_id for e in client.search_experiments()]
+        tables, files = build_report(client, experiment_ids, " and ".join(filters), Path(cfg.output_dir))
+        print_tables(tables)
+        if cfg.parent_run:
+            for path in files:
+                client.log_artifact(cfg.parent_run, str(path), "report")
+        log.info("Report written to %s", Path(cfg.output_dir).resolve())
+
+
+if __name__ == "__main__":
+    main()

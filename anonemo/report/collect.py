@@ -1,0 +1,99 @@
+"""Runs from MLflow, grouped: one group is one configuration evaluated over folds."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from anonemo.metrics import PAPER_METRICS, ROUND_CURVES, chance
+from anonemo.tracking.identity import RESULT_NEUTRAL
+
+# Parameters that differ between runs without changing their results (the audit only adds
+# measurements of the trained base).
+NOT_GROUPED = ("fold", "audit.", *RESULT_NEUTRAL)
+
+
+@dataclass
+class RunGroup:
+    """Runs of one configuration over folds (the latest run of each fold)."""
+
+    experiment: str
+    params: dict[str, str]
+    runs: dict[int, Run] = field(default_factory=dict)  # fold -> run
+
+    @property
+    def model(self) -> str:
+        return self.params.get("model.name", "?")
+
+    @property
+    def dataset(self) -> str:
+        return self.params.get("dataset.name", "?")
+
+    def add(self, run: Run) -> None:
+        fold = int(run.data.params.get("fold", -1))
+        if fold not in self.runs or run.info.start_time > self.runs[fold].info.start_time:
+            self.runs[fold] = run
+
+    def values(self, metric: str) -> list[float]:
+        # NaN: not measurable on that fold (a gallery that holds none of the test fold's subjects).
+        return [run.data.metrics[metric] for run in self.runs.values()
+                if metric in run.data.metrics and not math.isnan(run.data.metrics[metric])]
+
+    def summary(self, metric: str) -> tuple[float, float, int] | None:
+        values = self.values(metric)
+        if not values:
+            return None
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+    def chance(self, metric: str) -> float | None:
+        """The chance level logged with ``metric`` (``Face/chance``; ``audit/identity/chance`` for
+        the attackers; ``audit/identity/gallery/chance``), averaged over folds."""
+        shared = metric.startswith("audit/") and not metric.endswith("/gallery")
+        values = self.values(chance(metric.rsplit("/", 1)[0]) if shared else chance(metric))
+        return statistics.fmean(values) if values else None
+
+
+def collect_groups(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list[RunGroup]:
+    """FINISHED job runs (sweep parents excluded), grouped by configuration."""
+    groups: dict[tuple, RunGroup] = {}
+    names = {e: client.get_experiment(e).name for e in experiment_ids}
+    for run in client.search_runs(experiment_ids, filter_string=filter_string, max_results=50_000):
+        if run.info.status != "FINISHED" or run.data.tags.get("anonemo.sweep") == "parent" or "fold" not in run.data.params:
+            continue
+        params = {k: v for k, v in run.data.params.items() if not k.startswith(NOT_GROUPED)}
+        key = (run.info.experiment_id, tuple(sorted(params.items())))
+        groups.setdefault(key, RunGroup(names[run.info.experiment_id], params)).add(run)
+    return sorted(groups.values(), key=lambda g: (g.experiment, table_rank(g), g.model, sorted(g.params.items())))
+
+
+def table_rank(group: RunGroup) -> int:
+    """Rows in the paper's column order: a group ranks by the first paper metric it logged."""
+    return next((i for i, metric in enumerate(PAPER_METRICS) if group.summary(metric)), len(PAPER_METRICS))
+
+
+def settings_labels(groups: list[RunGroup]) -> dict[int, str]:
+    """For each group, the parameters that distinguish it from other groups of the same model."""
+    labels = {}
+    for group in groups:
+        siblings = [g for g in groups if g.model == group.model and g.experiment == group.experiment]
+        varying = sorted({k for g in siblings for k in set(g.params) | set(group.params)
+                          if g.params.get(k) != group.params.get(k)})
+        labels[id(group)] = " ".join(f"{k}={group.params.get(k)}" for k in varying)
+    return labels
+
+
+def mean_round_history(client: MlflowClient, group: RunGroup) -> list[dict[str, float]]:
+    """The per-round curves of a Hybrid group, averaged over its folds."""
+    sums: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in group.runs.values():
+        if ROUND_CURVES[0] not in run.data.metrics:  # not a Hybrid
+            continue
+        for key in ROUND_CURVES:
+            for point in client.get_metric_history(run.info.run_id, key):
+                sums[point.step][key].append(point.value)
+    return [{"round": step, **{k: statistics.fmean(v) for k, v in sums[step].items()}} for step in sorted(sums)]

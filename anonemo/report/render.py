@@ -1,0 +1,179 @@
+"""The report's outputs: Markdown and CSV tables, the trade-off figures, and the console table."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+from rich.table import Table
+
+from anonemo import metrics as names
+from anonemo.errors import ConfigError
+from anonemo.evaluation import plt, round_curves_figure
+from anonemo.metrics import PAPER_METRICS
+from anonemo.report.collect import RunGroup, collect_groups, mean_round_history, settings_labels
+from anonemo.report.measures import AUDIT_METRICS, COLUMNS, PAPER_RESULTS, anonymity, emotion_baseline
+
+
+def format_cell(summary: tuple[float, float, int] | None) -> str:
+    if summary is None:
+        return ""
+    mean, std, n = summary
+    return f"{mean:.2f} ± {std:.2f} ({n})"
+
+
+def table_rows(groups: list[RunGroup]) -> list[list[str]]:
+    """Rows of one experiment's table: one per group, then the paper's row and chance."""
+    labels = settings_labels(groups)
+    rows = []
+    for g in groups:
+        score = anonymity(g, groups)
+        rows.append([g.model, labels[id(g)], *(format_cell(g.summary(m)) for m in COLUMNS),
+                     "" if score is None else f"{score:.2f}"])
+    dataset = groups[0].dataset
+    if dataset in PAPER_RESULTS:
+        rows.append(["paper (Narula et al. 2020)", "", *(f"{PAPER_RESULTS[dataset][m]:.2f}" for m in PAPER_METRICS),
+                     *[""] * (len(AUDIT_METRICS) + 1)])
+    chance = {m: next((g.chance(m) for g in groups if g.chance(m) is not None), None) for m in COLUMNS}
+    rows.append(["chance", "", *("" if chance[m] is None else f"{chance[m]:.2f}" for m in COLUMNS), ""])
+    return rows
+
+
+HEADER = ["model", "settings", *PAPER_METRICS, *(m.replace("/", " ") for m in AUDIT_METRICS),
+          "anonymity"]
+
+
+def write_markdown(tables: dict[str, list[list[str]]], path: Path) -> None:
+    lines = []
+    for experiment, rows in tables.items():
+        lines += [f"## {experiment}", "", "Test-fold accuracy (%), mean ± std over folds (number of folds).", ""]
+        lines.append("| " + " | ".join(HEADER) + " |")
+        lines.append("|" + "---|" * len(HEADER))
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def write_csv(groups: list[RunGroup], path: Path) -> None:
+    labels = settings_labels(groups)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["experiment", "dataset", "model", "settings", "folds",
+                         *(f"{m}_{s}" for m in COLUMNS for s in ("mean", "std", "n")), "anonymity"])
+        for g in groups:
+            cells = []
+            for metric in COLUMNS:
+                summary = g.summary(metric)
+                cells += ["", "", ""] if summary is None else [f"{summary[0]:.4f}", f"{summary[1]:.4f}", summary[2]]
+            score = anonymity(g, [h for h in groups if h.experiment == g.experiment])
+            writer.writerow([g.experiment, g.dataset, g.model, labels[id(g)], len(g.runs), *cells,
+                             "" if score is None else f"{score:.4f}"])
+
+
+def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = False) -> plt.Figure | None:
+    """Hybrid2Emotion (utility) against identity leakage, one point per Hybrid setting (labelled
+    with its experiment too when ``by_experiment``: the front across several sweeps).
+
+    Leakage is the strongest audit attacker (``audit/identity/max``) when every Hybrid setting
+    was audited, else the paper's single-head Hybrid2Face.
+    """
+    hybrids = [g for g in groups if g.summary(names.HYBRID2EMOTION) and g.summary(names.HYBRID2FACE)]
+    if not hybrids:
+        return None
+    audited = all(g.summary(names.IDENTITY_MAX) for g in hybrids)
+    leakage = names.IDENTITY_MAX if audited else names.HYBRID2FACE
+    labels = settings_labels(groups)
+    figure, axes = plt.subplots(figsize=(10, 5) if by_experiment else (6.5, 5))
+    for g in hybrids:
+        (x, dx, _), (y, dy, n) = g.summary(leakage), g.summary(names.HYBRID2EMOTION)
+        label = f"{g.experiment}: " * by_experiment + f"{g.model} {labels[id(g)]}".strip() + f" ({n} folds)"
+        if by_experiment:  # a front's points lie close together: named in the legend, with their values
+            axes.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", capsize=3, label=f"{label}: {x:.1f}, {y:.1f}")
+        else:
+            axes.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", capsize=3)
+            axes.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    # References: the Emotion CNN's accuracy, and the leakage of its base by the same measure.
+    references = [("Emotion", names.EMOTION, axes.axhline),
+                  ("Emotion base, strongest attacker", names.IDENTITY_MAX, axes.axvline) if audited
+                  else (names.EMOTION2FACE, names.EMOTION2FACE, axes.axvline)]
+    for label, metric, draw in references:
+        reference = emotion_baseline(groups, metric)
+        if reference:
+            draw(reference[0], color="gray", linewidth=1, label=f"{label} {reference[0]:.1f}")
+    for metric, draw in ((names.HYBRID2EMOTION, axes.axhline), (leakage, axes.axvline)):
+        chance = next((g.chance(metric) for g in hybrids if g.chance(metric) is not None), None)
+        if chance is not None:
+            draw(chance, color="gray", linestyle=":", linewidth=1, label=f"chance ({metric}) {chance:.1f}")
+    nulls = [g.summary(names.IDENTITY_MAX_NULL)[0] for g in hybrids if audited and g.summary(names.IDENTITY_MAX_NULL)]
+    if nulls:  # what the strongest attacker reads off features without identity
+        null = statistics.fmean(nulls)
+        axes.axvline(null, color="gray", linestyle="--", linewidth=1, label=f"strongest attacker, permuted identities {null:.1f}")
+    axes.set_xlabel(f"identity leakage: {leakage} accuracy (%)  ← more private")
+    axes.set_ylabel("utility: Hybrid2Emotion accuracy (%)")
+    axes.set_xlim(0, 100)
+    axes.set_ylim(0, 100)
+    axes.set_title(title)
+    if by_experiment:
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    elif axes.get_legend_handles_labels()[0]:  # reference lines, where the groups have them
+        axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def build_report(
+    client: MlflowClient, experiment_ids: list[str], filter_string: str, output_dir: Path
+) -> tuple[dict[str, list[list[str]]], list[Path]]:
+    """Write the report files under ``output_dir``; returns the tables and the files written."""
+    groups = collect_groups(client, experiment_ids, filter_string)
+    if not groups:
+        raise ConfigError(
+            "No finished runs match: check the experiment, parent_run or filter options "
+            "(runs still RUNNING or FAILED are not reported)."
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    by_experiment: dict[str, list[RunGroup]] = defaultdict(list)
+    by_dataset: dict[str, list[RunGroup]] = defaultdict(list)
+    for group in groups:
+        by_experiment[group.experiment].append(group)
+        by_dataset[group.dataset].append(group)
+    tables = {name: table_rows(members) for name, members in by_experiment.items()}
+    files = [output_dir / "report.md", output_dir / "report.csv"]
+    write_markdown(tables, files[0])
+    write_csv(groups, files[1])
+
+    def save(figure: plt.Figure | None, name: str) -> None:
+        if figure is not None:
+            files.append(output_dir / name)
+            figure.savefig(files[-1], dpi=110)
+            plt.close(figure)
+
+    for name, members in by_experiment.items():
+        save(tradeoff_figure(members, f"{name}: privacy/utility trade-off"), f"tradeoff_{name}.png")
+        hybrids = [(group, history) for group in members if (history := mean_round_history(client, group))]
+        for index, (group, history) in enumerate(hybrids):
+            title = f"{name}: Hybrid rounds, mean of {len(group.runs)} folds"
+            save(round_curves_figure(history, title), f"rounds_{name}_{index}.png")
+    # A trade-off swept over several experiments (one per beta, say) is drawn as one front per dataset.
+    for dataset, members in by_dataset.items():
+        if len({g.experiment for g in members}) > 1:
+            title = f"{dataset}: privacy/utility front across experiments"
+            save(tradeoff_figure(members, title, by_experiment=True), f"front_{dataset}.png")
+    return tables, files
+
+
+def print_tables(tables: dict[str, list[list[str]]]) -> None:
+    console = Console()
+    if not console.is_terminal:  # a log file or pipe: do not wrap the table at 80 columns
+        console = Console(width=200)
+    for name, rows in tables.items():
+        table = Table(title=f"{name}: test-fold accuracy (%), mean ± std over folds (n)")
+        for column in HEADER:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)

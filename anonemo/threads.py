@@ -1,0 +1,32 @@
+"""CPU threads per job: a parallel sweep's jobs share the machine's cores."""
+
+from __future__ import annotations
+
+import os
+
+from hydra.core.hydra_config import HydraConfig
+
+from anonemo.cli import in_multirun
+
+
+def parallel_jobs() -> int:
+    """How many jobs of this sweep share the machine's cores (1 outside a parallel launcher)."""
+    if not in_multirun():
+        return 1
+    launcher = HydraConfig.get().launcher
+    n_jobs = launcher.get("n_jobs")  # joblib
+    if n_jobs is not None:
+        return os.cpu_count() or 1 if n_jobs < 0 else max(1, int(n_jobs))
+    return 1
+
+
+def configure_threads(threads: int | None) -> int:
+    """Torch CPU threads for this job: ``threads`` if set, else the cores divided among parallel
+    jobs, so that a joblib sweep does not oversubscribe the machine."""
+    import torch
+
+    if threads is None:
+        launcher = HydraConfig.get().launcher if in_multirun() else {}
+        threads = launcher.get("cpus_per_task") or max(1, (os.cpu_count() or 1) // parallel_jobs())
+    torch.set_num_threads(int(threads))
+    return int(threads)

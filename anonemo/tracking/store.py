@@ -1,0 +1,71 @@
+"""Where runs are stored: the tracking URI, the server check and the experiment.
+
+Defaults: a SQLite database at ``<paths.output_dir>/mlflow.db`` (MLflow 3 refuses a plain file
+store) with artifacts under ``<paths.output_dir>/mlartifacts``. ``MLFLOW_TRACKING_URI`` in the
+environment wins over that, and ``logger.tracking_uri`` wins over both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.request
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from anonemo.errors import ConfigError, TrackingError
+
+# MLflow's schema migrations log a page of INFO lines the first time a database is created.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    return resolve_tracking_uri(cfg.logger.tracking_uri, cfg.paths.output_dir)
+
+
+def resolve_tracking_uri(explicit: str | None, output_dir: str | Path) -> str:
+    """``explicit`` if given, else ``$MLFLOW_TRACKING_URI``, else SQLite under ``output_dir``."""
+    if explicit:
+        return str(explicit)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    database = Path(output_dir).resolve() / "mlflow.db"
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{database}"  # the absolute path's own leading slash makes the fourth
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, with the URI in the message, when a tracking server does not answer (MLflow's
+    own client would retry for minutes and end in a traceback)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
+            pass
+    except (OSError, ValueError) as error:
+        raise TrackingError(
+            f"The MLflow tracking server {uri} (logger.tracking_uri or $MLFLOW_TRACKING_URI) cannot be "
+            f"reached ({error}). Start it (mlflow server ...), fix the address, or unset both to use the "
+            "local SQLite store under paths.output_dir."
+        ) from error
+
+
+def ensure_experiment(client: MlflowClient, cfg: DictConfig, uri: str) -> str:
+    """The experiment's id, creating it (with an explicit artifact location) if needed."""
+    check_reachable(uri)
+    name = cfg.logger.experiment_name
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        # A local database needs an explicit artifact root; a tracking server has its own.
+        location = None
+        if uri.startswith("sqlite:"):
+            location = (Path(cfg.logger.artifact_location).resolve() / name).as_uri()
+        return client.create_experiment(name, artifact_location=location)
+    if experiment.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"MLflow experiment {name!r} in {uri} is deleted: restore it in the MLflow UI, or pick "
+            "another name with logger.experiment_name=..."
+        )
+    return experiment.experiment_id

@@ -1,0 +1,76 @@
+"""Every option of every config group composes, resolves and builds, without training."""
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+from conftest import CONF, make_config
+from hydra import compose, initialize_config_dir
+from hydra.core.plugins import Plugins
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from anonemo.config import build
+from anonemo.data.pipeline import dataset_source, face_cropper
+from anonemo.models.networks import Networks
+from anonemo.recipes.base import Recipe
+
+# The groups of conf/train.yaml (hydra/launcher and hparams_search choose how jobs run).
+GROUPS = ("dataset", "model", "network", "trainer", "transfer", "logger", "paths", "experiment", "hparams_search",
+          "hydra/launcher")
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+LAUNCHERS = ("basic", "joblib", "submitit_local")  # Hydra's own options, beside this project's
+
+
+def target_nodes(node, path=""):
+    """(dotted path, node) of every ``_target_`` node in a config tree, outermost first."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+            return  # its children are built with it
+        for key in node:
+            yield from target_nodes(node[key], f"{path}.{key}".lstrip("."))
+
+
+def test_every_group_has_options_and_the_list_is_complete():
+    assert {group for group, _ in OPTIONS} == set(GROUPS)
+    assert ("model", "hybrid_standardised") in OPTIONS and ("network", "compact") in OPTIONS
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_resolves_and_builds(tmp_path, group, option):
+    cfg = make_config(tmp_path, f"{group}={option}")
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    built = {path: build(node, path) for path, node in target_nodes(cfg) if path != "trainer"}
+    assert isinstance(built["model"], Recipe) and isinstance(built["network"], Networks)
+    assert built["model"].name == cfg.model.name
+    assert {"model", "network", "transfer.optimizer"} <= set(built)
+    assert isinstance(instantiate(cfg.trainer, logger=False), pl.Trainer)  # a job's Trainer logs to its run
+    dataset_source(cfg.dataset)  # the loader's own settings; its files are read only by a job
+    face_cropper(cfg.dataset)
+
+
+@pytest.mark.parametrize("launcher", [o for g, o in OPTIONS if g == "hydra/launcher"] + list(LAUNCHERS))
+def test_launchers_and_the_search_build(tmp_path, launcher):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.output_dir={tmp_path}", f"hydra/launcher={launcher}",
+                                          "hparams_search=hybrid_optuna"], return_hydra_config=True)
+    plugins = Plugins.instance()  # Hydra builds its plugins itself, outside declarative instantiation
+    assert type(plugins._instantiate(cfg.hydra.launcher)).__name__.endswith("Launcher")
+    assert type(plugins._instantiate(cfg.hydra.sweeper)).__name__ == "OptunaSweeper"
+    for callback in cfg.hydra.callbacks.values():
+        instantiate(callback)
+
+
+def test_model_options_choose_their_networks(tmp_path):
+    """A model may ask for another base shape (hybrid_robust: network=compact); a command-line
+    network= still wins."""
+    shape = {name: build(make_config(tmp_path, f"model={name}").network, "network") for name in ("hybrid", "hybrid_robust")}
+    assert (shape["hybrid"].bottleneck, shape["hybrid_robust"].bottleneck) == (0, 8)
+    assert build(make_config(tmp_path, "model=hybrid_robust", "network=paper").network, "network").bottleneck == 0
+
+
+def test_conf_holds_no_option_outside_a_group():
+    assert sorted(p.name for p in Path(CONF).glob("*.yaml")) == [
+        "audit.yaml", "bench.yaml", "export.yaml", "preview.yaml", "report.yaml", "train.yaml"
+    ]
