@@ -4,9 +4,19 @@ Reproduces and extends Narula, Wang & Chaspari, "An adversarial learning framewo
 users' anonymity in face-based emotion recognition", ICASSP 2020.
 """
 
+import logging
 import os
+import warnings
 
 # albumentations checks the network for a newer release on import; runs must work offline.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# MLflow draws a progress bar per artifact fetched (re-audit and export fetch a few small files).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Third-party messages a user cannot act on: Lightning's notes on every Trainer (devices, precision,
+# checkpoint restores, an advertisement; the job logs its device and precision once), a deprecation
+# inside Lightning itself, and MLflow's database set-up.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 __version__ = "0.1.0"

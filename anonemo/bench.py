@@ -18,6 +18,8 @@ training job and reports where its wall time went (see :mod:`anonemo.timing`).
 
 from __future__ import annotations
 
+import sys
+
 import json
 import logging
 import platform
@@ -35,7 +37,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch import nn
 
-from anonemo.cli import user_errors_reported
+from anonemo.cli import check_override_keys, user_errors_reported
 from anonemo.config import build
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import is_bf16
@@ -283,4 +285,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_override_keys("bench", sys.argv[1:])
     main()

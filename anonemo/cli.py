@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
+import shutil
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -21,17 +24,23 @@ def in_multirun() -> bool:
 
 
 @contextmanager
-def user_errors_reported() -> Iterator[None]:
+def user_errors_reported(discard_run_dir: bool = False) -> Iterator[None]:
     """Print an :class:`AnonemoError` as one paragraph on stderr and exit with status 2.
 
-    Inside a Hydra multirun the job just ends there: its MLflow run is already marked FAILED
-    with the error, and the sweep goes on with the other jobs (an exit would end it) and exits
-    non-zero at the end (see :mod:`anonemo.sweep`). Ctrl-C or SIGTERM exits with status 130.
+    ``discard_run_dir``: the error came before any work (a mistyped option, a dataset that does not
+    load), so the folder Hydra made for this command, holding only its config and log, is removed:
+    a mistake leaves nothing behind.
+
+    Inside a Hydra multirun the job just ends there: the sweep goes on with the other jobs (an exit
+    would end it) and exits non-zero at the end (see :mod:`anonemo.tracking.sweep`). Ctrl-C or
+    SIGTERM exits with status 130.
     """
     try:
         yield
     except AnonemoError as error:
         Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {error}", soft_wrap=True)
+        if discard_run_dir:
+            discard_hydra_run_dir()
         if not in_multirun():
             sys.exit(2)
     except KeyboardInterrupt as interrupt:
@@ -41,6 +50,15 @@ def user_errors_reported() -> Iterator[None]:
         Console(stderr=True, highlight=False).print(f"interrupted{reason}: the MLflow run is marked KILLED.")
         sys.exit(130)
 
+
+def discard_hydra_run_dir() -> None:
+    """Remove this command's Hydra output folder if it holds nothing but Hydra's own config and log."""
+    if not HydraConfig.initialized():
+        return
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    own = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    if folder.is_dir() and {entry.name for entry in folder.iterdir()} <= own:
+        shutil.rmtree(folder, ignore_errors=True)
 
 _received_signal: str | None = None  # set by _interrupt: the job was stopped, not broken
 
@@ -64,3 +82,49 @@ def terminate_as_interrupt() -> None:
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _interrupt)
+
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def check_override_keys(config_name: str, arguments: list[str]) -> None:
+    """Refuse a command-line ``key=value`` whose key is not in the composed config, naming the
+    nearest key that is (``dataset.rot`` -> ``dataset.root``). Hydra's own advice for an unknown
+    key is to add it with ``+``, which adds a key nothing reads. Group selections (``model=hybrid``,
+    each of ``model=face,hybrid``) are composed first, as the keys they bring are valid."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    pairs = [arg.split("=", 1) for arg in arguments if "=" in arg and not arg.startswith(("-", "+", "~"))]
+    groups = {key: value.split(",") for key, value in pairs if (CONF / key).is_dir()}
+    keys = [key for key, _ in pairs if key not in groups and not key.startswith("hydra") and "/" not in key]
+    if not keys:
+        return
+    selections = [[f"{group}={value}" for group, values in groups.items() for value in values[:1]]]
+    selections += [[f"{group}={value}" if g == group else f"{g}={vs[0]}" for g, vs in groups.items()]
+                   for group, values in groups.items() for value in values[1:]]
+    known: set[str] = set()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for selection in selections:
+            try:
+                cfg = compose(config_name, overrides=selection)
+            except Exception:  # an unknown group option: Hydra names it, with the options there are
+                return
+            known |= set(_dotted_keys(OmegaConf.to_container(cfg, resolve=False)))
+    for key in keys:
+        if key not in known:
+            parent, _, name = key.rpartition(".")
+            siblings = sorted(k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent)
+            nearest = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
+            hint = f" Did you mean {parent + '.' if parent else ''}{nearest[0]}?" if nearest else ""
+            Console(stderr=True, highlight=False).print(
+                f"[bold red]error:[/] {key} is not an option of {config_name}.yaml or its groups.{hint} "
+                f"(A + prefix would add {key} as a new key, which nothing reads.)", soft_wrap=True)
+            sys.exit(2)
+
+
+def _dotted_keys(tree: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield f"{prefix}{key}"
+            yield from _dotted_keys(value, f"{prefix}{key}.")

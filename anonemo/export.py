@@ -17,6 +17,8 @@ run's test fold: the share of test images on which both predict the same emotion
 
 from __future__ import annotations
 
+import sys
+
 import json
 import logging
 import tempfile
@@ -30,7 +32,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from anonemo.cli import user_errors_reported
+from anonemo.cli import check_override_keys, user_errors_reported
 from anonemo.data.features import extract_features, is_bf16
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError
@@ -100,7 +102,7 @@ def export_run(client: MlflowClient, run_id: str, output_dir: Path, register: bo
         mlflow.log_dict(preprocessing, f"emotion_model_files/{PREPROCESSING_FILE}")
         mlflow.log_metrics(checks)
     return {"model_uri": info.model_uri, "files": [str(output_dir / MODEL_FILE), str(output_dir / PREPROCESSING_FILE)],
-            **checks}
+            "precision": str(run_cfg.trainer.precision), **checks}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
@@ -116,7 +118,12 @@ def main(cfg: DictConfig) -> None:
         print(f"On the run's test fold the exported model agrees with the run's own evaluation on "
               f"{result['export/agreement']:.2f}% of images (accuracy {result['export/test_acc']:.2f}% "
               f"against {result['export/run_path_test_acc']:.2f}%).")
+        if result["precision"] != "32-true":
+            print(f"The run evaluated its base under trainer.precision={result['precision']}, the export runs in "
+                  "float32: images whose top two emotions are nearly tied can flip between the two (under "
+                  "trainer.precision=32-true they differ by float rounding only).")
 
 
 if __name__ == "__main__":
+    check_override_keys("export", sys.argv[1:])
     main()

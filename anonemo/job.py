@@ -11,15 +11,18 @@ head, and where the wall time went (``time/*``).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
+from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from anonemo import metrics as names
 from anonemo.audit.attackers import default_attackers
 from anonemo.audit.suite import audit_base
 from anonemo.config import build
+from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError, require_permutations
@@ -32,51 +35,106 @@ from anonemo.timing import PhaseClock
 from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT
 from anonemo.tracking.identity import finished_run, unfinished_run
 from anonemo.tracking.run import mlflow_run, run_url
-from anonemo.tracking.store import tracking_uri
+from anonemo.tracking.store import check_reachable, tracking_uri
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """A job checked and ready to run: every option built and the fold's data loaded and split,
+    before anything is written to MLflow. ``finished``: the metrics of a FINISHED run of this very
+    job, when it is not to run again (``sweep.skip_finished``, ``resume``)."""
+
+    cfg: DictConfig
+    recipe: Recipe
+    networks: Networks
+    clock: PhaseClock
+    data: GroupedFoldDataModule | None = None
+    threads: int = 1
+    reopen: Run | None = None
+    finished: dict[str, float] | None = None
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and evaluate ``cfg.model`` on fold ``cfg.fold``; returns the metrics logged to MLflow
     (with ``wall_time_s`` and where it went, ``time/*``)."""
+    return execute(plan(cfg))
+
+
+def plan(cfg: DictConfig) -> Plan:
+    """Everything that can be checked before the job's MLflow run exists: an invalid option, an
+    unreachable tracking server or a dataset that cannot be loaded or folded stops here and leaves
+    no run behind."""
+    clock = PhaseClock()
     recipe: Recipe = build(cfg.model, "model")
     networks: Networks = build(cfg.network, "network")
     require_permutations(cfg.audit.null_permutations, "audit.null_permutations")
+    check_reachable(tracking_uri(cfg))
     if cfg.sweep.skip_finished or cfg.resume:
         done = finished_run(cfg)
         if done is not None:
             log.info("Skipped %s on %s fold %d: run %s with the same settings FINISHED already (%s)",
                      recipe.name, cfg.dataset.name, cfg.fold, done.info.run_id,
                      "resume" if cfg.resume else "sweep.skip_finished")
-            return dict(done.data.metrics)
+            return Plan(cfg, recipe, networks, clock, finished=dict(done.data.metrics))
     reopen = unfinished_run(cfg) if cfg.resume else None
     if cfg.resume:
         log.info("Resume: %s", f"continuing run {reopen.info.run_id} ({reopen.info.status})" if reopen
                  else "no unfinished run with these settings; starting a new one")
-    clock = PhaseClock()
     # Weights and activations that decay into the subnormal range make CPU arithmetic several
     # times slower (an adversarial base that collapsed); flush them to 0.
     torch.set_flush_denormal(True)
     threads = configure_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    with mlflow_run(cfg, reopen) as logger:
-        logger.client.set_tag(logger.run_id, "torch_threads", str(threads))
-        with clock.phase("data"):
-            data = fold_data(cfg)
-            for side in ("train", "val", "test"):
-                data.side(side)
-        metrics = train_and_evaluate(recipe, Job(cfg, data, logger, clock, networks))
+    with clock.phase("data"):
+        data = fold_data(cfg)
+        for side in ("train", "val", "test"):
+            data.side(side)
+    return Plan(cfg, recipe, networks, clock, data, threads, reopen)
+
+
+def record_failed_start(cfg: DictConfig, error: Exception) -> None:
+    """A sweep's job that stopped before it started is still one of the sweep's jobs: a FAILED run
+    holding the error records it, so that the sweep's parent run counts it."""
+    try:
+        with mlflow_run(cfg):
+            raise error
+    except type(error):
+        pass
+
+
+def execute(plan: Plan) -> dict[str, float]:
+    """The planned job in its MLflow run (see :func:`plan`)."""
+    if plan.finished is not None:
+        return plan.finished
+    cfg, recipe, clock = plan.cfg, plan.recipe, plan.clock
+    log.info("%s on %s fold %d: %d torch thread(s), precision %s, %s", recipe.name, cfg.dataset.name, cfg.fold,
+             plan.threads, cfg.trainer.precision, "GPU" if torch.cuda.is_available() else "CPU")
+    with mlflow_run(cfg, plan.reopen) as logger:
+        logger.client.set_tag(logger.run_id, "torch_threads", str(plan.threads))
+        metrics = train_and_evaluate(recipe, Job(cfg, plan.data, logger, clock, plan.networks))
         timings = clock.metrics()
         logger.log_metrics(timings)
         metrics |= timings
-    log.info(
-        "Results of %s on %s fold %d: %s. MLflow run %s in %s (open with `make ui`, then %s)",
-        recipe.name, cfg.dataset.name, cfg.fold,
-        ", ".join(f"{k} = {v:.2f}" for k, v in metrics.items() if not k.startswith("time/")),
-        logger.run_id, tracking_uri(cfg), run_url(logger),
-    )
+    log.info("%s\nAll %d metrics: MLflow run %s in %s (make ui, then %s)",
+             result_summary(f"{recipe.name} on {cfg.dataset.name} fold {cfg.fold}", metrics),
+             len(metrics), logger.run_id, tracking_uri(cfg), run_url(logger))
     return metrics
+
+
+def result_summary(title: str, metrics: dict[str, float]) -> str:
+    """The job's headline numbers (``metrics.HEADLINE``) as a short table, each beside its chance level."""
+    below = set(names.below_chance(metrics))
+    shown = [(name, label) for name, label in names.HEADLINE if name in metrics]
+    width = max((len(label) for _, label in shown), default=0)
+    lines = [f"Results of {title} (test fold, %):"]
+    for name, label in shown:
+        chance = metrics.get(names.chance_of(name))
+        line = f"  {label:<{width}}  {metrics[name]:5.1f}" + ("" if chance is None else f"   chance {chance:5.1f}")
+        lines.append(line + ("   below chance (docs/audit.md)" if name in below else ""))
+    lines.append(f"  wall time {metrics[names.WALL_TIME]:.0f} s")
+    return "\n".join(lines)
 
 
 def train_and_evaluate(recipe: Recipe, job: Job) -> dict[str, float]:
@@ -107,6 +165,8 @@ def train_and_evaluate(recipe: Recipe, job: Job) -> dict[str, float]:
             )
         logger.log_metrics(audited)
         metrics |= audited
+        if below := names.below_chance(audited):
+            logger.client.set_tag(logger.run_id, "audit.below_chance", ", ".join(below))
     return metrics
 
 

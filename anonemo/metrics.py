@@ -61,3 +61,29 @@ ROUND_CURVES = tuple(
 ROUND_BETA = "round/beta"
 ROUND_FEATURE_SCALE = "round/feature_scale"
 WALL_TIME = "wall_time_s"
+
+# A job's headline numbers, as its summary shows them: (metric, label); each has its chance level
+# beside it (``chance_of``). Every other metric stays in MLflow.
+HEADLINE = (
+    *((name, name) for name in PAPER_METRICS),
+    (IDENTITY_MAX, "identity, strongest attacker"),
+    (IDENTITY_GALLERY, "identity, gallery attacker"),
+    (EMOTION_MAX, "emotion, strongest attacker"),
+    (EMOTION_OUTPUT_IDENTITY_MAX, "identity off the emotion output"),
+)
+# The audits whose accuracy can fall below chance, which is not privacy (docs/audit.md).
+CHANCE_BOUNDED_AUDITS = (IDENTITY_MAX, IDENTITY_GALLERY, EMOTION_MAX, EMOTION_OUTPUT_IDENTITY_MAX)
+
+
+def chance_of(metric: str) -> str:
+    """The metric holding ``metric``'s chance level: one per audit (``audit/identity/chance`` for
+    every identity attacker on the features), else ``<metric>/chance``."""
+    if metric.startswith("audit/") and metric.endswith("/max"):
+        return chance(metric.removesuffix("/max"))
+    return chance(metric)
+
+
+def below_chance(metrics: dict[str, float]) -> list[str]:
+    """The audits in ``metrics`` that scored below their chance level."""
+    return [name for name in CHANCE_BOUNDED_AUDITS
+            if name in metrics and chance_of(name) in metrics and metrics[name] < metrics[chance_of(name)]]

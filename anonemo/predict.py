@@ -72,7 +72,7 @@ def predict(model: torch.jit.ScriptModule, preprocessing: dict, files: list[Path
         batch, images = [], []
         for file in files[start : start + BATCH]:
             try:
-                images.append(decode_grayscale(file.read_bytes(), str(file)))
+                images.append(decode_grayscale(file.read_bytes(), str(file), "It is skipped."))
                 batch.append(file)
             except ImageReadError as error:
                 rows.append({"image": str(file), "error": str(error)})
@@ -125,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"{len(done)} images encoded to {args.encode} (anonymised features, "
                       f"{done[0]['features'].shape[0] if done else 0} per image)")
     else:
-        table = Table("image", "emotion", "confidence", "face")
+        table = Table("emotion", "confidence", "face", "image")
+        table.columns[-1].overflow = "fold"  # a long path wraps, never loses the part that tells files apart
         for row in done:
-            table.add_row(row["image"], row["emotion"], f"{row['confidence']:.3f}",
+            table.add_row(row["emotion"], f"{row['confidence']:.3f}",
                           "detected" if row["face_detected"] else "not detected (centre crop)"
-                          if preprocessing["face_crop"].get("method") == "haar" else "-")
+                          if preprocessing["face_crop"].get("method") == "haar" else "-", row["image"])
         console.print(table)
         if args.csv is not None:
             write_csv(rows, args.csv, preprocessing["class_names"])

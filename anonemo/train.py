@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from anonemo.cli import user_errors_reported
+from anonemo.cli import check_override_keys, in_multirun, user_errors_reported
+from anonemo.errors import AnonemoError
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -13,13 +16,24 @@ def main(cfg: DictConfig) -> dict[str, float] | float | None:
     """The job's metrics, or under a hyper-parameter search (``search`` set) its objective."""
     # Imported here, not above: torch, Lightning and MLflow take ~10 s to import, and a mistyped
     # override should be answered (by Hydra, before this runs) without that wait.
-    from anonemo.job import run, search_objective
+    from anonemo.job import execute, plan, record_failed_start, search_objective
 
+    job = None
+    with user_errors_reported(discard_run_dir=True):
+        try:
+            job = plan(cfg)  # every check that needs no MLflow run: a mistake leaves nothing behind
+        except AnonemoError as error:
+            if in_multirun():  # ... except the FAILED run by which a sweep counts this job
+                record_failed_start(cfg, error)
+            raise
+    if job is None:  # in a sweep, a user error ends this job only
+        return None
     with user_errors_reported():
-        metrics = run(cfg)
+        metrics = execute(job)
         return search_objective(cfg, metrics) if cfg.get("search") else metrics
     return None
 
 
 if __name__ == "__main__":
+    check_override_keys("train", sys.argv[1:])
     main()

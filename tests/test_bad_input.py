@@ -99,6 +99,8 @@ def test_bad_input_catalogue(tmp_path, yale_root, jaffe_root, case, overrides, e
     assert message.format(tmp=tmp_path) in str(raised.value)
     cache = tmp_path / "cache"
     assert not cache.exists() or all(f.suffix == ".npz" for f in cache.rglob("*") if f.is_file())
+    # stopped before any work: no MLflow store, run or checkpoint was written
+    assert not {"mlflow.db", "mlartifacts", "checkpoints"} & {p.name for p in tmp_path.iterdir()}
 
 
 def test_empty_folder_says_where_the_data_comes_from(tmp_path):
@@ -112,12 +114,26 @@ def cli(*arguments, module="anonemo.train"):
     return subprocess.run([sys.executable, "-m", module, *arguments], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_cli_reports_a_missing_dataset_without_traceback(tmp_path):
+def test_cli_reports_a_missing_dataset_without_traceback_and_leaves_nothing(tmp_path):
     result = cli("dataset=yale", "dataset.root=/no/such/yalefaces", f"paths.output_dir={tmp_path}")
     assert result.returncode == 2
     assert "dataset.root=/no/such/yalefaces does not exist" in result.stderr
     assert "dataset=yale dataset.root=/path/to/yalefaces" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+    # neither an MLflow run nor the folder Hydra made for the command's log
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_a_mistyped_key_gets_the_nearest_key_not_hydras_plus(tmp_path):
+    result = cli("dataset=yale", "dataset.rot=/data/yalefaces", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "dataset.rot is not an option" in result.stderr and "Did you mean dataset.root?" in result.stderr
+    assert "To append to your config use" not in result.stderr
+    # keys that a group option brings are known: model=hybrid has model.rounds
+    result = cli("model=face,hybrid", "model.round=2", f"paths.output_dir={tmp_path}", "--cfg", "job")
+    assert "Did you mean model.rounds?" in result.stderr
+    result = cli("model=hybrid", "model.rounds=2", f"paths.output_dir={tmp_path}", "--cfg", "job")
+    assert result.returncode == 0 and "rounds: 2" in result.stdout
 
 
 def test_cli_rejects_unknown_config_values(tmp_path):

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from test_bad_input import cli
 
 from anonemo.report.collect import collect_groups
-from anonemo.report.render import build_report, tradeoff_figure
+from anonemo.report.render import BELOW_CHANCE_NOTE, build_report, tradeoff_figure
 from anonemo.tracking.store import tracking_uri
 from anonemo.job import run
 
@@ -80,7 +80,7 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
         "20.00 ± 0.00 (2)", "11.50 ± 0.71 (2)", "50.00 ± 0.00 (2)", "30.00 ± 0.00 (2)", "16.00 ± 1.41 (2)",
         "25.50 ± 0.71 (2)", "0.84"
     ]
-    assert rows[("hybrid", "model.beta=1.0")][8] == "" and rows[("hybrid", "model.beta=1.0")][10] == "30.00 ± 0.00 (1)"
+    assert rows[("hybrid", "model.beta=1.0")][8] == "" and rows[("hybrid", "model.beta=1.0")][10] == "30.00 (1)"
     assert rows[("chance", "")][8] == "" and rows[("chance", "")][10] == "22.50" and rows[("chance", "")][11] == "6.67"
     assert rows[("emotion", "")][13] == "0.00" and rows[("emotion", "")][12] == ""
     names = {f.name for f in files}
@@ -111,11 +111,31 @@ def test_report_draws_the_front_across_experiments(store, tmp_path):
     # each point named with its experiment and (leakage, utility)
     assert "yale: hybrid_standardised (2 folds): 30.0, 50.0" in legend
     assert "yale_beta08: hybrid_standardised (2 folds): 20.0, 40.0" in legend
-    assert "Emotion base, strongest attacker 90.0" in legend
+    assert "Emotion CNN's base, strongest attacker 90.0" in legend
     _, files = build_report(client, [first, second], "", tmp_path / "report")
     assert {"tradeoff_yale.png", "tradeoff_yale_beta08.png", "front_yale.png"} <= {f.name for f in files}
     _, files = build_report(client, [first], "", tmp_path / "one")
     assert "front_yale.png" not in {f.name for f in files}  # one experiment: its own figure is the front
+
+
+def test_below_chance_is_marked_and_not_read_as_privacy(store, tmp_path):
+    """An attacker below chance still tells people apart (the wrong way round): the cell says on
+    how many folds, the anonymity score counts the distance from chance, the figure's point is
+    labelled and hollow."""
+    client, experiment = store
+    chance = {"audit/identity/chance": 100 / 15}
+    for fold, leakage in enumerate([0.0, 40 / 3]):  # fold 0 below chance, fold 1 as far above
+        make_run(client, experiment, {"dataset.name": "yale", "model.name": "hybrid_standardised", "fold": fold},
+                 {"Hybrid2Emotion": 50.0, "Hybrid2Face": 5.0, "audit/identity/max": leakage, **chance})
+    make_run(client, experiment, {"dataset.name": "yale", "model.name": "emotion2face", "fold": 0},
+             {"Emotion": 45.0, "audit/identity/max": 90.0, **chance})
+    tables, _ = build_report(client, [experiment], "", tmp_path / "report")
+    row = next(r for r in tables["yale"] if r[0] == "hybrid_standardised")
+    assert row[7] == "6.67 ± 9.43 (2, 1↓)"
+    assert row[-1] == f"{1 - (20 / 3) / (90 - 20 / 3):.2f}" == "0.92"  # not 1.00, as the mean alone would say
+    assert BELOW_CHANCE_NOTE in (tmp_path / "report" / "report.md").read_text()
+    figure = tradeoff_figure(collect_groups(client, [experiment]), "t")
+    assert any("1 below chance" in text.get_text() for text in figure.axes[0].texts)
 
 
 def test_settings_that_do_not_change_results_do_not_split_groups(store):

@@ -1,12 +1,14 @@
 """End-to-end jobs: training, selection on validation, one test-fold evaluation, MLflow contract."""
 
+import logging
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from anonemo.tracking.store import tracking_uri
 from anonemo.data.pipeline import fold_data
-from anonemo.job import run
+from anonemo.job import result_summary, run
 
 
 def only_run(cfg):
@@ -17,9 +19,15 @@ def only_run(cfg):
     return client, runs[0]
 
 
-def test_emotion_run_logs_the_mlflow_contract(tiny_config):
+def test_emotion_run_logs_the_mlflow_contract(tiny_config, caplog):
     cfg = tiny_config("model=emotion", "fold=2", "seed=3")
-    metrics = run(cfg)
+    with caplog.at_level(logging.INFO, logger="anonemo.job"):
+        metrics = run(cfg)
+    # the job ends with its headline numbers, each beside its chance level, on one screen
+    (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Results of")]
+    assert summary.startswith("Results of emotion on synthetic fold 2 (test fold, %):")
+    assert ["Emotion", f"{metrics['Emotion']:.1f}", "chance", "33.3"] in [line.split() for line in summary.splitlines()]
+    assert "identity, strongest attacker" in summary and len(summary.splitlines()) <= 12
     client, logged = only_run(cfg)
     assert logged.info.status == "FINISHED"
     assert logged.data.metrics["Emotion"] == pytest.approx(metrics["Emotion"])
@@ -93,3 +101,14 @@ def test_tracking_uri_precedence(tiny_config, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/env.db")
     assert tracking_uri(tiny_config()) == "sqlite:////elsewhere/env.db"
     assert tracking_uri(tiny_config("logger.tracking_uri=sqlite:////x/cli.db")) == "sqlite:////x/cli.db"
+
+
+def test_result_summary_marks_an_audit_below_chance():
+    summary = result_summary("hybrid on yale fold 0", {
+        "Hybrid2Emotion": 50.0, "Hybrid2Emotion/chance": 25.0, "audit/identity/max": 0.0,
+        "audit/identity/chance": 100 / 15, "wall_time_s": 12.0,
+    })
+    lines = summary.splitlines()
+    assert lines[1].split() == ["Hybrid2Emotion", "50.0", "chance", "25.0"]
+    assert lines[2].endswith("below chance (docs/audit.md)") and "0.0" in lines[2]
+    assert lines[-1] == "  wall time 12 s"

@@ -3,10 +3,12 @@ finished run (and re-fit its fresh heads)."""
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from anonemo.cli import user_errors_reported
+from anonemo.cli import check_override_keys, user_errors_reported
 from anonemo.errors import ConfigError, require_permutations
 
 
@@ -47,4 +49,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_override_keys("audit", sys.argv[1:])
     main()

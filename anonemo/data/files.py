@@ -75,14 +75,17 @@ def _zip_members(path: Path) -> list[DatasetFile]:
     return [DatasetFile(Path(n).name, f"{path}:{n}", reader(n)) for n in names]
 
 
-def decode_grayscale(data: bytes, location: str) -> np.ndarray:
-    """Decode image bytes (GIF, TIFF incl. palette-coded, PNG, JPEG, ...) to a 2-D uint8 array."""
+DATASET_FILE_ADVICE = "Replace it with an intact copy from the original download, or remove it from the folder."
+
+
+def decode_grayscale(data: bytes, location: str, advice: str = DATASET_FILE_ADVICE) -> np.ndarray:
+    """Decode image bytes (GIF, TIFF incl. palette-coded, PNG, JPEG, ...) to a 2-D uint8 array;
+    ``advice`` ends the error for a file that is not an image."""
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
     if image is None or image.ndim != 2 or min(image.shape) == 0:
         raise ImageReadError(
             f"Could not decode {location} as an image: the file is empty, truncated or not in an "
-            "image format OpenCV reads. Replace it with an intact copy from the original "
-            "download, or remove it from the folder."
+            f"image format OpenCV reads. {advice}"
         )
     return image
 

@@ -7,13 +7,14 @@ after face crop and resize, i.e. what the networks are trained on (before augmen
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from anonemo.cli import user_errors_reported
+from anonemo.cli import check_override_keys, user_errors_reported
 from anonemo.data.pipeline import load_originals
 from anonemo.data.records import FaceRecords
 from anonemo.evaluation import plt
@@ -61,4 +62,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_override_keys("preview", sys.argv[1:])
     main()

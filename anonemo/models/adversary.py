@@ -44,12 +44,18 @@ OBJECTIVES = ("neg_ce", "confusion", "entropy", "grl")
 TARGETS = ("all", "strongest")
 
 
+HEADS = ("paper", "linear", "wide", "narrow")
+
+
 def head_widths(name: str, paper_hidden: Sequence[int]) -> tuple[int, ...]:
     """Hidden-layer widths of an identity head called ``name`` (``paper`` is the network config's)."""
-    widths = {"paper": tuple(paper_hidden), "linear": (), "wide": (1024, 512), "narrow": (64,)}
-    if name not in widths:
-        raise ConfigError(f"model.adversary.heads: {name!r} is not a known identity head; use {', '.join(widths)}.")
-    return widths[name]
+    check_head(name)
+    return {"paper": tuple(paper_hidden), "linear": (), "wide": (1024, 512), "narrow": (64,)}[name]
+
+
+def check_head(name: str) -> None:
+    if name not in HEADS:
+        raise ConfigError(f"model.adversary.heads: {name!r} is not a known identity head; use {', '.join(HEADS)}.")
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,8 @@ class Adversary:
             raise ConfigError(f"model.adversary.target={self.target!r} is not known: use one of {', '.join(TARGETS)}.")
         if not self.heads:
             raise ConfigError("model.adversary.heads is empty: name at least one identity head, e.g. [paper].")
+        for name in self.heads:
+            check_head(name)
         if self.restart_every < 0:
             raise ConfigError(f"model.adversary.restart_every={self.restart_every} must be 0 (never) or a number of rounds.")
 

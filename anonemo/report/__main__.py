@@ -11,13 +11,14 @@ curves averaged over folds.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from anonemo.cli import user_errors_reported
+from anonemo.cli import check_override_keys, user_errors_reported
 from anonemo.errors import ConfigError
 from anonemo.report.render import build_report, print_tables
 from anonemo.tracking.store import resolve_tracking_uri
@@ -53,4 +54,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_override_keys("report", sys.argv[1:])
     main()

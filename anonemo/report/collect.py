@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from anonemo.metrics import PAPER_METRICS, ROUND_CURVES, chance
+from anonemo.metrics import PAPER_METRICS, ROUND_CURVES, chance_of
 from anonemo.tracking.identity import RESULT_NEUTRAL
 
 # Parameters that differ between runs without changing their results (the audit only adds
@@ -53,9 +53,18 @@ class RunGroup:
     def chance(self, metric: str) -> float | None:
         """The chance level logged with ``metric`` (``Face/chance``; ``audit/identity/chance`` for
         the attackers; ``audit/identity/gallery/chance``), averaged over folds."""
-        shared = metric.startswith("audit/") and not metric.endswith("/gallery")
-        values = self.values(chance(metric.rsplit("/", 1)[0]) if shared else chance(metric))
+        values = self.values(chance_of(metric))
         return statistics.fmean(values) if values else None
+
+    def below_chance_folds(self, metric: str) -> int:
+        """On how many folds ``metric`` scored below that fold's chance level."""
+        return sum(1 for value, level in self.with_chance(metric) if value < level)
+
+    def with_chance(self, metric: str) -> list[tuple[float, float]]:
+        """(value, chance level) of ``metric`` on each fold that logged both."""
+        pairs = [(run.data.metrics.get(metric), run.data.metrics.get(chance_of(metric))) for run in self.runs.values()]
+        return [(value, level) for value, level in pairs
+                if value is not None and level is not None and not math.isnan(value)]
 
 
 def collect_groups(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list[RunGroup]:

@@ -25,10 +25,13 @@ def emotion_baseline(groups: list[RunGroup], metric: str) -> tuple[float, float,
 
 
 def anonymity(group: RunGroup, groups: list[RunGroup]) -> float | None:
-    """1 - (identity leakage - chance) / (leakage of the plain Emotion base - chance), with the
-    strongest audit attacker as the leakage: 0 leaks as much as an emotion CNN, 1 is chance."""
-    leakage, chance = group.summary(names.IDENTITY_MAX), group.chance(names.IDENTITY_MAX)
-    baseline = emotion_baseline(groups, names.IDENTITY_MAX)
-    if leakage is None or baseline is None or chance is None or baseline[0] <= chance:
+    """1 - (identity leakage) / (leakage of the plain Emotion base), where a fold's leakage is the
+    strongest audit attacker's distance from chance, |accuracy - chance|: 0 leaks as much as an
+    Emotion CNN, 1 is chance. Below chance counts as leakage too: the features still tell people
+    apart, the attacker reads them the wrong way round (docs/audit.md)."""
+    folds = group.with_chance(names.IDENTITY_MAX)
+    baseline, chance = emotion_baseline(groups, names.IDENTITY_MAX), group.chance(names.IDENTITY_MAX)
+    if not folds or baseline is None or chance is None or baseline[0] <= chance:
         return None
-    return 1 - (leakage[0] - chance) / (baseline[0] - chance)
+    leakage = sum(abs(value - level) for value, level in folds) / len(folds)
+    return 1 - leakage / (baseline[0] - chance)

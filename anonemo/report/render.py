@@ -14,16 +14,24 @@ from rich.table import Table
 from anonemo import metrics as names
 from anonemo.errors import ConfigError
 from anonemo.evaluation import plt, round_curves_figure
-from anonemo.metrics import PAPER_METRICS
+from anonemo.metrics import CHANCE_BOUNDED_AUDITS, PAPER_METRICS
 from anonemo.report.collect import RunGroup, collect_groups, mean_round_history, settings_labels
 from anonemo.report.measures import AUDIT_METRICS, COLUMNS, PAPER_RESULTS, anonymity, emotion_baseline
 
 
-def format_cell(summary: tuple[float, float, int] | None) -> str:
+BELOW_CHANCE_NOTE = ("k↓: on k folds the value is below its chance level, which is not privacy: the features still "
+                     "tell people apart, the attacker reads them the wrong way round (docs/audit.md).")
+
+
+def format_cell(group: RunGroup, metric: str) -> str:
+    """``mean ± std (folds)``, one fold as ``value (1)``; ``, k↓`` when k folds are below chance."""
+    summary = group.summary(metric)
     if summary is None:
         return ""
     mean, std, n = summary
-    return f"{mean:.2f} ± {std:.2f} ({n})"
+    below = group.below_chance_folds(metric) if metric in CHANCE_BOUNDED_AUDITS else 0
+    folds = f"{n}, {below}↓" if below else f"{n}"
+    return f"{mean:.2f} ± {std:.2f} ({folds})" if n > 1 else f"{mean:.2f} ({folds})"
 
 
 def table_rows(groups: list[RunGroup]) -> list[list[str]]:
@@ -32,7 +40,7 @@ def table_rows(groups: list[RunGroup]) -> list[list[str]]:
     rows = []
     for g in groups:
         score = anonymity(g, groups)
-        rows.append([g.model, labels[id(g)], *(format_cell(g.summary(m)) for m in COLUMNS),
+        rows.append([g.model, labels[id(g)], *(format_cell(g, m) for m in COLUMNS),
                      "" if score is None else f"{score:.2f}"])
     dataset = groups[0].dataset
     if dataset in PAPER_RESULTS:
@@ -54,6 +62,8 @@ def write_markdown(tables: dict[str, list[list[str]]], path: Path) -> None:
         lines.append("| " + " | ".join(HEADER) + " |")
         lines.append("|" + "---|" * len(HEADER))
         lines += ["| " + " | ".join(row) + " |" for row in rows]
+        if any("↓" in cell for row in rows for cell in row):
+            lines += ["", BELOW_CHANCE_NOTE]
         lines.append("")
     path.write_text("\n".join(lines))
 
@@ -63,12 +73,13 @@ def write_csv(groups: list[RunGroup], path: Path) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["experiment", "dataset", "model", "settings", "folds",
-                         *(f"{m}_{s}" for m in COLUMNS for s in ("mean", "std", "n")), "anonymity"])
+                         *(f"{m}_{s}" for m in COLUMNS for s in ("mean", "std", "n", "below_chance")), "anonymity"])
         for g in groups:
             cells = []
             for metric in COLUMNS:
                 summary = g.summary(metric)
-                cells += ["", "", ""] if summary is None else [f"{summary[0]:.4f}", f"{summary[1]:.4f}", summary[2]]
+                below = g.below_chance_folds(metric) if metric in CHANCE_BOUNDED_AUDITS else ""
+                cells += ["", "", "", ""] if summary is None else [f"{summary[0]:.4f}", f"{summary[1]:.4f}", summary[2], below]
             score = anonymity(g, [h for h in groups if h.experiment == g.experiment])
             writer.writerow([g.experiment, g.dataset, g.model, labels[id(g)], len(g.runs), *cells,
                              "" if score is None else f"{score:.4f}"])
@@ -90,20 +101,24 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
     figure, axes = plt.subplots(figsize=(10, 5) if by_experiment else (6.5, 5))
     for g in hybrids:
         (x, dx, _), (y, dy, n) = g.summary(leakage), g.summary(names.HYBRID2EMOTION)
-        label = f"{g.experiment}: " * by_experiment + f"{g.model} {labels[id(g)]}".strip() + f" ({n} folds)"
+        below = g.below_chance_folds(leakage) if leakage in CHANCE_BOUNDED_AUDITS else 0
+        label = (f"{g.experiment}: " * by_experiment + f"{g.model} {labels[id(g)]}".strip()
+                 + f" ({n} fold{'s' * (n > 1)}{f', {below} below chance' if below else ''})")
+        # A point with folds below chance is drawn hollow: below chance is not privacy.
+        style = {"fmt": "o", "capsize": 3, "mfc": "none" if below else None}
         if by_experiment:  # a front's points lie close together: named in the legend, with their values
-            axes.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", capsize=3, label=f"{label}: {x:.1f}, {y:.1f}")
+            axes.errorbar(x, y, xerr=dx, yerr=dy, label=f"{label}: {x:.1f}, {y:.1f}", **style)
         else:
-            axes.errorbar(x, y, xerr=dx, yerr=dy, fmt="o", capsize=3)
+            axes.errorbar(x, y, xerr=dx, yerr=dy, **style)
             axes.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     # References: the Emotion CNN's accuracy, and the leakage of its base by the same measure.
-    references = [("Emotion", names.EMOTION, axes.axhline),
-                  ("Emotion base, strongest attacker", names.IDENTITY_MAX, axes.axvline) if audited
-                  else (names.EMOTION2FACE, names.EMOTION2FACE, axes.axvline)]
-    for label, metric, draw in references:
+    references = [("Emotion CNN, emotion", names.EMOTION, axes.axhline, "tab:green"),
+                  ("Emotion CNN's base, strongest attacker", names.IDENTITY_MAX, axes.axvline, "tab:red") if audited
+                  else (names.EMOTION2FACE, names.EMOTION2FACE, axes.axvline, "tab:red")]
+    for label, metric, draw, color in references:
         reference = emotion_baseline(groups, metric)
         if reference:
-            draw(reference[0], color="gray", linewidth=1, label=f"{label} {reference[0]:.1f}")
+            draw(reference[0], color=color, linestyle="-.", linewidth=1, label=f"{label} {reference[0]:.1f}")
     for metric, draw in ((names.HYBRID2EMOTION, axes.axhline), (leakage, axes.axvline)):
         chance = next((g.chance(metric) for g in hybrids if g.chance(metric) is not None), None)
         if chance is not None:
@@ -114,8 +129,8 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
         axes.axvline(null, color="gray", linestyle="--", linewidth=1, label=f"strongest attacker, permuted identities {null:.1f}")
     axes.set_xlabel(f"identity leakage: {leakage} accuracy (%)  ← more private")
     axes.set_ylabel("utility: Hybrid2Emotion accuracy (%)")
-    axes.set_xlim(0, 100)
-    axes.set_ylim(0, 100)
+    axes.set_xlim(-2, 102)  # lines at 0 or 100% stay off the frame
+    axes.set_ylim(-2, 102)
     axes.set_title(title)
     if by_experiment:
         axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))

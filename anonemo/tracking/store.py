@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from anonemo.errors import ConfigError, TrackingError
 
+EXPERIMENT_KIND = "mlflow.experimentKind"
 # MLflow's schema migrations log a page of INFO lines the first time a database is created.
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -62,7 +63,8 @@ def ensure_experiment(client: MlflowClient, cfg: DictConfig, uri: str) -> str:
         location = None
         if uri.startswith("sqlite:"):
             location = (Path(cfg.logger.artifact_location).resolve() / name).as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        # A model-training experiment, so that the UI opens on its runs rather than on GenAI traces.
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: "custom_model_development"})
     if experiment.lifecycle_stage == "deleted":
         raise ConfigError(
             f"MLflow experiment {name!r} in {uri} is deleted: restore it in the MLflow UI, or pick "
