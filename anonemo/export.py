@@ -107,7 +107,7 @@ def export_run(client: MlflowClient, run_id: str, output_dir: Path, register: bo
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    with user_errors_reported():
+    with user_errors_reported(discard_run_dir=True):  # an error here comes before any output
         if not cfg.run_id:
             raise ConfigError("run_id is required: python -m anonemo.export run_id=<MLflow run id>.")
         uri = resolve_tracking_uri(cfg.tracking_uri, cfg.paths.output_dir)

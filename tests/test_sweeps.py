@@ -245,3 +245,4 @@ def test_report_names_an_unknown_experiment(tmp_path):
     result = cli("experiment_name=[Default,nope]", f"paths.output_dir={tmp_path}", module="anonemo.report")
     assert result.returncode == 2
     assert "experiment_name=nope is not in sqlite:///" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "reports").exists() or not any((tmp_path / "reports").iterdir())  # no empty report folder

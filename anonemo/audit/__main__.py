@@ -14,7 +14,7 @@ from anonemo.errors import ConfigError, require_permutations
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="audit")
 def main(cfg: DictConfig) -> None:
-    with user_errors_reported():
+    with user_errors_reported(discard_run_dir=True):  # an error here comes before any output
         if not cfg.run_id:
             raise ConfigError("run_id is required: python -m anonemo.audit run_id=<MLflow run id>.")
         require_permutations(cfg.null_permutations, "null_permutations")

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="report")
 def main(cfg: DictConfig) -> None:
-    with user_errors_reported():
+    with user_errors_reported(discard_run_dir=True):  # an error here comes before any output
         uri = resolve_tracking_uri(cfg.tracking_uri, cfg.paths.output_dir)
         client = MlflowClient(uri)
         filters = [cfg.filter] if cfg.filter else []
