@@ -59,6 +59,11 @@ def discard_hydra_run_dir() -> None:
     own = {".hydra", f"{HydraConfig.get().job.name}.log"}
     if folder.is_dir() and {entry.name for entry in folder.iterdir()} <= own:
         shutil.rmtree(folder, ignore_errors=True)
+        for parent in (folder.parent, folder.parent.parent):  # runs/ and the output folder, when left empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
 _received_signal: str | None = None  # set by _interrupt: the job was stopped, not broken
 

@@ -22,6 +22,7 @@ from anonemo import metrics as names
 from anonemo.audit.attackers import default_attackers
 from anonemo.audit.suite import audit_base
 from anonemo.config import build
+from anonemo.data.check import check_job_data
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule
 from anonemo.data.pipeline import fold_data
@@ -67,6 +68,7 @@ def plan(cfg: DictConfig) -> Plan:
     unreachable tracking server or a dataset that cannot be loaded or folded stops here and leaves
     no run behind."""
     clock = PhaseClock()
+    check_job_data(cfg)
     recipe: Recipe = build(cfg.model, "model")
     networks: Networks = build(cfg.network, "network")
     require_permutations(cfg.audit.null_permutations, "audit.null_permutations")

@@ -8,26 +8,31 @@ import hydra
 from omegaconf import DictConfig
 
 from anonemo.cli import check_override_keys, in_multirun, user_errors_reported
+from anonemo.data.check import check_job_data
 from anonemo.errors import AnonemoError
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> dict[str, float] | float | None:
     """The job's metrics, or under a hyper-parameter search (``search`` set) its objective."""
-    # Imported here, not above: torch, Lightning and MLflow take ~10 s to import, and a mistyped
-    # override should be answered (by Hydra, before this runs) without that wait.
-    from anonemo.job import execute, plan, record_failed_start, search_objective
-
     job = None
     with user_errors_reported(discard_run_dir=True):
         try:
+            # plan() checks this again; here it is answered before torch, Lightning and MLflow are imported (~10 s).
+            check_job_data(cfg)
+            from anonemo.job import plan
+
             job = plan(cfg)  # every check that needs no MLflow run: a mistake leaves nothing behind
         except AnonemoError as error:
             if in_multirun():  # ... except the FAILED run by which a sweep counts this job
+                from anonemo.job import record_failed_start
+
                 record_failed_start(cfg, error)
             raise
     if job is None:  # in a sweep, a user error ends this job only
         return None
+    from anonemo.job import execute, search_objective
+
     with user_errors_reported():
         metrics = execute(job)
         return search_objective(cfg, metrics) if cfg.get("search") else metrics

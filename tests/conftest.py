@@ -60,9 +60,9 @@ WORKER_THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIS
 
 def make_config(tmp_path: Path, *overrides: str) -> DictConfig:
     """The training config with everything written under ``tmp_path``, no progress bar, this test
-    worker's share of the cores, and float32 arithmetic: on CPUs without native bf16 the default
-    bf16 autocast is emulated, about 10x slower, and not bit-reproducible within a process
-    (docs/performance.md). The command-line tests run the default precision."""
+    worker's share of the cores, and float32 arithmetic on every machine (the default is bf16 where
+    the hardware has it, and bf16 autocast is not bit-reproducible within a process:
+    docs/performance.md). The command-line tests run the default precision."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(
             config_name="train",

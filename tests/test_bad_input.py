@@ -124,6 +124,26 @@ def test_cli_reports_a_missing_dataset_without_traceback_and_leaves_nothing(tmp_
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["dataset=yale", "dataset.root=/no/such/yalefaces"], "dataset.root=/no/such/yalefaces does not exist"),
+    (["dataset=yale", "dataset.root={tmp}/photos"], "No Yale faces images found in dataset.root={tmp}/photos"),
+    (["fold=10"], "fold=10 is out of range for cv.n_splits=10"),
+], ids=["missing root", "folder of unrelated photos", "fold out of range"])
+def test_data_and_fold_mistakes_are_answered_before_torch_is_imported(tmp_path, arguments, message):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("IMG_0001.jpg", "IMG_0002.jpg"):
+        (photos / name).write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    command = [sys.executable, "-X", "importtime", "-m", "anonemo.train", f"paths.output_dir={tmp_path}/out",
+               *(argument.format(tmp=tmp_path) for argument in arguments)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and message.format(tmp=tmp_path) in result.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "anonemo.data.check" in imported
+    assert not {"torch", "pytorch_lightning", "mlflow"} & imported
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_mistyped_key_gets_the_nearest_key_not_hydras_plus(tmp_path):
     result = cli("dataset=yale", "dataset.rot=/data/yalefaces", f"paths.output_dir={tmp_path}")
     assert result.returncode == 2

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+import torch
 from conftest import CONF, make_config
 from hydra import compose, initialize_config_dir
 from hydra.core.plugins import Plugins
@@ -11,8 +12,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from anonemo.config import build
-from anonemo.data.pipeline import dataset_source, face_cropper
+from anonemo.data.pipeline import face_cropper
 from anonemo.models.networks import Networks
+from anonemo.precision import cpu_has_native_bf16
 from anonemo.recipes.base import Recipe
 
 # The groups of conf/train.yaml (hydra/launcher and hparams_search choose how jobs run).
@@ -44,9 +46,8 @@ def test_option_composes_resolves_and_builds(tmp_path, group, option):
     built = {path: build(node, path) for path, node in target_nodes(cfg) if path != "trainer"}
     assert isinstance(built["model"], Recipe) and isinstance(built["network"], Networks)
     assert built["model"].name == cfg.model.name
-    assert {"model", "network", "transfer.optimizer"} <= set(built)
+    assert {"model", "network", "transfer.optimizer", "dataset.source"} <= set(built)
     assert isinstance(instantiate(cfg.trainer, logger=False), pl.Trainer)  # a job's Trainer logs to its run
-    dataset_source(cfg.dataset)  # the loader's own settings; its files are read only by a job
     face_cropper(cfg.dataset)
 
 
@@ -74,3 +75,16 @@ def test_conf_holds_no_option_outside_a_group():
     assert sorted(p.name for p in Path(CONF).glob("*.yaml")) == [
         "audit.yaml", "bench.yaml", "export.yaml", "preview.yaml", "report.yaml", "train.yaml"
     ]
+
+
+def test_default_precision_is_bf16_only_where_the_hardware_computes_in_bf16(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags : fpu sse2 avx avx2 fma\n")
+    assert not cpu_has_native_bf16(cpuinfo)
+    cpuinfo.write_text("processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    assert cpu_has_native_bf16(cpuinfo)
+    assert not cpu_has_native_bf16(tmp_path / "no_cpuinfo")  # macOS, Windows
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train")
+    if not torch.cuda.is_available():
+        assert cfg.trainer.precision == ("bf16-mixed" if cpu_has_native_bf16() else "32-true")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_config
 from omegaconf import OmegaConf
 
 from anonemo.data.augment import Augmentation
@@ -13,18 +14,17 @@ from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.synthetic import SyntheticFaces
 from anonemo.errors import ConfigError
 
-YALE_DATASET = {
-    "name": "yale",
-    "image_size": 32,
-    "emotions": {"normal": "normal", "happy": "happy", "sad": "sad", "surprised": "surprised"},
-    "face_crop": {"method": "haar"},
-}
+def dataset_config(tmp_path, *overrides):
+    """The ``dataset`` node of the real config (its loader interpolates the dataset's keys)."""
+    return make_config(tmp_path, *overrides).dataset
+
+
 AUGMENT = {"total": 600, "rotation_limit": 10, "hflip_p": 0.5, "noise_std": [0.01, 0.04], "seed": 0}
 
 
 @pytest.fixture(scope="module")
 def yale_faces(yale_root, tmp_path_factory):
-    dataset = OmegaConf.create({**YALE_DATASET, "root": str(yale_root)})
+    dataset = dataset_config(tmp_path_factory.mktemp("config"), "dataset=yale", f"dataset.root={yale_root}", "dataset.image_size=32")
     return load_faces(dataset, OmegaConf.create(AUGMENT), tmp_path_factory.mktemp("cache"))
 
 
@@ -102,7 +102,8 @@ def test_augment_total_below_the_originals_is_refused():
 
 
 def test_cache_is_reused_and_keyed_by_what_changes_pixels(yale_root, tmp_path):
-    dataset = OmegaConf.create({**YALE_DATASET, "root": str(yale_root)})
+    yale = ("dataset=yale", f"dataset.root={yale_root}")
+    dataset = dataset_config(tmp_path / "config", *yale, "dataset.image_size=32")
     augment = OmegaConf.create({**AUGMENT, "total": 120})
     first = load_faces(dataset, augment, tmp_path)
     cached = list(tmp_path.iterdir())
@@ -111,11 +112,11 @@ def test_cache_is_reused_and_keyed_by_what_changes_pixels(yale_root, tmp_path):
     assert np.array_equal(first.images, again.images) and first.source_names == again.source_names
     assert list(tmp_path.iterdir()) == cached  # read, not rebuilt
     for changed_dataset, changed_augment in (
-        ({**YALE_DATASET, "root": str(yale_root), "image_size": 24}, augment),
+        (dataset_config(tmp_path / "config", *yale, "dataset.image_size=24"), augment),
         (dataset, {**AUGMENT, "total": 120, "seed": 1}),
         (dataset, {**AUGMENT, "total": 120, "rotation_limit": 5}),
     ):
-        load_faces(OmegaConf.create(changed_dataset), OmegaConf.create(changed_augment), tmp_path)
+        load_faces(changed_dataset, OmegaConf.create(changed_augment), tmp_path)
     assert len(list(tmp_path.glob("*.npz"))) == 4
     assert not list(tmp_path.glob("*.tmp*"))
 
@@ -124,10 +125,9 @@ def test_cache_key_follows_the_source_files_bytes(jaffe_root, tmp_path):
     import shutil
 
     copy = Path(shutil.copytree(jaffe_root, tmp_path / "jaffe"))
-    dataset = OmegaConf.create(
-        {"name": "jaffe", "root": str(copy), "image_size": 16, "face_crop": {"method": "center"},
-         "emotions": {"HA": "happiness", "SA": "sadness"}}
-    )
+    dataset = dataset_config(tmp_path / "config", "dataset=jaffe", f"dataset.root={copy}", "dataset.image_size=16",
+                             "dataset.face_crop.method=center")
+    dataset.emotions = {"HA": "happiness", "SA": "sadness"}
     augment = OmegaConf.create({**AUGMENT, "total": 40})
     before = load_faces(dataset, augment, tmp_path / "cache")
     image = next(copy.glob("*.HA1.*.tiff"))

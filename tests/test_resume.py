@@ -14,7 +14,7 @@ from test_bad_input import cli
 
 ROUNDS = 30
 HYBRID = (*TINY_SYNTHETIC, "model=hybrid", "model.init_epochs=2", f"model.rounds={ROUNDS}", "threads=1",
-          "trainer.enable_progress_bar=false")
+          "trainer.enable_progress_bar=false", "trainer.precision=32-true")
 RESULTS = ("Hybrid2Emotion", "Hybrid2Face", "Hybrid/emotion_head", "Hybrid/identity_head", "audit/identity/max",
            "audit/emotion/max", "audit/emotion_output/identity/max", "Hybrid2Emotion/val_acc")
 
@@ -66,7 +66,7 @@ def test_a_killed_hybrid_resumes_to_the_uninterrupted_metrics(tmp_path, caplog):
 
     # Resuming a finished job is answered from its run, without training (in-process: a CLI start costs ~12 s).
     with caplog.at_level(logging.INFO, logger="anonemo.job"):
-        again = train(make_config(killed_dir, *HYBRID, "resume=true", "trainer.precision=bf16-mixed"))  # as the CLI ran it
+        again = train(make_config(killed_dir, *HYBRID, "resume=true"))
     assert f"run {run.info.run_id} with the same settings FINISHED already (resume)" in caplog.text
     assert again == run.data.metrics and len(MlflowClient(f"sqlite:///{killed_dir / 'mlflow.db'}").search_runs(
         [run.info.experiment_id])) == 1

@@ -1,5 +1,6 @@
 """Sweeps (Hydra multirun with parent runs, joblib, submitit, optuna) and the report."""
 
+import io
 import os
 import statistics
 
@@ -7,10 +8,11 @@ import pytest
 import yaml
 from conftest import TINY_SYNTHETIC, WORKER_THREADS
 from mlflow.tracking import MlflowClient
+from rich.console import Console
 from test_bad_input import cli
 
 from anonemo.report.collect import collect_groups
-from anonemo.report.render import BELOW_CHANCE_NOTE, build_report, tradeoff_figure
+from anonemo.report.render import BELOW_CHANCE_NOTE, build_report, print_tables, tradeoff_figure
 from anonemo.tracking.store import tracking_uri
 from anonemo.job import run
 
@@ -92,6 +94,14 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
     csv_lines = (tmp_path / "report" / "report.csv").read_text().splitlines()
     assert csv_lines[0].startswith("experiment,dataset,model,settings,folds,Face_mean")
     assert len(csv_lines) == 5 and csv_lines[0].endswith(",anonymity")
+    # on an 80-column terminal every cell stays on one line, beside its column's name
+    for width, layout in ((80, "blocks"), (400, "table")):
+        console = Console(width=width, record=True, file=io.StringIO())
+        print_tables(tables, console)
+        shown = console.export_text()
+        assert max(len(line) for line in shown.splitlines()) <= width
+        assert all(cell in shown for row in tables["yale"] for cell in row)
+        assert ("  Hybrid2Emotion" in shown and "65.00 ± 7.07 (2)" in shown) if layout == "blocks" else "┃ model" in shown
 
 
 def test_report_draws_the_front_across_experiments(store, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anonemo.data.records import FaceRecords
+from anonemo.data.records import FaceRecords, OriginalLabels
 from anonemo.errors import DatasetError, ImageReadError
 
 log = logging.getLogger(__name__)
@@ -152,19 +152,21 @@ class LabelledImageFolder:
         digest.update(repr(sorted(self.emotions.items())).encode())
         return digest.hexdigest()
 
-    def load(self) -> FaceRecords:
+    def labels(self) -> OriginalLabels:
         selected = self.selected_files()
         subject_codes = sorted({subject for _, subject, _ in selected})
         subject_index = {code: i for i, code in enumerate(subject_codes)}
         emotion_index = {code: i for i, code in enumerate(self.emotions)}
-        return FaceRecords.originals(
-            images=[decode_grayscale(file.read(), file.location) for file, _, _ in selected],
+        return OriginalLabels.of(
             subjects=[subject_index[subject] for _, subject, _ in selected],
             emotions=[emotion_index[emotion] for _, _, emotion in selected],
             subject_names=[self.subject_name(code) for code in subject_codes],
             emotion_names=list(self.emotions.values()),
             source_names=[file.name for file, _, _ in selected],
         )
+
+    def load(self) -> FaceRecords:
+        return self.labels().with_images([decode_grayscale(file.read(), file.location) for file, _, _ in self.selected_files()])
 
     def subject_name(self, code: str) -> str:
         return code

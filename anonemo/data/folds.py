@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from anonemo.data.check import check_fold_options, check_fold_protocol
 from anonemo.errors import ConfigError
 
 MAX_ATTEMPTS = 50  # reshuffles tried before concluding the data cannot satisfy the coverage rule
@@ -43,7 +44,8 @@ def grouped_fold_split(
 
     ``names`` (``subject``, ``emotion``, ``source``: label index -> name) make messages readable.
     """
-    _check_arguments(subjects, emotions, groups, fold, n_splits, val_fraction, names or {})
+    check_fold_options(fold, n_splits, val_fraction)
+    check_fold_protocol(subjects, emotions, groups, n_splits, names or {})
     everything = np.arange(len(groups))
     folds = _covering_folds(subjects, emotions, groups, everything, n_splits, seed, "cv.n_splits")
     train_val, test = folds[fold]
@@ -53,36 +55,6 @@ def grouped_fold_split(
         subjects, emotions, groups, train_val, val_splits, seed * 1000 + fold + 1, "cv.val_fraction"
     )[0]
     return FoldSplit(train=train, val=val, test=test)
-
-
-def _check_arguments(subjects, emotions, groups, fold, n_splits, val_fraction, names) -> None:
-    if n_splits < 2:
-        raise ConfigError(f"cv.n_splits={n_splits} must be at least 2.")
-    if not 0 <= fold < n_splits:
-        raise ConfigError(f"fold={fold} is out of range for cv.n_splits={n_splits}: use fold=0..{n_splits - 1}.")
-    if not 0 < val_fraction <= 0.5:
-        raise ConfigError(
-            f"cv.val_fraction={val_fraction} must be in (0, 0.5]: a validation side is needed for "
-            "early stopping and model selection, which never look at the test fold."
-        )
-    n_groups = len(np.unique(groups))
-    if n_splits > n_groups:
-        raise ConfigError(
-            f"cv.n_splits={n_splits} is larger than the number of original images ({n_groups}): "
-            f"use at most {n_groups} folds."
-        )
-    for name, labels in (("subject", subjects), ("emotion", emotions)):
-        for label in np.unique(labels):
-            originals = np.unique(groups[labels == label])
-            if len(originals) < 2:
-                shown = names[name][label] if name in names else label
-                files = ", ".join(str(names["source"][g]) for g in originals) if "source" in names else ""
-                raise ConfigError(
-                    f"{name} {shown} has only {len(originals)} original image{f' ({files})' if files else ''}: "
-                    "with one image it cannot be on "
-                    "the training side of the fold that tests it. Every subject and every emotion "
-                    "needs at least two original images; add images or drop that class."
-                )
 
 
 def _covering_folds(subjects, emotions, groups, indices, n_splits, seed, option):

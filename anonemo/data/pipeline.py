@@ -19,58 +19,33 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from anonemo.config import build
 from anonemo.data.augment import Augmentation
+from anonemo.data.check import check_image_size
 from anonemo.data.datamodule import GroupedFoldDataModule
-from anonemo.data.files import JaffeFaces, LabelledImageFolder, YaleFaces
 from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.records import FaceRecords
-from anonemo.data.synthetic import SyntheticFaces
-from anonemo.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 # Bump whenever a code change alters the pixels the pipeline produces, so old caches are not reused.
 PIXEL_PIPELINE_VERSION = 1
-MIN_IMAGE_SIZE = 8  # three 2x2 poolings need at least 8 pixels to leave one
-
-
-def dataset_source(dataset: DictConfig) -> LabelledImageFolder | SyntheticFaces:
-    """The loader that the `dataset` config group selects."""
-    if dataset.name == "synthetic":
-        return SyntheticFaces(
-            num_subjects=dataset.num_subjects,
-            num_emotions=dataset.num_emotions,
-            images_per_cell=dataset.images_per_cell,
-            seed=dataset.generator_seed,
-        )
-    folders = {"yale": YaleFaces, "jaffe": JaffeFaces}
-    if dataset.name not in folders:
-        raise ConfigError(f"dataset.name={dataset.name!r} is not known: use synthetic, yale or jaffe.")
-    return folders[dataset.name](dataset.root, OmegaConf.to_container(dataset.emotions))
 
 
 def face_cropper(dataset: DictConfig) -> FaceCropper:
     return FaceCropper(**OmegaConf.to_container(dataset.face_crop))
 
 
-def check_image_size(image_size: int) -> None:
-    if image_size < MIN_IMAGE_SIZE:
-        raise ConfigError(
-            f"dataset.image_size={image_size} is too small for the three 2x2 poolings of the "
-            f"convolutional base: use at least {MIN_IMAGE_SIZE} (the paper's setting here is 64)."
-        )
-
-
 def load_originals(dataset: DictConfig) -> FaceRecords:
     """The original images, face-cropped and resized, not augmented (no cache)."""
     check_image_size(dataset.image_size)
-    return preprocess(dataset_source(dataset).load(), face_cropper(dataset), dataset.image_size)
+    return preprocess(build(dataset.source, "dataset").load(), face_cropper(dataset), dataset.image_size)
 
 
 def load_faces(dataset: DictConfig, augment: DictConfig, cache_dir: str | Path) -> FaceRecords:
     """Originals plus augmented copies (``augment.total`` images in all), from cache if possible."""
     check_image_size(dataset.image_size)
-    source = dataset_source(dataset)
+    source = build(dataset.source, "dataset")
     augmentation = Augmentation(
         total=augment.total,
         rotation_limit=augment.rotation_limit,

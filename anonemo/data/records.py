@@ -32,27 +32,6 @@ class FaceRecords:
             if len(getattr(self, name)) != n:
                 raise ValueError(f"FaceRecords.{name} has {len(getattr(self, name))} entries for {n} images")
 
-    @classmethod
-    def originals(
-        cls,
-        images: Sequence[np.ndarray],
-        subjects: Sequence[int],
-        emotions: Sequence[int],
-        subject_names: Sequence[str],
-        emotion_names: Sequence[str],
-        source_names: Sequence[str],
-    ) -> FaceRecords:
-        """Records of original photographs: each image is its own source."""
-        return cls(
-            images=list(images),
-            subjects=np.asarray(subjects, dtype=np.int64),
-            emotions=np.asarray(emotions, dtype=np.int64),
-            sources=np.arange(len(images), dtype=np.int64),
-            subject_names=tuple(subject_names),
-            emotion_names=tuple(emotion_names),
-            source_names=tuple(source_names),
-        )
-
     def __len__(self) -> int:
         return len(self.images)
 
@@ -63,3 +42,39 @@ class FaceRecords:
     @property
     def num_emotions(self) -> int:
         return len(self.emotion_names)
+
+
+@dataclass(frozen=True)
+class OriginalLabels:
+    """The labels of a dataset's original images, known without decoding a pixel (from file names,
+    or the generator's plan): what a job checks its folds on before any work."""
+
+    subjects: np.ndarray
+    emotions: np.ndarray
+    subject_names: tuple[str, ...]
+    emotion_names: tuple[str, ...]
+    source_names: tuple[str, ...]
+
+    @classmethod
+    def of(
+        cls,
+        subjects: Sequence[int],
+        emotions: Sequence[int],
+        subject_names: Sequence[str],
+        emotion_names: Sequence[str],
+        source_names: Sequence[str],
+    ) -> OriginalLabels:
+        return cls(np.asarray(subjects, dtype=np.int64), np.asarray(emotions, dtype=np.int64),
+                   tuple(subject_names), tuple(emotion_names), tuple(source_names))
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Each original is its own group: the folds keep it and its copies on one side."""
+        return np.arange(len(self.subjects))
+
+    def with_images(self, images: Sequence[np.ndarray]) -> FaceRecords:
+        """The records of these originals, once decoded or drawn, in the same order."""
+        if len(images) != len(self.subjects):
+            raise ValueError(f"{len(images)} images for {len(self.subjects)} labelled originals")
+        return FaceRecords(list(images), self.subjects, self.emotions, self.groups, self.subject_names,
+                           self.emotion_names, self.source_names)

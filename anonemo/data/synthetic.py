@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from anonemo.data.records import FaceRecords
+from anonemo.data.records import FaceRecords, OriginalLabels
 from anonemo.errors import ConfigError
 
 CANVAS = 128  # drawing resolution; preprocessing resizes to dataset.image_size
@@ -101,23 +101,24 @@ class SyntheticFaces:
     def fingerprint(self) -> str:
         return hashlib.sha256(repr(self).encode()).hexdigest()
 
+    def labels(self) -> OriginalLabels:
+        cells = [(s, e, k) for s in range(self.num_subjects) for e in range(self.num_emotions)
+                 for k in range(self.images_per_cell)]
+        return OriginalLabels.of(
+            subjects=[s for s, _, _ in cells],
+            emotions=[e for _, e, _ in cells],
+            subject_names=[f"s{s:02d}" for s in range(self.num_subjects)],
+            emotion_names=self.emotion_names,
+            source_names=[f"s{s:02d}_{self.emotion_names[e]}_{k}" for s, e, k in cells],
+        )
+
     def load(self) -> FaceRecords:
         rng = np.random.default_rng(self.seed)
         traits = [SubjectTraits.draw(rng) for _ in range(self.num_subjects)]
-        images, subjects, emotions, names = [], [], [], []
-        for s, subject in enumerate(traits):
-            for e, emotion in enumerate(self.emotion_names):
-                for k in range(self.images_per_cell):
-                    images.append(self._render(subject, np.array(EMOTION_PROTOTYPES[emotion]), rng))
-                    subjects.append(s)
-                    emotions.append(e)
-                    names.append(f"s{s:02d}_{emotion}_{k}")
-        return FaceRecords.originals(
-            images, subjects, emotions,
-            subject_names=[f"s{s:02d}" for s in range(self.num_subjects)],
-            emotion_names=self.emotion_names,
-            source_names=names,
-        )
+        labels = self.labels()
+        images = [self._render(traits[s], np.array(EMOTION_PROTOTYPES[self.emotion_names[e]]), rng)
+                  for s, e in zip(labels.subjects, labels.emotions)]
+        return labels.with_images(images)
 
     def _render(self, face: SubjectTraits, prototype: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         intensity = rng.uniform(*self.intensity_range)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from anonemo import metrics as names
@@ -181,14 +182,29 @@ def build_report(
     return tables, files
 
 
-def print_tables(tables: dict[str, list[list[str]]]) -> None:
-    console = Console()
-    if not console.is_terminal:  # a log file or pipe: do not wrap the table at 80 columns
-        console = Console(width=200)
+def print_tables(tables: dict[str, list[list[str]]], console: Console | None = None) -> None:
+    """The tables on the console; where one is wider than the terminal, one block per configuration
+    instead, so that no cell is split over lines (report.md and report.csv never depend on it)."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file or pipe: do not wrap at 80 columns
+            console = Console(width=200)
     for name, rows in tables.items():
-        table = Table(title=f"{name}: test-fold accuracy (%), mean ± std over folds (n)")
+        title = f"{name}: test-fold accuracy (%), mean ± std over folds (n)"
+        table = Table(title=title)
         for column in HEADER:
-            table.add_column(column, overflow="fold")
+            table.add_column(column, no_wrap=True)
         for row in rows:
             table.add_row(*row)
-        console.print(table)
+        if Measurement.get(console, console.options.update_width(10**6), table).maximum <= console.width:
+            console.print(table)
+        else:
+            console.print(title, soft_wrap=True)
+            width = max(len(column) for column in HEADER)
+            for row in rows:
+                console.print(" ".join(row[:2]).strip(), style="bold", soft_wrap=True)
+                for column, cell in zip(HEADER[2:], row[2:]):
+                    if cell:
+                        console.print(f"  {column:<{width}}  {cell}", soft_wrap=True, highlight=False)
+        if any("↓" in cell for row in rows for cell in row):
+            console.print(BELOW_CHANCE_NOTE, soft_wrap=True, highlight=False)

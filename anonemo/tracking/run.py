@@ -21,11 +21,10 @@ from anonemo.cli import in_multirun, received_signal, terminate_as_interrupt
 from anonemo.models.networks import ClassifierHead, ConvBase, save_network
 from anonemo.tracking.identity import CONFIG_HASH_TAG, config_hash, flatten, git_commit
 from anonemo.tracking.store import ensure_experiment, tracking_uri
+from anonemo.tracking.sweep import PARENT_RUN_ENV
 
 log = logging.getLogger(__name__)
 
-# Set by anonemo.tracking.sweep.MlflowSweepCallback for the jobs of a Hydra multirun.
-PARENT_RUN_ENV = "ANONEMO_MLFLOW_PARENT_RUN_ID"
 
 
 class RunLogger(MLFlowLogger):

@@ -15,21 +15,25 @@ import sys
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from mlflow.entities import RunStatus
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from anonemo.cli import terminate_as_interrupt
-from anonemo.tracking.run import PARENT_RUN_ENV
-from anonemo.tracking.store import ensure_experiment, tracking_uri
 
 log = logging.getLogger(__name__)
+
+PARENT_RUN_ENV = "ANONEMO_MLFLOW_PARENT_RUN_ID"  # how a sweep's jobs learn their parent run
 
 
 class MlflowSweepCallback(Callback):
     """Opens the sweep's parent run at multirun start and closes it at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # MLflow is imported here, not above: Hydra imports its callbacks for every command, and a
+        # single job's mistakes are answered before the ~10 s of importing MLflow and torch.
+        from mlflow.tracking import MlflowClient
+
+        from anonemo.tracking.store import ensure_experiment, tracking_uri
+
         uri = tracking_uri(config)
         client = MlflowClient(uri)
         experiment_id = ensure_experiment(client, config, uri)
@@ -59,6 +63,9 @@ class MlflowSweepCallback(Callback):
         parent, self._parent = getattr(self, "_parent", None), None
         if parent is None:
             return 0
+        from mlflow.entities import RunStatus
+        from mlflow.tracking import MlflowClient
+
         os.environ.pop(PARENT_RUN_ENV, None)
         client = MlflowClient(self._uri)
         children = client.search_runs(
