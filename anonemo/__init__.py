@@ -19,8 +19,8 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARN
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
-from anonemo.precision import register_precision_resolver  # noqa: E402  (after the environment above)
+from anonemo.config import register_resolvers  # noqa: E402  (after the environment above)
 
-register_precision_resolver()
+register_resolvers()
 
 __version__ = "0.1.0"

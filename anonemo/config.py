@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from anonemo.errors import AnonemoError, ConfigError
+from anonemo.precision import fastest_precision
 
 
 def build(node: DictConfig, option: str) -> Any:
@@ -24,3 +25,19 @@ def build(node: DictConfig, option: str) -> Any:
         if isinstance(cause, AnonemoError):
             raise cause from None
         raise ConfigError(f"{option}: {cause}") from error
+
+
+def source_default(key: str, *, _root_: DictConfig) -> Any:
+    """``${anonemo.source_default:image_size}``: the value the dataset's loader says fits the data
+    under ``dataset.root`` (CK+'s pre-cropped copy: 48 pixels, no face crop)."""
+    source = _root_.dataset.source
+    defaults = get_class(source._target_).layout_defaults(source.root)
+    if key not in defaults:
+        raise ConfigError(f"${{anonemo.source_default:{key}}}: {source._target_} has no default for {key}.")
+    return defaults[key]
+
+
+def register_resolvers() -> None:
+    """The configs' own interpolations: ``${anonemo.fastest_precision:}`` and ``${anonemo.source_default:KEY}``."""
+    OmegaConf.register_new_resolver("anonemo.fastest_precision", fastest_precision, replace=True)
+    OmegaConf.register_new_resolver("anonemo.source_default", source_default, replace=True)

@@ -115,6 +115,7 @@ def execute(plan: Plan) -> dict[str, float]:
              plan.threads, cfg.trainer.precision, "GPU" if torch.cuda.is_available() else "CPU")
     with mlflow_run(cfg, plan.reopen) as logger:
         logger.client.set_tag(logger.run_id, "torch_threads", str(plan.threads))
+        logger.log_hyperparams(plan.data.summary())
         metrics = train_and_evaluate(recipe, Job(cfg, plan.data, logger, clock, plan.networks))
         timings = clock.metrics()
         logger.log_metrics(timings)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
@@ -28,7 +26,3 @@ def fastest_precision() -> str:
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
-
-
-def register_precision_resolver() -> None:
-    OmegaConf.register_new_resolver("anonemo.fastest_precision", fastest_precision, replace=True)

@@ -8,7 +8,7 @@ import time
 import zipfile
 
 import pytest
-from conftest import REPO, TINY_SYNTHETIC, make_config
+from conftest import REPO, TINY_SYNTHETIC, make_config, yale_as_own_folder
 from mlflow.tracking import MlflowClient
 
 from anonemo.errors import ConfigError, DatasetError, ImageReadError, TrackingError
@@ -40,6 +40,12 @@ def zip_of(path, members):
     return path
 
 
+def folder_job(tmp_path, yale_root, rows=None, header="path,subject,emotion"):
+    """dataset=folder on Yale's images as a researcher's folder, with its (edited) manifest."""
+    root, manifest = yale_as_own_folder(tmp_path, yale_root, manifest_rows=rows, header=header)
+    return ["dataset=folder", f"dataset.root={root}", f"dataset.manifest={manifest}"]
+
+
 # The catalogue of bad input: (case, overrides built from (tmp_path, yale_root, jaffe_root), error class,
 # the message's telling part ({tmp} is tmp_path)). Every case runs the real job from its config.
 CATALOGUE = [
@@ -60,10 +66,10 @@ CATALOGUE = [
     ("corrupt TIFF", lambda t, y, j: ["dataset=jaffe", f"dataset.root={copy_folder(j, t / 'jaffe', lambda n, d: d[:300] if n.endswith('.5.tiff') else d)}"],
      ImageReadError, ".5.tiff as an image"),
     ("subject with one original image", lambda t, y, j: ["dataset=jaffe", f"dataset.root={copy_folder(j, t / 'jaffe', lambda n, d: None if n.startswith('KA.') and not n.startswith('KA.AN1.') else d)}"],
-     ConfigError, "subject KA has only 1 original image (KA.AN1."),
+     ConfigError, "subject KA has only 1 original image or group (KA.AN1."),
     ("fold out of range", lambda t, y, j: ["fold=12"], ConfigError, "fold=12 is out of range for cv.n_splits=10"),
     ("more folds than original images", lambda t, y, j: [*TINY_SYNTHETIC, "cv.n_splits=100"],
-     ConfigError, "cv.n_splits=100 is larger than the number of original images (48)"),
+     ConfigError, "cv.n_splits=100 is larger than the number of groups of original images (48)"),
     ("one fold", lambda t, y, j: ["cv.n_splits=1"], ConfigError, "cv.n_splits=1 must be at least 2"),
     ("validation fraction", lambda t, y, j: ["cv.val_fraction=0.9"], ConfigError, "cv.val_fraction=0.9 must be in (0, 0.5]"),
     ("too few augmented images", lambda t, y, j: ["augment.total=10"], ConfigError, "augment.total=10 is smaller than the 420 original images"),
@@ -85,6 +91,18 @@ CATALOGUE = [
      ConfigError, "network.feature_norm='group' is not known"),
     ("negative null permutations", lambda t, y, j: ["audit.null_permutations=-1"],
      ConfigError, "audit.null_permutations=-1 must be 0 (no null) or a number of permutations"),
+    ("manifest names a missing file", lambda t, y, j: folder_job(t, y, rows=lambda r: [*r, "people/subject99/happy.gif,subject99,happy"]),
+     DatasetError, "{tmp}/labels.csv, line 62: people/subject99/happy.gif is not a file under dataset.root={tmp}/faces"),
+    ("manifest with a mistyped column", lambda t, y, j: folder_job(t, y, header="path,subjct,emotion"),
+     DatasetError, "{tmp}/labels.csv: the column 'subjct' is not one anonemo reads (did you mean subject?)"),
+    ("pattern matching no file", lambda t, y, j: [*folder_job(t, y)[:2], "dataset.pattern='(?P<subject>s\\d+)_(?P<emotion>\\w+)\\.png'"],
+     DatasetError, "No Folder dataset images found in dataset.root={tmp}/faces: 61 file(s) there, 61 not matching dataset.pattern="),
+    ("folder without manifest or pattern", lambda t, y, j: folder_job(t, y)[:2],
+     ConfigError, "dataset=folder needs exactly one of dataset.manifest and dataset.pattern (got neither)"),
+    ("every subject below the minimum groups", lambda t, y, j: [*folder_job(t, y), "dataset.min_groups_per_subject=5"],
+     DatasetError, "Every subject of Folder dataset in dataset.root={tmp}/faces has fewer than dataset.min_groups_per_subject=5"),
+    ("an emotion with one group", lambda t, y, j: folder_job(t, y, rows=lambda r: [x for x in r if "surprised" not in x or "subject01/" in x]),
+     ConfigError, "emotion surprised has only 1 original image or group (people/subject01/surprised.gif): with one it cannot"),
     ("unreachable tracking server", lambda t, y, j: ["logger.tracking_uri=http://127.0.0.1:9"],
      TrackingError, "The MLflow tracking server http://127.0.0.1:9 (logger.tracking_uri or $MLFLOW_TRACKING_URI) cannot be reached"),
 ]

@@ -9,9 +9,10 @@ import numpy as np
 from conftest import JAFFE_CODES, JAFFE_SUBJECTS, JAFFE_TAKES, jaffe_gray_values
 from sklearn.linear_model import LogisticRegression
 
-from anonemo.data.files import JaffeFaces, YaleFaces
+from anonemo.data.jaffe import JaffeFaces
 from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.synthetic import SyntheticFaces
+from anonemo.data.yale import YaleFaces
 
 YALE_EMOTIONS = {"normal": "normal", "happy": "happy", "sad": "sad", "surprised": "surprised"}
 JAFFE_EMOTIONS = dict(zip(JAFFE_CODES, ("neutral", "happiness", "sadness", "surprise", "anger", "disgust", "fear")))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import albumentations as A
 import cv2
@@ -49,12 +49,10 @@ class Augmentation:
         source_of_copy = np.repeat(np.arange(n), copies)
         augmented = [transform(image=originals.images[i])["image"] for i in source_of_copy]
         order = np.concatenate([np.arange(n), source_of_copy])
-        return FaceRecords(
+        return replace(
+            originals,
             images=np.concatenate([originals.images, np.stack(augmented)]) if augmented else originals.images,
             subjects=originals.subjects[order],
             emotions=originals.emotions[order],
             sources=originals.sources[order],
-            subject_names=originals.subject_names,
-            emotion_names=originals.emotion_names,
-            source_names=originals.source_names,
         )

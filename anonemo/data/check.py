@@ -21,9 +21,7 @@ def check_job_data(cfg: DictConfig) -> None:
     check_image_size(cfg.dataset.image_size)
     check_fold_options(cfg.fold, cfg.cv.n_splits, cfg.cv.val_fraction)
     labels = build(cfg.dataset.source, "dataset").labels()
-    check_fold_protocol(labels.subjects, labels.emotions, labels.groups, cfg.cv.n_splits,
-                        {"subject": labels.subject_names, "emotion": labels.emotion_names,
-                         "source": labels.source_names})
+    check_fold_protocol(labels.subjects, labels.emotions, labels.groups, cfg.cv.n_splits, labels.fold_names())
 
 
 def check_image_size(image_size: int) -> None:
@@ -49,23 +47,28 @@ def check_fold_options(fold: int, n_splits: int, val_fraction: float) -> None:
 def check_fold_protocol(subjects: np.ndarray, emotions: np.ndarray, groups: np.ndarray, n_splits: int,
                         names: Mapping[str, Sequence[str]]) -> None:
     """The paper's protocol needs every subject and emotion on every training side: at least two
-    groups (originals) of each, and no more folds than groups. ``names``: label index -> name, for
-    ``subject``, ``emotion`` and ``source`` (the group)."""
+    groups of each (a group is one original image, or the originals that share a group, such as
+    the frames of one sequence), and no more folds than groups. ``names``: label index -> name, for
+    ``subject``, ``emotion`` and ``group``."""
     n_groups = len(np.unique(groups))
     if n_splits > n_groups:
         raise ConfigError(
-            f"cv.n_splits={n_splits} is larger than the number of original images ({n_groups}): "
+            f"cv.n_splits={n_splits} is larger than the number of groups of original images ({n_groups}): "
             f"use at most {n_groups} folds."
         )
+    advice = {
+        "subject": "add images of that subject, or drop subjects with fewer groups: dataset.min_groups_per_subject=2 "
+                   "(dataset=folder, dataset=ckplus)",
+        "emotion": "add images of that emotion, or leave it out of dataset.emotions",
+    }
     for name, labels in (("subject", subjects), ("emotion", emotions)):
         for label in np.unique(labels):
-            originals = np.unique(groups[labels == label])
-            if len(originals) < 2:
+            members = np.unique(groups[labels == label])
+            if len(members) < 2:
                 shown = names[name][label] if name in names else label
-                files = ", ".join(str(names["source"][g]) for g in originals) if "source" in names else ""
+                files = ", ".join(str(names["group"][g]) for g in members) if "group" in names else ""
                 raise ConfigError(
-                    f"{name} {shown} has only {len(originals)} original image{f' ({files})' if files else ''}: "
-                    "with one image it cannot be on "
-                    "the training side of the fold that tests it. Every subject and every emotion "
-                    "needs at least two original images; add images or drop that class."
+                    f"{name} {shown} has only {len(members)} original image or group{f' ({files})' if files else ''}: "
+                    "with one it cannot be on the training side of the fold that tests it. Every subject and "
+                    f"every emotion needs at least two; {advice[name]}."
                 )

@@ -83,8 +83,7 @@ class GroupedFoldDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.seed = seed
         self.split: FoldSplit = grouped_fold_split(
-            faces.subjects, faces.emotions, faces.sources, fold, n_splits, val_fraction, seed,
-            names={"subject": faces.subject_names, "emotion": faces.emotion_names, "source": faces.source_names},
+            faces.subjects, faces.emotions, faces.groups, fold, n_splits, val_fraction, seed, names=faces.fold_names(),
         )
         self._sides: dict[str, TensorBatches] = {}
         self._shuffle = torch.Generator()
@@ -97,6 +96,14 @@ class GroupedFoldDataModule(pl.LightningDataModule):
     @property
     def num_emotions(self) -> int:
         return self.faces.num_emotions
+
+    def summary(self) -> dict[str, int]:
+        """What the job trains and tests on, logged beside its settings (subjects after any were
+        left out, original images, their groups, and images after augmentation)."""
+        faces = self.faces
+        return {"data.subjects": faces.num_subjects, "data.emotions": faces.num_emotions,
+                "data.originals": len(faces.source_names), "data.groups": len(np.unique(faces.source_groups)),
+                "data.images": len(faces)}
 
     @property
     def subject_names(self) -> tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""Reading a dataset whose labels are in its file names, from a folder or a zip archive."""
+"""Datasets of image files in a folder or a zip archive: listing and decoding the files, and the
+base class of every such loader (labels from file names, a manifest, or label files)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,15 @@ import hashlib
 import logging
 import re
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
 
 from anonemo.data.records import FaceRecords, OriginalLabels
-from anonemo.errors import DatasetError, ImageReadError
+from anonemo.errors import ConfigError, DatasetError, ImageReadError
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,13 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 class DatasetFile:
     """One file of a dataset folder or archive, read on demand."""
 
-    name: str  # the file name alone, which carries the labels
+    path: str  # relative to the folder (or the archive's member name), with / separators
     location: str  # where it is, for messages: a path, or archive.zip:member
     read: Callable[[], bytes]
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.path).name
 
 
 def list_dataset_files(root: str | Path | None, dataset: str, how_to_get: str) -> list[DatasetFile]:
@@ -40,7 +45,7 @@ def list_dataset_files(root: str | Path | None, dataset: str, how_to_get: str) -
         raise DatasetError(f"dataset.root={root} does not exist. {how_to_get}")
     if path.is_dir():
         files = [
-            DatasetFile(p.name, str(p), p.read_bytes)
+            DatasetFile(p.relative_to(path).as_posix(), str(p), p.read_bytes)
             for p in sorted(path.rglob("*"))
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
         ]
@@ -72,7 +77,7 @@ def _zip_members(path: Path) -> list[DatasetFile]:
 
         return read
 
-    return [DatasetFile(Path(n).name, f"{path}:{n}", reader(n)) for n in names]
+    return [DatasetFile(n, f"{path}:{n}", reader(n)) for n in names]
 
 
 DATASET_FILE_ADVICE = "Replace it with an intact copy from the original download, or remove it from the folder."
@@ -90,122 +95,163 @@ def decode_grayscale(data: bytes, location: str, advice: str = DATASET_FILE_ADVI
     return image
 
 
-class LabelledImageFolder:
-    """A face dataset whose subject and emotion labels are encoded in its file names.
+@dataclass(frozen=True)
+class LabelledFile:
+    """An image file with its labels as the dataset writes them."""
 
-    Subclasses give the naming scheme (``parse``) and the texts used in messages.
+    file: DatasetFile
+    subject: str
+    emotion: str  # the dataset's code for it (a key of the loader's ``emotions``)
+    group: str  # files of one group are near-duplicates (one video sequence): one side of every split
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a loader found under its root: the labelled images, and the files it could not label."""
+
+    labelled: list[LabelledFile]
+    unlabelled: list[str]  # paths, for the message
+    total: int  # files looked at
+    unlabelled_as: str  # why they were not labelled, for the message ("matching no ... name")
+
+
+class ImageFileSource:
+    """A face dataset of image files with subject, emotion and group labels.
+
+    Subclasses say how a file's labels are found (``listing``); this class keeps the emotions asked
+    for (``emotions``: code -> class name in class order, a list of codes that are the names, or
+    None for every emotion found, sorted), drops subjects with fewer than
+    ``min_groups_per_subject`` groups, and loads, fingerprints and labels what is left.
     """
 
     title: str  # human-readable dataset name
     config_name: str  # the value of `dataset=` that selects it
-    naming: str  # the naming scheme, for messages
-    how_to_get: str  # where the official data comes from and which override to set
+    how_to_get: str  # where the data comes from and which override to set
+    emotion_order: tuple[str, ...] = ()  # the class order of the emotions found, when none are asked for
 
-    def __init__(self, root: str | Path | None, emotions: Mapping[str, str]):
+    def __init__(self, root: str | Path | None, emotions: Mapping[str, str] | Sequence[str] | None = None,
+                 min_groups_per_subject: int = 1):
+        if min_groups_per_subject < 1:
+            raise ConfigError(f"dataset.min_groups_per_subject={min_groups_per_subject} must be at least 1.")
         self.root = root
-        self.emotions = dict(emotions)  # file-name code -> class name, in class-index order
-        self._selected: list[tuple[DatasetFile, str, str]] | None = None
+        self.emotions = None if emotions is None else (
+            dict(emotions) if isinstance(emotions, Mapping) else {str(e): str(e) for e in emotions})
+        self.min_groups_per_subject = min_groups_per_subject
+        self._selected: tuple[list[LabelledFile], dict[str, str]] | None = None
+
+    def listing(self) -> Listing:
+        """Every file under ``root`` and the labels the dataset's layout gives it."""
+        raise NotImplementedError
+
+    def files(self) -> list[DatasetFile]:
+        return list_dataset_files(self.root, self.config_name, self.how_to_get)
+
+    def selected(self) -> tuple[list[LabelledFile], dict[str, str]]:
+        """The files used, and the emotion classes (code -> name, in class order)."""
+        if self._selected is not None:
+            return self._selected
+        listing = self.listing()
+        if listing.unlabelled:
+            shown = ", ".join(listing.unlabelled[:5]) + (" ..." if len(listing.unlabelled) > 5 else "")
+            log.warning("%s: %d file(s) in %s %s were ignored: %s",
+                        self.title, len(listing.unlabelled), self.root, listing.unlabelled_as, shown)
+        found = {f.emotion for f in listing.labelled}
+        order = [e for e in self.emotion_order if e in found] + sorted(found - set(self.emotion_order))
+        classes = self.emotions or {code: code for code in order}
+        kept = [f for f in listing.labelled if f.emotion in classes]
+        left_out = len(listing.labelled) - len(kept)
+        if not kept:
+            raise DatasetError(
+                f"No {self.title} images found in dataset.root={self.root}: {listing.total} file(s) "
+                f"there, {len(listing.unlabelled)} {listing.unlabelled_as} and {left_out} of emotions "
+                f"other than {', '.join(classes)}. {self.how_to_get}"
+            )
+        kept = self._drop_subjects_with_few_groups(kept)
+        log.info("%s: %d images kept from %s (%d of other emotions left out, %d unlabelled)",
+                 self.title, len(kept), self.root, left_out, len(listing.unlabelled))
+        self._selected = kept, classes
+        return self._selected
+
+    def _drop_subjects_with_few_groups(self, files: list[LabelledFile]) -> list[LabelledFile]:
+        groups: dict[str, set[str]] = {}
+        for f in files:
+            groups.setdefault(f.subject, set()).add(f.group)
+        dropped = sorted(s for s, g in groups.items() if len(g) < self.min_groups_per_subject)
+        if not dropped:
+            return files
+        if len(dropped) == len(groups):
+            raise DatasetError(
+                f"Every subject of {self.title} in dataset.root={self.root} has fewer than "
+                f"dataset.min_groups_per_subject={self.min_groups_per_subject} groups of images: lower it."
+            )
+        log.warning("%s: %d of %d subjects have fewer than dataset.min_groups_per_subject=%d groups and "
+                    "are left out: %s", self.title, len(dropped), len(groups), self.min_groups_per_subject,
+                    ", ".join(dropped[:20]) + (" ..." if len(dropped) > 20 else ""))
+        return [f for f in files if f.subject not in set(dropped)]
+
+    def labels(self) -> OriginalLabels:
+        files, classes = self.selected()
+        subject_codes = sorted({f.subject for f in files})
+        subject_index = {code: i for i, code in enumerate(subject_codes)}
+        group_index = {code: i for i, code in enumerate(dict.fromkeys(f.group for f in files))}
+        emotion_index = {code: i for i, code in enumerate(classes)}
+        return OriginalLabels.of(
+            subjects=[subject_index[f.subject] for f in files],
+            emotions=[emotion_index[f.emotion] for f in files],
+            subject_names=[self.subject_name(code) for code in subject_codes],
+            emotion_names=list(classes.values()),
+            source_names=[self.source_name(f.file) for f in files],
+            groups=[group_index[f.group] for f in files],
+        )
+
+    def subject_name(self, code: str) -> str:
+        return code
+
+    def source_name(self, file: DatasetFile) -> str:
+        """How messages and predictions name an original: its path under the root."""
+        return file.path
+
+    @classmethod
+    def layout_defaults(cls, root: str | None) -> dict[str, object]:
+        """Settings that depend on how the data under ``root`` is laid out (``${anonemo.source_default:KEY}``
+        in a dataset config); none for most datasets."""
+        return {}
+
+    def fingerprint(self) -> str:
+        """A hash of the labels, names and bytes of every file used: changes whenever the pixels or
+        labels can."""
+        files, classes = self.selected()
+        digest = hashlib.sha256(self.config_name.encode())
+        for f in files:
+            digest.update(f"{self.source_name(f.file)}|{f.subject}|{f.emotion}|{f.group}|".encode())
+            digest.update(hashlib.sha256(f.file.read()).digest())
+        digest.update(repr(list(classes.items())).encode())
+        return digest.hexdigest()
+
+    def load(self) -> FaceRecords:
+        files, _ = self.selected()
+        return self.labels().with_images([decode_grayscale(f.file.read(), f.file.location) for f in files])
+
+
+class FileNameLabels(ImageFileSource):
+    """A dataset whose subject and emotion are encoded in each file's name (one group per file)."""
+
+    naming: str  # the naming scheme, for messages
 
     def parse(self, name: str) -> tuple[str, str] | None:
         """(subject code, emotion code) encoded in a file name, or None if it follows no scheme."""
         raise NotImplementedError
 
-    def selected_files(self) -> list[tuple[DatasetFile, str, str]]:
-        """The files used, with their subject and emotion codes; the others are logged."""
-        if self._selected is not None:
-            return self._selected
-        files = list_dataset_files(self.root, self.config_name, self.how_to_get)
-        selected, unrecognised, left_out = [], [], 0
+    def source_name(self, file: DatasetFile) -> str:
+        return file.name  # the name carries the labels, wherever the folder or archive puts it
+
+    def listing(self) -> Listing:
+        files = self.files()
+        labelled, unlabelled = [], []
         for file in files:
             labels = self.parse(file.name)
             if labels is None:
-                unrecognised.append(file.name)
-            elif labels[1] in self.emotions:
-                selected.append((file, *labels))
+                unlabelled.append(file.name)
             else:
-                left_out += 1
-        if unrecognised:
-            shown = ", ".join(unrecognised[:5]) + (" ..." if len(unrecognised) > 5 else "")
-            log.warning(
-                "%s: %d file(s) in %s match no %s name and were ignored: %s",
-                self.title, len(unrecognised), self.root, self.naming, shown,
-            )
-        if not selected:
-            raise DatasetError(
-                f"No {self.title} images found in dataset.root={self.root}: {len(files)} file(s) "
-                f"there, {len(unrecognised)} matching no {self.naming} name and {left_out} of "
-                f"emotions other than {', '.join(self.emotions)}. {self.how_to_get}"
-            )
-        log.info(
-            "%s: %d images kept from %s (%d of other conditions left out, %d unrecognised)",
-            self.title, len(selected), self.root, left_out, len(unrecognised),
-        )
-        self._selected = selected
-        return selected
-
-    def fingerprint(self) -> str:
-        """A hash of the names and bytes of every file used: changes whenever the pixels can."""
-        digest = hashlib.sha256(self.config_name.encode())
-        for file, subject, emotion in self.selected_files():
-            digest.update(f"{file.name}|{subject}|{emotion}|".encode())
-            digest.update(hashlib.sha256(file.read()).digest())
-        digest.update(repr(sorted(self.emotions.items())).encode())
-        return digest.hexdigest()
-
-    def labels(self) -> OriginalLabels:
-        selected = self.selected_files()
-        subject_codes = sorted({subject for _, subject, _ in selected})
-        subject_index = {code: i for i, code in enumerate(subject_codes)}
-        emotion_index = {code: i for i, code in enumerate(self.emotions)}
-        return OriginalLabels.of(
-            subjects=[subject_index[subject] for _, subject, _ in selected],
-            emotions=[emotion_index[emotion] for _, _, emotion in selected],
-            subject_names=[self.subject_name(code) for code in subject_codes],
-            emotion_names=list(self.emotions.values()),
-            source_names=[file.name for file, _, _ in selected],
-        )
-
-    def load(self) -> FaceRecords:
-        return self.labels().with_images([decode_grayscale(file.read(), file.location) for file, _, _ in self.selected_files()])
-
-    def subject_name(self, code: str) -> str:
-        return code
-
-
-class YaleFaces(LabelledImageFolder):
-    """The Yale Face Database: ``subjectNN.<condition>`` GIFs, usually without an extension."""
-
-    title = "Yale faces"
-    config_name = "yale"
-    naming = "subjectNN.<condition>"
-    how_to_get = (
-        "Download the Yale Face Database (yalefaces: 15 subjects, 165 GIF files named like "
-        "subject01.happy) from its distributors, e.g. http://vision.ucsd.edu/content/yale-face-database, "
-        "unpack it, and run with dataset=yale dataset.root=/path/to/yalefaces (the .zip works too)."
-    )
-    _pattern = re.compile(r"^subject(\d+)\.([a-z]+)(?:\.gif)?$", re.IGNORECASE)
-
-    def parse(self, name: str) -> tuple[str, str] | None:
-        match = self._pattern.match(name)
-        return (match.group(1), match.group(2).lower()) if match else None
-
-    def subject_name(self, code: str) -> str:
-        return f"subject{code}"
-
-
-class JaffeFaces(LabelledImageFolder):
-    """JAFFE: ``XX.EEn.NNN.tiff`` (poser initials, emotion code + take, running number)."""
-
-    title = "JAFFE"
-    config_name = "jaffe"
-    naming = "XX.EEn.NNN.tiff"
-    how_to_get = (
-        "JAFFE may not be redistributed: request it from its authors (Lyons, Kamachi & Gyoba, "
-        "https://zenodo.org/record/3451524), unpack the flat folder of 213 .tiff files named like "
-        "KA.AN1.39.tiff, and run with dataset=jaffe dataset.root=/path/to/jaffe (the .zip works too)."
-    )
-    _pattern = re.compile(r"^([A-Za-z]{2})\.([A-Za-z]{2})\d*\.(\d+)\.tiff?$", re.IGNORECASE)
-
-    def parse(self, name: str) -> tuple[str, str] | None:
-        match = self._pattern.match(name)
-        return (match.group(1).upper(), match.group(2).upper()) if match else None
+                labelled.append(LabelledFile(file, labels[0], labels[1], group=file.name))
+        return Listing(labelled, unlabelled, len(files), f"matching no {self.naming} name")

@@ -42,7 +42,7 @@ def grouped_fold_split(
 ) -> FoldSplit:
     """Split ``fold`` of ``n_splits``; validation is carved, grouped, from its training side.
 
-    ``names`` (``subject``, ``emotion``, ``source``: label index -> name) make messages readable.
+    ``names`` (``subject``, ``emotion``, ``group``: label index -> name) make messages readable.
     """
     check_fold_options(fold, n_splits, val_fraction)
     check_fold_protocol(subjects, emotions, groups, n_splits, names or {})

@@ -28,12 +28,13 @@ from anonemo.data.records import FaceRecords
 
 log = logging.getLogger(__name__)
 
-# Bump whenever a code change alters the pixels the pipeline produces, so old caches are not reused.
-PIXEL_PIPELINE_VERSION = 1
+# Bump whenever a code change alters the pixels the pipeline produces or what the cache holds, so
+# old caches are not reused.
+PIXEL_PIPELINE_VERSION = 2
 
 
 def face_cropper(dataset: DictConfig) -> FaceCropper:
-    return FaceCropper(**OmegaConf.to_container(dataset.face_crop))
+    return FaceCropper(**OmegaConf.to_container(dataset.face_crop, resolve=True))
 
 
 def load_originals(dataset: DictConfig) -> FaceRecords:
@@ -91,6 +92,7 @@ def _write_cache(path: Path, faces: FaceRecords) -> None:
             subjects=faces.subjects,
             emotions=faces.emotions,
             sources=faces.sources,
+            source_groups=faces.source_groups,
             subject_names=np.array(faces.subject_names),
             emotion_names=np.array(faces.emotion_names),
             source_names=np.array(faces.source_names),
@@ -108,6 +110,7 @@ def _read_cache(path: Path) -> FaceRecords:
             subjects=data["subjects"],
             emotions=data["emotions"],
             sources=data["sources"],
+            source_groups=data["source_groups"],
             subject_names=tuple(str(s) for s in data["subject_names"]),
             emotion_names=tuple(str(s) for s in data["emotion_names"]),
             source_names=tuple(str(s) for s in data["source_names"]),

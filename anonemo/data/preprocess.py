@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -91,15 +91,7 @@ def resize_square(crops: list[np.ndarray], image_size: int) -> np.ndarray:
 
 def preprocess(records: FaceRecords, cropper: FaceCropper, image_size: int) -> FaceRecords:
     """Crop each face and resize it to ``image_size`` x ``image_size`` (uint8, stacked)."""
-    return FaceRecords(
-        images=resize_square(cropper.crop_all(list(records.images)), image_size),
-        subjects=records.subjects,
-        emotions=records.emotions,
-        sources=records.sources,
-        subject_names=records.subject_names,
-        emotion_names=records.emotion_names,
-        source_names=records.source_names,
-    )
+    return replace(records, images=resize_square(cropper.crop_all(list(records.images)), image_size))
 
 
 @dataclass(frozen=True)

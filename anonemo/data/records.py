@@ -8,6 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def group_names(source_groups: np.ndarray, source_names: Sequence[str]) -> tuple[str, ...]:
+    """A name per group, for messages: its first original's name, and how many more it holds."""
+    names = []
+    for group in range(int(source_groups.max()) + 1 if len(source_groups) else 0):
+        members = [source_names[i] for i in np.flatnonzero(source_groups == group)]
+        names.append(members[0] + (f" and {len(members) - 1} more of its group" if len(members) > 1 else ""))
+    return tuple(names)
+
+
 @dataclass(frozen=True)
 class FaceRecords:
     """Grayscale face images with subject, emotion and source-image labels.
@@ -15,13 +24,16 @@ class FaceRecords:
     ``images`` is a list of 2-D uint8 arrays of any size as loaded from disk, and one stacked
     ``(N, S, S)`` uint8 array once preprocessed. ``sources[i]`` is the index of the original
     photograph that image ``i`` is (a copy of): originals have ``sources == arange(N)`` and
-    augmented copies repeat their original's index, which is what the folds group on.
+    augmented copies repeat their original's index. ``source_groups[o]`` is original ``o``'s group:
+    originals of one group (the frames of one video sequence) are near-duplicates, and the folds
+    keep a group, with all its copies, on one side of every split.
     """
 
     images: Sequence[np.ndarray] | np.ndarray
     subjects: np.ndarray
     emotions: np.ndarray
     sources: np.ndarray
+    source_groups: np.ndarray
     subject_names: tuple[str, ...]
     emotion_names: tuple[str, ...]
     source_names: tuple[str, ...]
@@ -31,9 +43,22 @@ class FaceRecords:
         for name in ("subjects", "emotions", "sources"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"FaceRecords.{name} has {len(getattr(self, name))} entries for {n} images")
+        if len(self.source_groups) != len(self.source_names):
+            raise ValueError(f"FaceRecords.source_groups has {len(self.source_groups)} entries for "
+                             f"{len(self.source_names)} originals")
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The group of every image: what the folds keep on one side."""
+        return self.source_groups[self.sources]
+
+    def fold_names(self) -> dict[str, tuple[str, ...]]:
+        """Label index -> name for ``subject``, ``emotion`` and ``group``, for the folds' messages."""
+        return {"subject": self.subject_names, "emotion": self.emotion_names,
+                "group": group_names(self.source_groups, self.source_names)}
 
     @property
     def num_subjects(self) -> int:
@@ -47,10 +72,12 @@ class FaceRecords:
 @dataclass(frozen=True)
 class OriginalLabels:
     """The labels of a dataset's original images, known without decoding a pixel (from file names,
-    or the generator's plan): what a job checks its folds on before any work."""
+    a manifest or label files, or the generator's plan): what a job checks its folds on before any
+    work. ``groups``: as ``FaceRecords.source_groups``."""
 
     subjects: np.ndarray
     emotions: np.ndarray
+    groups: np.ndarray
     subject_names: tuple[str, ...]
     emotion_names: tuple[str, ...]
     source_names: tuple[str, ...]
@@ -63,18 +90,20 @@ class OriginalLabels:
         subject_names: Sequence[str],
         emotion_names: Sequence[str],
         source_names: Sequence[str],
+        groups: Sequence[int] | None = None,
     ) -> OriginalLabels:
+        """``groups`` None: each original is its own group."""
         return cls(np.asarray(subjects, dtype=np.int64), np.asarray(emotions, dtype=np.int64),
+                   np.arange(len(subjects)) if groups is None else np.asarray(groups, dtype=np.int64),
                    tuple(subject_names), tuple(emotion_names), tuple(source_names))
 
-    @property
-    def groups(self) -> np.ndarray:
-        """Each original is its own group: the folds keep it and its copies on one side."""
-        return np.arange(len(self.subjects))
+    def fold_names(self) -> dict[str, tuple[str, ...]]:
+        return {"subject": self.subject_names, "emotion": self.emotion_names,
+                "group": group_names(self.groups, self.source_names)}
 
     def with_images(self, images: Sequence[np.ndarray]) -> FaceRecords:
         """The records of these originals, once decoded or drawn, in the same order."""
         if len(images) != len(self.subjects):
             raise ValueError(f"{len(images)} images for {len(self.subjects)} labelled originals")
-        return FaceRecords(list(images), self.subjects, self.emotions, self.groups, self.subject_names,
-                           self.emotion_names, self.source_names)
+        return FaceRecords(list(images), self.subjects, self.emotions, np.arange(len(images)), self.groups,
+                           self.subject_names, self.emotion_names, self.source_names)

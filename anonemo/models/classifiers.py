@@ -83,7 +83,12 @@ class ClassifierModule(pl.LightningModule):
 
     def _log_epoch(self, stage: str) -> None:
         metrics, loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
-        self.log_dict(metrics.compute() | {f"{self.metric_prefix}{stage}/loss": loss.compute()}, prog_bar=stage == "val")
+        scores = metrics.compute() | {f"{self.metric_prefix}{stage}/loss": loss.compute()}
+        # The progress bar shows what early stopping watches; one column keeps it on one line at 80 columns.
+        shown = f"{self.metric_prefix}val/acc"
+        self.log_dict({k: v for k, v in scores.items() if k != shown})
+        if shown in scores:
+            self.log(shown, scores[shown], prog_bar=True)
         metrics.reset()
         loss.reset()
 

@@ -28,6 +28,15 @@ from anonemo.timing import PhaseClock
 from anonemo.tracking.run import RunLogger
 
 
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar without the logger's version (the job ends with its run id)."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, int | str | float]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
 @dataclass
 class Job:
     """One job's fold, MLflow run, clock and settings, and the training steps recipes share."""
@@ -49,7 +58,7 @@ class Job:
     def trainer(self, callbacks: list[pl.Callback], **overrides) -> pl.Trainer:
         """The configured Trainer (``conf/trainer``), logging to this job's run."""
         if self.cfg.trainer.enable_progress_bar:
-            callbacks = [*callbacks, RichProgressBar()]
+            callbacks = [*callbacks, ProgressBar()]
         return instantiate(self.cfg.trainer, callbacks=callbacks, logger=self.logger, **overrides)
 
     def selecting_trainer(self, phase: str, monitor: str, patience: int, **overrides) -> pl.Trainer:

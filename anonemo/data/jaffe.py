@@ -1,0 +1,25 @@
+"""JAFFE, the Japanese Female Facial Expression database (``dataset=jaffe``)."""
+
+from __future__ import annotations
+
+import re
+
+from anonemo.data.files import FileNameLabels
+
+
+class JaffeFaces(FileNameLabels):
+    """JAFFE: ``XX.EEn.NNN.tiff`` (poser initials, emotion code + take, running number)."""
+
+    title = "JAFFE"
+    config_name = "jaffe"
+    naming = "XX.EEn.NNN.tiff"
+    how_to_get = (
+        "JAFFE may not be redistributed: request it from its authors (Lyons, Kamachi & Gyoba, "
+        "https://zenodo.org/record/3451524), unpack the flat folder of 213 .tiff files named like "
+        "KA.AN1.39.tiff, and run with dataset=jaffe dataset.root=/path/to/jaffe (the .zip works too)."
+    )
+    _pattern = re.compile(r"^([A-Za-z]{2})\.([A-Za-z]{2})\d*\.(\d+)\.tiff?$", re.IGNORECASE)
+
+    def parse(self, name: str) -> tuple[str, str] | None:
+        match = self._pattern.match(name)
+        return (match.group(1).upper(), match.group(2).upper()) if match else None
