@@ -73,7 +73,7 @@ def test_model_options_choose_their_networks(tmp_path):
 
 def test_conf_holds_no_option_outside_a_group():
     assert sorted(p.name for p in Path(CONF).glob("*.yaml")) == [
-        "audit.yaml", "bench.yaml", "export.yaml", "preview.yaml", "report.yaml", "train.yaml"
+        "audit.yaml", "bench.yaml", "calibrate.yaml", "export.yaml", "preview.yaml", "report.yaml", "train.yaml"
     ]
 
 

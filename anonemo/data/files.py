@@ -237,10 +237,13 @@ class FileNameLabels(ImageFileSource):
     """A dataset whose subject and emotion are encoded in each file's name (one group per file)."""
 
     naming: str  # the naming scheme, for messages
+    name_pattern: re.Pattern  # matches a file name, with the named groups subject and emotion
+    code_case: Callable[[str], str] = staticmethod(str)  # file names vary in case; codes do not
 
     def parse(self, name: str) -> tuple[str, str] | None:
         """(subject code, emotion code) encoded in a file name, or None if it follows no scheme."""
-        raise NotImplementedError
+        match = self.name_pattern.match(name)
+        return (self.code_case(match["subject"]), self.code_case(match["emotion"])) if match else None
 
     def source_name(self, file: DatasetFile) -> str:
         return file.name  # the name carries the labels, wherever the folder or archive puts it

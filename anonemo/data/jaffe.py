@@ -18,8 +18,5 @@ class JaffeFaces(FileNameLabels):
         "https://zenodo.org/record/3451524), unpack the flat folder of 213 .tiff files named like "
         "KA.AN1.39.tiff, and run with dataset=jaffe dataset.root=/path/to/jaffe (the .zip works too)."
     )
-    _pattern = re.compile(r"^([A-Za-z]{2})\.([A-Za-z]{2})\d*\.(\d+)\.tiff?$", re.IGNORECASE)
-
-    def parse(self, name: str) -> tuple[str, str] | None:
-        match = self._pattern.match(name)
-        return (match.group(1).upper(), match.group(2).upper()) if match else None
+    name_pattern = re.compile(r"^(?P<subject>[A-Za-z]{2})\.(?P<emotion>[A-Za-z]{2})\d*\.\d+\.tiff?$", re.IGNORECASE)
+    code_case = staticmethod(str.upper)

@@ -18,11 +18,8 @@ class YaleFaces(FileNameLabels):
         "subject01.happy) from its distributors, e.g. http://vision.ucsd.edu/content/yale-face-database, "
         "unpack it, and run with dataset=yale dataset.root=/path/to/yalefaces (the .zip works too)."
     )
-    _pattern = re.compile(r"^subject(\d+)\.([a-z]+)(?:\.gif)?$", re.IGNORECASE)
-
-    def parse(self, name: str) -> tuple[str, str] | None:
-        match = self._pattern.match(name)
-        return (match.group(1), match.group(2).lower()) if match else None
+    name_pattern = re.compile(r"^subject(?P<subject>\d+)\.(?P<emotion>[a-z]+)(?:\.gif)?$", re.IGNORECASE)
+    code_case = staticmethod(str.lower)
 
     def subject_name(self, code: str) -> str:
         return f"subject{code}"

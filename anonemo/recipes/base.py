@@ -20,7 +20,7 @@ from anonemo.data.datamodule import TASKS, GroupedFoldDataModule
 from anonemo.data.features import is_bf16
 from anonemo.errors import ConfigError
 from anonemo.evaluation import ClassificationResult, confusion_figure, score
-from anonemo.metrics import transfer_metric
+from anonemo.metrics import transfer_metric, val_acc
 from anonemo.models.classifiers import ClassifierModule
 from anonemo.models.networks import ClassifierHead, ConvBase, Networks
 from anonemo.resume import checkpoint_dir, fit_resumably, resumable_callbacks
@@ -82,9 +82,13 @@ class Job:
         batches = trainer.predict(module, dataloaders=loader, ckpt_path=str(checkpoint))
         return score(torch.cat(batches), self.data.labels("test", task), self.data.class_names(task))
 
-    def log_result(self, result: ClassificationResult, name: str) -> None:
-        self.logger.log_metrics(result.as_metrics(name))
+    def log_result(self, result: ClassificationResult, name: str, trainer: pl.Trainer) -> dict[str, float]:
+        """The test-fold result of ``name``, and its selected checkpoint's validation accuracy
+        (``<name>/val_acc``: what searches and calibration may read)."""
+        metrics = result.as_metrics(name) | {val_acc(name): 100 * float(trainer.checkpoint_callback.best_model_score)}
+        self.logger.log_metrics(metrics)
         self.logger.log_figure(confusion_figure(result, name), f"confusion_{name}.png")
+        return metrics
 
 
 @dataclass

@@ -9,7 +9,6 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 
 from anonemo.data.features import FeatureDataModule
-from anonemo.metrics import val_acc
 from anonemo.models.classifiers import TransferModule
 from anonemo.models.networks import ClassifierHead, ConvBase
 from anonemo.recipes.base import Job
@@ -46,8 +45,4 @@ def fit_fresh_head(
                                     max_epochs=transfer.max_epochs)
     trainer.fit(module, datamodule=features)
     result = job.test_once(trainer, module, features.test_dataloader(), task, trainer.checkpoint_callback.best_model_path)
-    job.log_result(result, name)
-    # The selected head's validation accuracy: what hyper-parameter searches may optimise.
-    selected = {val_acc(name): 100 * float(trainer.checkpoint_callback.best_model_score)}
-    job.logger.log_metrics(selected)
-    return result.as_metrics(name) | selected, module.head
+    return job.log_result(result, name, trainer), module.head

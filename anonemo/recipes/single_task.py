@@ -39,6 +39,6 @@ class SingleTask(Recipe):
         with job.clock.phase("evaluation"):
             result = job.test_once(trainer, module, data.test_dataloader(), self.task,
                                    job.checkpoints(metric) / "best.ckpt")
-        job.log_result(result, metric)
+        metrics = job.log_result(result, metric, trainer)
         # the selected checkpoint's head, which test_once loaded
-        return Trained(base, result.as_metrics(metric), emotion_head=module.head if self.task == "emotion" else None)
+        return Trained(base, metrics, emotion_head=module.head if self.task == "emotion" else None)

@@ -1,0 +1,146 @@
+"""Choosing the recommended Hybrid's β for a dataset from validation sides only
+(``python -m anonemo.calibrate``).
+
+The grid is two sweeps of ordinary jobs on ``calibrate.folds``: the reference model (the Emotion
+CNN) and the Hybrid at every β of ``calibrate.betas``. Each job is found again by its config hash,
+so a re-run reuses what finished. The choice reads only validation-side numbers: the Hybrid's
+fresh emotion head (``Hybrid2Emotion/val_acc``), the reference's selected epoch
+(``Emotion/val_acc``) and the strongest audit attacker on the validation side
+(``audit/identity/max/val``). Rule: among the β whose mean validation emotion is at most
+``calibrate.max_emotion_loss`` points below the reference's, the one with the lowest mean
+validation leakage (ties: more emotion).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+from omegaconf import DictConfig
+
+from anonemo import metrics as names
+from anonemo.errors import ConfigError
+
+HYBRID_UTILITY = names.val_acc(names.HYBRID2EMOTION)
+REFERENCE_UTILITY = names.val_acc(names.EMOTION)
+LEAKAGE = names.IDENTITY_MAX_VAL
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the grid: the reference model (``beta`` None) or the Hybrid at ``beta``, with
+    its validation numbers per fold (%)."""
+
+    beta: float | None
+    emotion: tuple[float, ...]
+    leakage: tuple[float, ...]
+
+    @property
+    def label(self) -> str:
+        return "reference (Emotion CNN)" if self.beta is None else f"β={self.beta:g}"
+
+    @property
+    def mean_emotion(self) -> float:
+        return statistics.fmean(self.emotion)
+
+    @property
+    def mean_leakage(self) -> float:
+        return statistics.fmean(self.leakage)
+
+
+def job_overrides(cfg: DictConfig, overrides: list[str], beta: str | None, folds: str) -> list[str]:
+    """The overrides of one grid job (or, with comma lists, of one sweep): the user's, then the
+    reference model (``beta`` None; the user's ``model.*`` options are the Hybrid's and stay out)
+    or the Hybrid at ``beta``."""
+    if beta is None:
+        shared = [o for o in overrides if not o.startswith("model.")]
+        return [*shared, f"model={cfg.calibrate.reference_model}", f"fold={folds}"]
+    return [*overrides, f"model={cfg.model.name}", f"model.beta={beta}", f"fold={folds}"]
+
+
+def grid(cfg: DictConfig, overrides: list[str]) -> list[list[str]]:
+    """The two sweeps: the reference, then the Hybrid at every β, on every calibration fold."""
+    folds = ",".join(str(f) for f in cfg.calibrate.folds)
+    betas = ",".join(beta_value(b) for b in cfg.calibrate.betas)
+    return [job_overrides(cfg, overrides, None, folds), job_overrides(cfg, overrides, betas, folds)]
+
+
+def beta_value(beta: float) -> str:
+    """β as an override value that stays a float (``2.0``, not the integer ``2``)."""
+    return repr(float(beta))
+
+
+def check_options(cfg: DictConfig) -> None:
+    options = cfg.calibrate
+    if not options.betas or any(b < 0 for b in options.betas):
+        raise ConfigError(f"calibrate.betas={list(options.betas)} must be a non-empty list of non-negative weights.")
+    if not options.folds or any(not 0 <= f < cfg.cv.n_splits for f in options.folds):
+        raise ConfigError(f"calibrate.folds={list(options.folds)} must list folds in 0..{cfg.cv.n_splits - 1}.")
+    if options.max_emotion_loss < 0:
+        raise ConfigError(f"calibrate.max_emotion_loss={options.max_emotion_loss} must be non-negative (points).")
+    if "beta" not in cfg.model:
+        raise ConfigError(f"model={cfg.model.name} has no β to calibrate: use a Hybrid (model=hybrid_standardised).")
+
+
+def collect(cfg: DictConfig, metrics_of: Callable[[float | None, int], dict[str, float] | None]) -> list[Setting]:
+    """The grid's validation numbers; ``metrics_of(beta, fold)``: the metrics of that FINISHED job,
+    or None. Only validation metrics are read."""
+    settings, missing = [], []
+    for beta in [None, *cfg.calibrate.betas]:
+        utility = REFERENCE_UTILITY if beta is None else HYBRID_UTILITY
+        emotion, leakage = [], []
+        for fold in cfg.calibrate.folds:
+            found = metrics_of(beta, fold)
+            if found is None or utility not in found or LEAKAGE not in found:
+                missing.append(f"{'reference' if beta is None else f'β={beta:g}'} fold {fold}")
+                continue
+            emotion.append(found[utility])
+            leakage.append(found[LEAKAGE])
+        settings.append(Setting(beta, tuple(emotion), tuple(leakage)))
+    if missing:
+        raise ConfigError(f"The calibration grid is incomplete ({', '.join(missing)} did not finish with an audit): "
+                          "see the sweep's log above, fix the cause and run the same command again (finished jobs "
+                          "are reused).")
+    return settings
+
+
+def choose(settings: list[Setting], max_emotion_loss: float) -> Setting:
+    """The rule of this module's docstring; ``settings[0]`` is the reference."""
+    reference, candidates = settings[0], settings[1:]
+    kept = [s for s in candidates if reference.mean_emotion - s.mean_emotion <= max_emotion_loss]
+    if not kept:
+        raise ConfigError(
+            f"Every β loses more than calibrate.max_emotion_loss={max_emotion_loss:g} points of validation emotion "
+            f"against the reference's {reference.mean_emotion:.1f}%: try smaller calibrate.betas."
+        )
+    return min(kept, key=lambda s: (round(s.mean_leakage, 6), -s.mean_emotion))
+
+
+def table(settings: list[Setting], chosen: Setting, max_emotion_loss: float) -> str:
+    """The grid as Markdown: validation emotion and leakage, mean over folds, and the verdict."""
+    reference = settings[0]
+    lines = ["| setting | folds | validation emotion (%) | validation identity, strongest attacker (%) | |",
+             "|---|---|---|---|---|"]
+    for s in settings:
+        loss = reference.mean_emotion - s.mean_emotion
+        verdict = ("" if s.beta is None else "**chosen**" if s is chosen
+                   else f"loses {loss:.1f} points of emotion" if loss > max_emotion_loss else "")
+        lines.append(f"| {s.label} | {len(s.emotion)} | {s.mean_emotion:.2f} | {s.mean_leakage:.2f} | {verdict} |")
+    return "\n".join(lines)
+
+
+def front_figure(settings: list[Setting], chosen: Setting, title: str) -> plt.Figure:
+    """Validation emotion against validation leakage, one point per setting."""
+    figure, axes = plt.subplots(figsize=(6.5, 5))
+    for s in settings:
+        marker = "s" if s.beta is None else "*" if s is chosen else "o"
+        axes.plot(s.mean_leakage, s.mean_emotion, marker, markersize=12 if s is chosen else 7, label=s.label)
+        axes.annotate(s.label, (s.mean_leakage, s.mean_emotion), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    axes.set_xlabel("validation: identity, strongest attacker (%)  (lower is more private)")
+    axes.set_ylabel("validation: emotion (%)")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,73 @@
+"""python -m anonemo.calibrate: β chosen from validation sides only."""
+
+import re
+
+import pytest
+from conftest import CONF, TINY_SYNTHETIC
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from test_bad_input import cli
+
+from anonemo.calibrate import finished_metrics
+from anonemo.calibration import HYBRID_UTILITY, LEAKAGE, REFERENCE_UTILITY, Setting, choose, collect
+from anonemo.errors import ConfigError
+
+TINY_GRID = (*TINY_SYNTHETIC, "model.init_epochs=2", "model.rounds=2", "model.refit_epochs=2", "transfer.max_epochs=3",
+             "calibrate.betas=[0.3,2.0]", "calibrate.folds=[0,1]")
+
+
+def calibrate_config(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("calibrate", overrides=list(overrides))
+
+
+def test_the_rule_keeps_emotion_then_minimises_validation_leakage():
+    reference = Setting(None, (70.0, 72.0), (98.0, 99.0))
+    settings = [reference, Setting(0.3, (69.0, 70.0), (30.0, 32.0)), Setting(0.8, (64.0, 66.0), (20.0, 22.0)),
+                Setting(1.0, (40.0, 30.0), (10.0, 12.0))]
+    assert choose(settings, max_emotion_loss=10).beta == 0.8  # 1.0 loses 36 points of emotion
+    assert choose(settings, max_emotion_loss=5).beta == 0.3
+    with pytest.raises(ConfigError, match="Every β loses more than calibrate.max_emotion_loss=0"):
+        choose([reference, *settings[2:]], max_emotion_loss=0)
+
+
+def test_only_validation_metrics_are_read_and_a_missing_job_is_named():
+    cfg = calibrate_config("calibrate.betas=[0.3,0.8]", "calibrate.folds=[0,1]")
+    validation = {None: (70.0, 99.0), 0.3: (69.0, 30.0), 0.8: (65.0, 20.0)}
+
+    def metrics(test_side):
+        def of(beta, fold):
+            utility = REFERENCE_UTILITY if beta is None else HYBRID_UTILITY
+            return {utility: validation[beta][0], LEAKAGE: validation[beta][1], **test_side(beta, fold)}
+        return of
+
+    # what scrambled test labels change: every test-fold accuracy
+    plain = choose(collect(cfg, metrics(lambda b, f: {"Hybrid2Emotion": 60.0, "audit/identity/max": 25.0})), 10)
+    scrambled = choose(collect(cfg, metrics(lambda b, f: {"Hybrid2Emotion": 5.0 * f, "audit/identity/max": 90.0 - 40 * (b == 0.3)})), 10)
+    assert plain.beta == scrambled.beta == 0.8
+    with pytest.raises(ConfigError, match="β=0.8 fold 1 did not finish with an audit"):
+        collect(cfg, lambda beta, fold: None if (beta, fold) == (0.8, 1) else metrics(lambda b, f: {})(beta, fold))
+
+
+def test_calibrate_runs_the_grid_and_writes_the_choice(tmp_path):
+    result = cli(*TINY_GRID, f"paths.output_dir={tmp_path}", module="anonemo.calibrate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| reference (Emotion CNN) | 2 |" in result.stdout and "| β=0.3 | 2 |" in result.stdout
+    chosen = float(re.search(r"Chosen: β=([\d.]+?)\. ", result.stdout).group(1))
+    written = tmp_path / "calibration" / "synthetic_hybrid_standardised.yaml"
+    assert f"adversarial_beta: {chosen:g}" in written.read_text()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("calibrate_synthetic").experiment_id
+    runs = client.search_runs([experiment])
+    (parent,) = [r for r in runs if r.data.tags.get("anonemo.calibration") == "parent"]
+    assert parent.data.metrics["calibrate/beta"] == chosen
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"calibration_front.png", "calibration.md"}
+    jobs = [r for r in runs if "fold" in r.data.params and r.info.status == "FINISHED"]
+    assert sorted((r.data.params["model.name"], r.data.params.get("model.beta")) for r in jobs) == [
+        ("emotion", None), ("emotion", None), *[("hybrid_standardised", b) for b in ("0.3", "0.3", "2.0", "2.0")]]
+    # the jobs are found again by their settings: what the choice was read from
+    cfg = calibrate_config(*TINY_GRID, f"paths.output_dir={tmp_path}")
+    shared = [*TINY_SYNTHETIC, "model.init_epochs=2", "model.rounds=2", "model.refit_epochs=2", "transfer.max_epochs=3",
+              f"paths.output_dir={tmp_path}", "logger.experiment_name=calibrate_synthetic"]
+    found = finished_metrics(shared, cfg, 0.3, 1)
+    assert found is not None and HYBRID_UTILITY in found and LEAKAGE in found
