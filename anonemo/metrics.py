@@ -53,6 +53,9 @@ IDENTITY_GALLERY = audit("identity", "gallery")
 EMOTION_MAX = audit("emotion")
 EMOTION_OUTPUT_TASK = "emotion_output/identity"
 EMOTION_OUTPUT_IDENTITY_MAX = audit(EMOTION_OUTPUT_TASK)
+# The linkage audit (anonemo/audit/linkage.py): same-person decisions between originals, for anyone.
+LINKAGE = "audit/linkage"
+LINKAGE_AUC, LINKAGE_EER, LINKAGE_RANK1 = f"{LINKAGE}/auc", f"{LINKAGE}/eer", f"{LINKAGE}/rank1"
 
 # The Hybrid's per-round curves, logged with the round as the MLflow step.
 ROUND_CURVES = tuple(

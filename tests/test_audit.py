@@ -165,6 +165,7 @@ def test_reaudit_of_a_saved_run_reproduces_its_audit_and_fresh_heads(tiny_config
     assert {k: v for k, v in again.items() if k.startswith("audit/")} == pytest.approx(audited)
     assert len(audited) >= 10 and again["Emotion2Face"] == pytest.approx(metrics["Emotion2Face"])
     assert "audit/emotion_output/identity/max" in audited  # the Emotion CNN's head, saved and reloaded
+    assert 0 <= audited["audit/linkage/auc"] <= 1 and audited["audit/linkage/pairs"] > 0  # the linkage audit, in every job
     raw = OmegaConf.merge(cfg.transfer, {"standardise": False, "max_epochs": 1})
     refitted = reaudit_run(client, logged.info.run_id, transfer=raw)
     logged_now = client.get_run(logged.info.run_id).data

@@ -25,7 +25,7 @@ def test_batches_are_dicts_of_scaled_images_and_both_labels(faces):
     assert (dm.num_subjects, dm.num_emotions) == (4, 3)
     assert dm.emotion_names == ("neutral", "happy", "sad")
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"image", "emotion", "identity", "source"}
+    assert set(batch) == {"image", "emotion", "identity", "source", "original"}
     assert batch["image"].shape == (16, 1, 32, 32) and batch["image"].dtype == torch.float32
     assert 0 <= batch["image"].min() and batch["image"].max() <= 1
     test = torch.cat([b["image"] for b in dm.test_dataloader()])
@@ -34,6 +34,10 @@ def test_batches_are_dicts_of_scaled_images_and_both_labels(faces):
     assert torch.equal(dm.labels("test", "identity"), torch.as_tensor(faces.subjects[dm.split.test]))
     sources = torch.cat([b["source"] for b in dm.test_dataloader()])
     assert torch.equal(sources, torch.as_tensor(faces.sources[dm.split.test]))
+    # an original is the photograph itself, not a copy: the originals come first in the records
+    original = torch.cat([b["original"] for b in dm.test_dataloader()])
+    assert torch.equal(original, torch.as_tensor(dm.split.test < len(faces.source_names)))
+    assert original.sum() == len(np.unique(faces.sources[dm.split.test]))
 
 
 def test_training_order_is_reproducible_for_a_seed(faces):

@@ -80,17 +80,17 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
     # anonymity: 1 - (20 - 6.67) / (90 - 6.67) against the Emotion base's leakage
     assert rows[("hybrid", "model.beta=0.5")][7:] == [
         "20.00 ± 0.00 (2)", "11.50 ± 0.71 (2)", "50.00 ± 0.00 (2)", "30.00 ± 0.00 (2)", "16.00 ± 1.41 (2)",
-        "25.50 ± 0.71 (2)", "0.84"
+        "25.50 ± 0.71 (2)", "", "", "0.84"
     ]
     assert rows[("hybrid", "model.beta=1.0")][8] == "" and rows[("hybrid", "model.beta=1.0")][10] == "30.00 (1)"
     assert rows[("chance", "")][8] == "" and rows[("chance", "")][10] == "22.50" and rows[("chance", "")][11] == "6.67"
-    assert rows[("emotion", "")][13] == "0.00" and rows[("emotion", "")][12] == ""
+    assert rows[("emotion", "")][15] == "0.00" and rows[("emotion", "")][12] == ""
     names = {f.name for f in files}
     assert {"report.md", "report.csv", "tradeoff_yale.png"} <= names
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "| hybrid | model.beta=1.0 |  |  |  | 45.00 ± 7.07 (2) | 10.50 ± 0.71 (2) | 20.00 ± 0.00 (2) |  |" in markdown
     assert "| audit identity max | audit identity max null | audit emotion max | audit identity gallery | " \
-           "audit emotion_output identity max | audit identity max val | anonymity |" in markdown
+           "audit emotion_output identity max | audit identity max val | audit linkage auc | audit linkage rank1 | anonymity |" in markdown
     csv_lines = (tmp_path / "report" / "report.csv").read_text().splitlines()
     assert csv_lines[0].startswith("experiment,dataset,model,settings,folds,Face_mean")
     assert len(csv_lines) == 5 and csv_lines[0].endswith(",anonymity")

@@ -32,6 +32,7 @@ from torch import nn
 
 from anonemo import metrics as names
 from anonemo.audit.attackers import Attacker, NearestCentroidAttacker, Split, as_split, default_attackers
+from anonemo.audit.linkage import linkage_audit
 from anonemo.data.datamodule import TASKS, TensorBatches
 from anonemo.evaluation import accuracy
 
@@ -48,8 +49,9 @@ def audit_base(
     emotion_head: nn.Module | None = None,
 ) -> dict[str, float]:
     """The audit of a frozen base from its features' ``sides``: the attackers on the features
-    (:func:`audit_features`, with ``features``) and, given ``emotion_head``, on that head's
-    output (:func:`audit_emotion_output`)."""
+    (:func:`audit_features`) and the linkage audit (:func:`~anonemo.audit.linkage.linkage_audit`),
+    with ``features``, and, given ``emotion_head``, the attackers on that head's output
+    (:func:`audit_emotion_output`)."""
     metrics: dict[str, float] = {}
     if features:
         started = time.perf_counter()
@@ -59,6 +61,7 @@ def audit_base(
             metrics[names.IDENTITY_MAX], metrics[names.IDENTITY_CHANCE], metrics[names.EMOTION_MAX],
             time.perf_counter() - started,
         )
+        metrics |= linkage_audit(sides, seed)
     if emotion_head is not None:
         metrics |= audit_emotion_output(sides, emotion_head, num_classes["identity"], seed, attackers)
     for name in names.below_chance(metrics):

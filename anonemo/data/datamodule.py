@@ -35,14 +35,16 @@ class TensorBatches(Dataset):
 
 
 def face_tensors(faces: FaceRecords, indices: np.ndarray) -> TensorBatches:
-    """``image`` scaled to [0, 1] as ``(N, 1, S, S)`` float, with ``emotion``, ``identity`` and
-    ``source`` (the original photograph an image is a copy of)."""
+    """``image`` scaled to [0, 1] as ``(N, 1, S, S)`` float, with ``emotion``, ``identity``,
+    ``source`` (the original photograph an image is a copy of) and ``original`` (it is that
+    photograph, not an augmented copy: the originals come first in ``faces``)."""
     index = torch.as_tensor(indices, dtype=torch.long)
     return TensorBatches(
         image=torch.as_tensor(np.asarray(faces.images))[index].unsqueeze(1).float().div_(255),
         emotion=torch.as_tensor(faces.emotions)[index],
         identity=torch.as_tensor(faces.subjects)[index],
         source=torch.as_tensor(faces.sources)[index],
+        original=index < len(faces.source_names),
     )
 
 
@@ -63,7 +65,7 @@ def batch_loader(
 class GroupedFoldDataModule(pl.LightningDataModule):
     """Fold ``fold`` of a grouped, stratified ``n_splits``-fold split of ``faces``.
 
-    Batches are dicts with ``image``, ``emotion``, ``identity`` and ``source``. The split is computed once and
+    Batches are dicts with ``image``, ``emotion``, ``identity``, ``source`` and ``original``. The split is computed once and
     is the same for every model given the same data and seed; the test side is served only by
     ``test_dataloader`` and is never used for any choice.
     """

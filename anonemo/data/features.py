@@ -35,8 +35,8 @@ def extract_features(base: nn.Module, images: torch.Tensor, bf16: bool = False) 
 class FeatureDataModule(pl.LightningDataModule):
     """The train, val and test sides of a fold as features of a frozen ``base``.
 
-    Batches hold ``features``, ``emotion``, ``identity`` and ``source``; the split is the image
-    fold's own.
+    Batches hold ``features`` and the image fold's labels (``emotion``, ``identity``, ``source``,
+    ``original``); the split is the image fold's own.
     """
 
     def __init__(self, base: nn.Module, fold_data: GroupedFoldDataModule, bf16: bool = False):
@@ -46,12 +46,8 @@ class FeatureDataModule(pl.LightningDataModule):
         self.sides = {}
         for name in ("train", "val", "test"):
             side = fold_data.side(name).tensors
-            self.sides[name] = TensorBatches(
-                features=extract_features(base, side["image"], bf16).cpu(),
-                emotion=side["emotion"],
-                identity=side["identity"],
-                source=side["source"],
-            )
+            labels = {key: tensor for key, tensor in side.items() if key != "image"}
+            self.sides[name] = TensorBatches(features=extract_features(base, side["image"], bf16).cpu(), **labels)
 
     def train_dataloader(self) -> DataLoader:
         return batch_loader(self.sides["train"], self.batch_size, shuffle=True, seed=self.seed)

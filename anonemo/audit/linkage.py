@@ -1,0 +1,126 @@
+"""The linkage audit: can an attacker who holds other pictures of a person link them to this one?
+
+The identity attackers of :mod:`anonemo.audit.suite` classify the people the base was trained on.
+Linkage needs no such list: it compares two pictures' features and decides whether they show the
+same person, which works for anyone, including people the base never saw. On one side's original
+images (never an augmented copy, so no pair is two copies of one photograph):
+
+- **verification**: every pair of originals is scored by the cosine similarity of (a) features
+  standardised with the training side's statistics and (b) the same features projected by LDA
+  fitted on the training side's identities (its shrinkage chosen by the validation side's AUC).
+  ``audit/linkage/<space>/auc`` and ``/eer``; ``audit/linkage/auc`` is the higher AUC (chance
+  0.5) and ``audit/linkage/eer`` the lower equal error rate (chance 0.5);
+- **identification**: one original per person as the gallery, the others as probes, nearest by
+  cosine: ``audit/linkage/rank1`` (%, the better space) with ``audit/linkage/rank1/chance``.
+
+The test side's numbers are what is reported; ``.../val`` are the same on the validation side, for
+choosing settings.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from anonemo.data.datamodule import TensorBatches
+from anonemo.metrics import LINKAGE
+
+log = logging.getLogger(__name__)
+
+SHRINKAGES = (0.1, 0.5, 0.9)  # LDA's covariance shrinkage, chosen on the validation side
+
+
+def originals(side: TensorBatches) -> tuple[np.ndarray, np.ndarray]:
+    """The features and subjects of a side's original images."""
+    keep = side.tensors["original"].bool()
+    return side.tensors["features"][keep].double().numpy(), side.tensors["identity"][keep].numpy()
+
+
+def cosine(features: np.ndarray) -> np.ndarray:
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    return unit @ unit.T
+
+
+def verification(features: np.ndarray, subjects: np.ndarray) -> tuple[float, float, int]:
+    """ROC-AUC and equal error rate of same-person decisions by cosine similarity over every pair,
+    and the number of pairs; NaN where the side has no same-person or no different-person pair."""
+    upper = np.triu_indices(len(subjects), k=1)
+    scores, same = cosine(features)[upper], (subjects[:, None] == subjects[None, :])[upper]
+    if same.all() or not same.any():
+        return float("nan"), float("nan"), len(same)
+    false_positive, true_positive, _ = roc_curve(same, scores)
+    crossing = np.argmin(np.abs(false_positive - (1 - true_positive)))
+    eer = (false_positive[crossing] + 1 - true_positive[crossing]) / 2
+    return float(roc_auc_score(same, scores)), float(eer), len(same)
+
+
+def rank1(features: np.ndarray, subjects: np.ndarray, seed: int) -> tuple[float, float]:
+    """Rank-1 identification (%) of probes against a gallery of one original per subject (drawn
+    with ``seed``), and its chance; NaN where no subject has a second original."""
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    _, first = np.unique(subjects[order], return_index=True)
+    gallery = order[first]
+    probes = np.setdiff1d(np.arange(len(subjects)), gallery)
+    probes = probes[np.isin(subjects[probes], subjects[gallery])]
+    if len(probes) == 0 or len(gallery) < 2:
+        return float("nan"), float("nan")
+    nearest = gallery[cosine(features)[np.ix_(probes, gallery)].argmax(axis=1)]
+    return 100 * float(np.mean(subjects[nearest] == subjects[probes])), 100 / len(gallery)
+
+
+def linkage_audit(sides: dict[str, TensorBatches], seed: int) -> dict[str, float]:
+    """``audit/linkage/*`` on the test side's originals, and ``.../val`` on the validation side's
+    (standardisation and LDA fitted on the training side; LDA's shrinkage chosen on validation)."""
+    train_x, train_y = originals(sides["train"])
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    standardised = {side: ((x - mean) / std, y) for side, (x, y) in
+                    ((s, originals(sides[s])) for s in ("val", "test"))}
+    spaces = {"cosine": dict(standardised)}
+    lda = best_lda((train_x - mean) / std, train_y, *standardised["val"])
+    if lda is not None:
+        spaces["lda"] = {side: (lda.transform(x), y) for side, (x, y) in standardised.items()}
+    metrics: dict[str, float] = {}
+    for side, suffix in (("test", ""), ("val", "/val")):
+        aucs, eers, ranks = [], [], []
+        for space, data in spaces.items():
+            auc, eer, pairs = verification(*data[side])
+            rank, chance = rank1(*data[side], seed)
+            metrics |= {f"{LINKAGE}/{space}/auc{suffix}": auc, f"{LINKAGE}/{space}/eer{suffix}": eer,
+                        f"{LINKAGE}/{space}/rank1{suffix}": rank}
+            aucs.append(auc), eers.append(eer), ranks.append(rank)
+        metrics |= {f"{LINKAGE}/auc{suffix}": strongest(aucs, max), f"{LINKAGE}/eer{suffix}": strongest(eers, min),
+                    f"{LINKAGE}/rank1{suffix}": strongest(ranks, max),
+                    f"{LINKAGE}/rank1/chance{suffix}": chance, f"{LINKAGE}/pairs{suffix}": float(pairs)}
+    metrics[f"{LINKAGE}/auc/chance"] = 0.5
+    undefined = sorted(k for k, v in metrics.items() if np.isnan(v))
+    if undefined:  # a side with one person, or one original per person: nothing to link
+        log.info("Linkage audit: %s undefined on this fold (too few people or originals per person)", ", ".join(undefined))
+    metrics = {k: float(v) for k, v in metrics.items() if not np.isnan(v)}
+    log.info("Linkage audit: same-person AUC %.2f (chance 0.5), EER %.2f, rank-1 %.1f%% (chance %.1f%%) over %d "
+             "pairs of test originals", *(metrics.get(f"{LINKAGE}/{k}", float("nan")) for k in
+                                          ("auc", "eer", "rank1", "rank1/chance", "pairs")))
+    return metrics
+
+
+def strongest(values: list[float], pick) -> float:
+    """The attacker's best of the defined ``values`` (``pick``: max or min), NaN if none is."""
+    defined = [v for v in values if not np.isnan(v)]
+    return pick(defined) if defined else float("nan")
+
+
+def best_lda(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray
+             ) -> LinearDiscriminantAnalysis | None:
+    """LDA on the training side's identities, its shrinkage the one with the best validation AUC;
+    None where the training side has fewer than two subjects."""
+    if len(np.unique(train_y)) < 2:
+        return None
+    best, best_auc = None, -1.0
+    for shrinkage in SHRINKAGES:
+        lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=shrinkage).fit(train_x, train_y)
+        auc = verification(lda.transform(val_x), val_y)[0]
+        if best is None or (not np.isnan(auc) and auc > best_auc):
+            best, best_auc = lda, auc
+    return best
