@@ -4,10 +4,12 @@ is then answered in about a second, and leaves nothing behind."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from anonemo.config import build
 from anonemo.errors import ConfigError
@@ -20,8 +22,19 @@ def check_job_data(cfg: DictConfig) -> None:
     only: no image is decoded)."""
     check_image_size(cfg.dataset.image_size)
     check_fold_options(cfg.fold, cfg.cv.n_splits, cfg.cv.val_fraction)
-    labels = build(cfg.dataset.source, "dataset").labels()
+    labels = dataset_source(cfg.dataset).labels()
     check_fold_protocol(labels.subjects, labels.emotions, labels.groups, cfg.cv.n_splits, labels.fold_names())
+
+
+def dataset_source(dataset: DictConfig) -> Any:
+    """The loader ``dataset.source`` builds, one per setting in a process: the check and the job
+    share it, so its files are listed (and reported) once."""
+    return _built_source(OmegaConf.to_yaml(dataset.source, resolve=True))
+
+
+@functools.lru_cache(maxsize=4)
+def _built_source(node: str) -> Any:
+    return build(OmegaConf.create(node), "dataset")
 
 
 def check_image_size(image_size: int) -> None:

@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from anonemo.config import build
 from anonemo.data.augment import Augmentation
-from anonemo.data.check import check_image_size
+from anonemo.data.check import check_image_size, dataset_source
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.records import FaceRecords
@@ -40,13 +39,13 @@ def face_cropper(dataset: DictConfig) -> FaceCropper:
 def load_originals(dataset: DictConfig) -> FaceRecords:
     """The original images, face-cropped and resized, not augmented (no cache)."""
     check_image_size(dataset.image_size)
-    return preprocess(build(dataset.source, "dataset").load(), face_cropper(dataset), dataset.image_size)
+    return preprocess(dataset_source(dataset).load(), face_cropper(dataset), dataset.image_size)
 
 
 def load_faces(dataset: DictConfig, augment: DictConfig, cache_dir: str | Path) -> FaceRecords:
     """Originals plus augmented copies (``augment.total`` images in all), from cache if possible."""
     check_image_size(dataset.image_size)
-    source = build(dataset.source, "dataset")
+    source = dataset_source(dataset)
     augmentation = Augmentation(
         total=augment.total,
         rotation_limit=augment.rotation_limit,
