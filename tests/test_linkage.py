@@ -58,3 +58,12 @@ def test_copies_of_one_original_are_never_paired():
     copied = linkage_audit(sides(range(10), range(10), signal=0.0, copies=4), seed=0)
     assert copied[f"{LINKAGE}/pairs"] == plain[f"{LINKAGE}/pairs"] == 4950
     assert copied[f"{LINKAGE}/auc"] == pytest.approx(plain[f"{LINKAGE}/auc"])
+
+
+def test_a_fold_without_two_originals_of_one_person_logs_no_linkage_number():
+    """A Yale test fold under the paper's protocol: about 6 originals, each of another person."""
+    metrics = linkage_audit({"train": side(range(6), 8, 3.0, 0), "val": side(range(6), 3, 3.0, 1),
+                             "test": side(range(6), 1, 3.0, 2)}, seed=0)
+    assert f"{LINKAGE}/auc" not in metrics and f"{LINKAGE}/rank1" not in metrics
+    assert metrics[f"{LINKAGE}/pairs"] == 15 and metrics[f"{LINKAGE}/auc/val"] > 0.9
+    assert all(value == value for value in metrics.values())  # no NaN is logged
