@@ -126,6 +126,26 @@ def test_report_draws_the_front_across_experiments(store, tmp_path):
     assert {"tradeoff_yale.png", "tradeoff_yale_beta08.png", "front_yale.png"} <= {f.name for f in files}
     _, files = build_report(client, [first], "", tmp_path / "one")
     assert "front_yale.png" not in {f.name for f in files}  # one experiment: its own figure is the front
+    assert "tradeoff_linkage_yale.png" not in {f.name for f in files}  # no run logged the linkage audit
+
+
+def test_report_draws_the_linkage_front(store, tmp_path):
+    client, experiment = store
+    for fold in range(2):
+        make_run(client, experiment, {"dataset.name": "yale", "model.name": "hybrid_standardised", "fold": fold},
+                 {"Hybrid2Emotion": 50.0, "Hybrid2Face": 10.0, "audit/identity/max": 20.0,
+                  "audit/linkage/auc": 0.55 + 0.1 * fold, "audit/linkage/auc/chance": 0.5})
+    make_run(client, experiment, {"dataset.name": "yale", "model.name": "emotion2face", "fold": 0},
+             {"Emotion": 45.0, "audit/identity/max": 90.0, "audit/linkage/auc": 0.9})
+    figure = tradeoff_figure(collect_groups(client, [experiment]), "t", leakage="audit/linkage/auc")
+    axes = figure.axes[0]
+    legend = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert "Emotion CNN's base, audit/linkage/auc 0.9" in legend and "chance (audit/linkage/auc) 0.5" in legend
+    assert "ROC-AUC" in axes.get_xlabel() and axes.get_xlim() == (-0.02, 1.02)
+    (point,) = [line for line in axes.lines if line.get_marker() == "o"]
+    assert point.get_xdata()[0] == pytest.approx(0.6)  # the mean over folds
+    _, files = build_report(client, [experiment], "", tmp_path / "report")
+    assert "tradeoff_linkage_yale.png" in {f.name for f in files}
 
 
 def test_below_chance_is_marked_and_not_read_as_privacy(store, tmp_path):

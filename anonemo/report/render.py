@@ -86,18 +86,23 @@ def write_csv(groups: list[RunGroup], path: Path) -> None:
                              "" if score is None else f"{score:.4f}"])
 
 
-def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = False) -> plt.Figure | None:
+def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = False,
+                    leakage: str | None = None) -> plt.Figure | None:
     """Hybrid2Emotion (utility) against identity leakage, one point per Hybrid setting (labelled
     with its experiment too when ``by_experiment``: the front across several sweeps).
 
-    Leakage is the strongest audit attacker (``audit/identity/max``) when every Hybrid setting
-    was audited, else the paper's single-head Hybrid2Face.
+    Leakage is ``leakage`` where every Hybrid setting logged it (``audit/linkage/auc``: the
+    linkage front), by default the strongest audit attacker (``audit/identity/max``) when every
+    Hybrid setting was audited, else the paper's single-head Hybrid2Face.
     """
     hybrids = [g for g in groups if g.summary(names.HYBRID2EMOTION) and g.summary(names.HYBRID2FACE)]
+    if leakage is not None:
+        hybrids = hybrids if all(g.summary(leakage) for g in hybrids) else []
     if not hybrids:
         return None
     audited = all(g.summary(names.IDENTITY_MAX) for g in hybrids)
-    leakage = names.IDENTITY_MAX if audited else names.HYBRID2FACE
+    leakage = leakage or (names.IDENTITY_MAX if audited else names.HYBRID2FACE)
+    top = 1 if leakage == names.LINKAGE_AUC else 100  # an AUC, or an accuracy in %
     labels = settings_labels(groups)
     figure, axes = plt.subplots(figsize=(10, 5) if by_experiment else (6.5, 5))
     for g in hybrids:
@@ -113,9 +118,10 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
             axes.errorbar(x, y, xerr=dx, yerr=dy, **style)
             axes.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     # References: the Emotion CNN's accuracy, and the leakage of its base by the same measure.
+    base_leakage = {names.IDENTITY_MAX: ("Emotion CNN's base, strongest attacker", names.IDENTITY_MAX),
+                    names.HYBRID2FACE: (names.EMOTION2FACE, names.EMOTION2FACE)}.get(leakage, (f"Emotion CNN's base, {leakage}", leakage))
     references = [("Emotion CNN, emotion", names.EMOTION, axes.axhline, "tab:green"),
-                  ("Emotion CNN's base, strongest attacker", names.IDENTITY_MAX, axes.axvline, "tab:red") if audited
-                  else (names.EMOTION2FACE, names.EMOTION2FACE, axes.axvline, "tab:red")]
+                  (*base_leakage, axes.axvline, "tab:red")]
     for label, metric, draw, color in references:
         reference = emotion_baseline(groups, metric)
         if reference:
@@ -124,13 +130,15 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
         chance = next((g.chance(metric) for g in hybrids if g.chance(metric) is not None), None)
         if chance is not None:
             draw(chance, color="gray", linestyle=":", linewidth=1, label=f"chance ({metric}) {chance:.1f}")
-    nulls = [g.summary(names.IDENTITY_MAX_NULL)[0] for g in hybrids if audited and g.summary(names.IDENTITY_MAX_NULL)]
+    nulls = [g.summary(names.IDENTITY_MAX_NULL)[0] for g in hybrids
+             if leakage == names.IDENTITY_MAX and g.summary(names.IDENTITY_MAX_NULL)]
     if nulls:  # what the strongest attacker reads off features without identity
         null = statistics.fmean(nulls)
         axes.axvline(null, color="gray", linestyle="--", linewidth=1, label=f"strongest attacker, permuted identities {null:.1f}")
-    axes.set_xlabel(f"identity leakage: {leakage} accuracy (%)  ← more private")
+    unit = "same-person ROC-AUC" if top == 1 else "accuracy (%)"
+    axes.set_xlabel(f"identity leakage: {leakage} {unit}  ← more private")
     axes.set_ylabel("utility: Hybrid2Emotion accuracy (%)")
-    axes.set_xlim(-2, 102)  # lines at 0 or 100% stay off the frame
+    axes.set_xlim(-0.02 * top, 1.02 * top)  # lines at 0 or 100% stay off the frame
     axes.set_ylim(-2, 102)
     axes.set_title(title)
     if by_experiment:
@@ -170,6 +178,8 @@ def build_report(
 
     for name, members in by_experiment.items():
         save(tradeoff_figure(members, f"{name}: privacy/utility trade-off"), f"tradeoff_{name}.png")
+        save(tradeoff_figure(members, f"{name}: linkage/utility trade-off", leakage=names.LINKAGE_AUC),
+             f"tradeoff_linkage_{name}.png")
         hybrids = [(group, history) for group in members if (history := mean_round_history(client, group))]
         for index, (group, history) in enumerate(hybrids):
             title = f"{name}: Hybrid rounds, mean of {len(group.runs)} folds"
