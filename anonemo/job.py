@@ -60,15 +60,15 @@ class Plan:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and evaluate ``cfg.model`` on fold ``cfg.fold``; returns the metrics logged to MLflow
     (with ``wall_time_s`` and where it went, ``time/*``)."""
+    check_job_data(cfg)
     return execute(plan(cfg))
 
 
 def plan(cfg: DictConfig) -> Plan:
-    """Everything that can be checked before the job's MLflow run exists: an invalid option, an
-    unreachable tracking server or a dataset that cannot be loaded or folded stops here and leaves
-    no run behind."""
+    """Everything that can be checked before the job's MLflow run exists, after
+    :func:`~anonemo.data.check.check_job_data`: an invalid option, an unreachable tracking server or
+    a dataset that cannot be loaded or folded stops here and leaves no run behind."""
     clock = PhaseClock()
-    check_job_data(cfg)
     recipe: Recipe = build(cfg.model, "model")
     networks: Networks = build(cfg.network, "network")
     require_permutations(cfg.audit.null_permutations, "audit.null_permutations")

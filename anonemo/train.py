@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> dict[str, float] | float | None:
     job = None
     with user_errors_reported(discard_run_dir=True):
         try:
-            # plan() checks this again; here it is answered before torch, Lightning and MLflow are imported (~10 s).
+            # Answered before torch, Lightning and MLflow are imported (~10 s); plan() does the rest.
             check_job_data(cfg)
             from anonemo.job import plan
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.pipeline import Pipeline, make_pipeline
 
 from anonemo.data.datamodule import TensorBatches
 from anonemo.metrics import LINKAGE
@@ -31,6 +33,7 @@ from anonemo.metrics import LINKAGE
 log = logging.getLogger(__name__)
 
 SHRINKAGES = (0.1, 0.5, 0.9)  # LDA's covariance shrinkage, chosen on the validation side
+PCA_COMPONENTS = 128
 
 
 def originals(side: TensorBatches) -> tuple[np.ndarray, np.ndarray]:
@@ -114,15 +117,17 @@ def strongest(values: list[float], pick) -> float:
     return pick(defined) if defined else float("nan")
 
 
-def best_lda(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray
-             ) -> LinearDiscriminantAnalysis | None:
+def best_lda(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray) -> Pipeline | None:
     """LDA on the training side's identities, its shrinkage the one with the best validation AUC;
-    None where the training side has fewer than two subjects."""
+    None where the training side has fewer than two subjects. PCA first: LDA's eigen solver on
+    the paper base's 4096 features is slow (docs/audit.md)."""
     if len(np.unique(train_y)) < 2:
         return None
+    components = min(PCA_COMPONENTS, len(train_y) - 1, train_x.shape[1])
     best, best_auc = None, -1.0
     for shrinkage in SHRINKAGES:
-        lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=shrinkage).fit(train_x, train_y)
+        lda = make_pipeline(PCA(components, svd_solver="full"),
+                            LinearDiscriminantAnalysis(solver="eigen", shrinkage=shrinkage)).fit(train_x, train_y)
         auc = verification(lda.transform(val_x), val_y)[0]
         if best is None or (not np.isnan(auc) and auc > best_auc):
             best, best_auc = lda, auc
