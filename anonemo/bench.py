@@ -69,7 +69,7 @@ class Workload:
         self.device = device
         self.batch_size = data.batch_size
         self.bf16 = is_bf16(cfg.trainer.precision)
-        self.num_emotions, self.num_subjects = data.num_emotions, data.num_subjects
+        self.num_emotions, self.num_subjects = data.num_emotions, data.num_classes("identity")
         self.networks: Networks = build(cfg.network, "network")
         self.data = data
         self.cfg = cfg

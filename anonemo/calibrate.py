@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from anonemo.calibration import (Setting, beta_value, check_options, choose, collect, front_figure, grid,
-                                 job_overrides, table)
+                                 job_overrides, leakage_measure, table)
 from anonemo.cli import CONF, check_override_keys, user_errors_reported
 from anonemo.data.check import check_job_data
 
@@ -73,7 +73,8 @@ def report(cfg: DictConfig, settings: list[Setting]) -> None:
     from anonemo.tracking.store import ensure_experiment, tracking_uri
 
     chosen = choose(settings, cfg.calibrate.max_emotion_loss)
-    rows = table(settings, chosen, cfg.calibrate.max_emotion_loss)
+    leakage = leakage_measure(cfg)
+    rows = table(settings, chosen, cfg.calibrate.max_emotion_loss, leakage)
     override = f"dataset.adversarial_beta={chosen.beta:g}"
     folder = Path(cfg.paths.output_dir) / "calibration"
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,7 @@ def report(cfg: DictConfig, settings: list[Setting]) -> None:
         client.log_param(run_id, f"calibrate.{key}", str(cfg.calibrate[key]))
     client.log_metric(run_id, "calibrate/beta", chosen.beta)
     with tempfile.TemporaryDirectory() as scratch:
-        figure = front_figure(settings, chosen, f"{cfg.dataset.name}: validation front of {cfg.model.name}")
+        figure = front_figure(settings, chosen, f"{cfg.dataset.name}: validation front of {cfg.model.name}", leakage)
         figure.savefig(Path(scratch) / "calibration_front.png", dpi=110)
         plt.close(figure)
         (Path(scratch) / "calibration.md").write_text(rows + "\n")

@@ -5,8 +5,10 @@ The grid is two sweeps of ordinary jobs on ``calibrate.folds``: the reference mo
 CNN) and the Hybrid at every β of ``calibrate.betas``. Each job is found again by its config hash,
 so a re-run reuses what finished. The choice reads only validation-side numbers: the Hybrid's
 fresh emotion head (``Hybrid2Emotion/val_acc``), the reference's selected epoch
-(``Emotion/val_acc``) and the strongest audit attacker on the validation side
-(``audit/identity/max/val``). Rule: among the β whose mean validation emotion is at most
+(``Emotion/val_acc``) and the validation side's leakage: the strongest audit attacker
+(``audit/identity/max/val``) under the paper's protocol, the linkage audit's AUC
+(``audit/linkage/auc/val``) under ``cv.protocol=subject_disjoint``, whose validation people were
+never trained on. Rule: among the β whose mean validation emotion is at most
 ``calibrate.max_emotion_loss`` points below the reference's, the one with the lowest mean
 validation leakage (ties: more emotion).
 """
@@ -21,11 +23,28 @@ import matplotlib.pyplot as plt
 from omegaconf import DictConfig
 
 from anonemo import metrics as names
+from anonemo.data.folds import fold_protocol
 from anonemo.errors import ConfigError
 
 HYBRID_UTILITY = names.val_acc(names.HYBRID2EMOTION)
 REFERENCE_UTILITY = names.val_acc(names.EMOTION)
-LEAKAGE = names.IDENTITY_MAX_VAL
+
+
+@dataclass(frozen=True)
+class Leakage:
+    """The validation-side identity measure the rule minimises, and how tables and figures name it."""
+
+    metric: str
+    label: str
+
+
+CLOSED_SET_LEAKAGE = Leakage(names.IDENTITY_MAX_VAL, "validation identity, strongest attacker (%)")
+LINKAGE_LEAKAGE = Leakage(f"{names.LINKAGE_AUC}/val", "validation linkage AUC (chance 0.5)")
+
+
+def leakage_measure(cfg: DictConfig) -> Leakage:
+    """Closed-set re-identification where the validation people are training people, linkage where not."""
+    return CLOSED_SET_LEAKAGE if fold_protocol(cfg.cv.protocol).closed_set_identity else LINKAGE_LEAKAGE
 
 
 @dataclass(frozen=True)
@@ -88,21 +107,22 @@ def collect(cfg: DictConfig, metrics_of: Callable[[float | None, int], dict[str,
     """The grid's validation numbers; ``metrics_of(beta, fold)``: the metrics of that FINISHED job,
     or None. Only validation metrics are read."""
     settings, missing = [], []
+    leakage_metric = leakage_measure(cfg).metric
     for beta in [None, *cfg.calibrate.betas]:
         utility = REFERENCE_UTILITY if beta is None else HYBRID_UTILITY
         emotion, leakage = [], []
         for fold in cfg.calibrate.folds:
             found = metrics_of(beta, fold)
-            if found is None or utility not in found or LEAKAGE not in found:
+            if found is None or utility not in found or leakage_metric not in found:
                 missing.append(f"{'reference' if beta is None else f'β={beta:g}'} fold {fold}")
                 continue
             emotion.append(found[utility])
-            leakage.append(found[LEAKAGE])
+            leakage.append(found[leakage_metric])
         settings.append(Setting(beta, tuple(emotion), tuple(leakage)))
     if missing:
-        raise ConfigError(f"The calibration grid is incomplete ({', '.join(missing)} did not finish with an audit): "
-                          "see the sweep's log above, fix the cause and run the same command again (finished jobs "
-                          "are reused).")
+        raise ConfigError(f"The calibration grid is incomplete ({', '.join(missing)} did not finish with "
+                          f"{leakage_metric}): see the sweep's log above, fix the cause and run the same command "
+                          "again (finished jobs are reused). A linkage number needs two validation people or more.")
     return settings
 
 
@@ -118,10 +138,10 @@ def choose(settings: list[Setting], max_emotion_loss: float) -> Setting:
     return min(kept, key=lambda s: (round(s.mean_leakage, 6), -s.mean_emotion))
 
 
-def table(settings: list[Setting], chosen: Setting, max_emotion_loss: float) -> str:
+def table(settings: list[Setting], chosen: Setting, max_emotion_loss: float, leakage: Leakage) -> str:
     """The grid as Markdown: validation emotion and leakage, mean over folds, and the verdict."""
     reference = settings[0]
-    lines = ["| setting | folds | validation emotion (%) | validation identity, strongest attacker (%) | |",
+    lines = [f"| setting | folds | validation emotion (%) | {leakage.label} | |",
              "|---|---|---|---|---|"]
     for s in settings:
         loss = reference.mean_emotion - s.mean_emotion
@@ -131,14 +151,14 @@ def table(settings: list[Setting], chosen: Setting, max_emotion_loss: float) -> 
     return "\n".join(lines)
 
 
-def front_figure(settings: list[Setting], chosen: Setting, title: str) -> plt.Figure:
+def front_figure(settings: list[Setting], chosen: Setting, title: str, leakage: Leakage) -> plt.Figure:
     """Validation emotion against validation leakage, one point per setting."""
     figure, axes = plt.subplots(figsize=(6.5, 5))
     for s in settings:
         marker = "s" if s.beta is None else "*" if s is chosen else "o"
         axes.plot(s.mean_leakage, s.mean_emotion, marker, markersize=12 if s is chosen else 7, label=s.label)
         axes.annotate(s.label, (s.mean_leakage, s.mean_emotion), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    axes.set_xlabel("validation: identity, strongest attacker (%)  (lower is more private)")
+    axes.set_xlabel(f"{leakage.label}  (lower is more private)")
     axes.set_ylabel("validation: emotion (%)")
     axes.set_title(title, fontsize=9)
     axes.legend(fontsize=7)

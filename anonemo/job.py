@@ -25,6 +25,7 @@ from anonemo.config import build
 from anonemo.data.check import check_job_data
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule
+from anonemo.data.folds import UNSEEN_PEOPLE_NOTE, fold_protocol
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError, require_permutations
 from anonemo.evaluation import score
@@ -71,7 +72,7 @@ def plan(cfg: DictConfig) -> Plan:
     clock = PhaseClock()
     recipe: Recipe = build(cfg.model, "model")
     networks: Networks = build(cfg.network, "network")
-    require_permutations(cfg.audit.null_permutations, "audit.null_permutations")
+    check_protocol(cfg, recipe)
     check_reachable(tracking_uri(cfg))
     if cfg.sweep.skip_finished or cfg.resume:
         done = finished_run(cfg)
@@ -96,6 +97,20 @@ def plan(cfg: DictConfig) -> Plan:
     return Plan(cfg, recipe, networks, clock, data, threads, reopen)
 
 
+def check_protocol(cfg: DictConfig, recipe: Recipe) -> None:
+    """A model or audit option that needs test people who were training people, under a protocol
+    whose test people never were."""
+    testable = fold_protocol(cfg.cv.protocol).testable_tasks
+    recipe.check_testable(testable)
+    require_permutations(cfg.audit.null_permutations, "audit.null_permutations")
+    if cfg.audit.null_permutations and "identity" not in testable:
+        raise ConfigError(
+            f"audit.null_permutations={cfg.audit.null_permutations} is the null of the closed-set identity attackers, "
+            f"which cv.protocol={cfg.cv.protocol} does not run (its test people were never trained on): set "
+            "audit.null_permutations=0; the linkage audit measures identity there."
+        )
+
+
 def record_failed_start(cfg: DictConfig, error: Exception) -> None:
     """A sweep's job that stopped before it started is still one of the sweep's jobs: a FAILED run
     holding the error records it, so that the sweep's parent run counts it."""
@@ -113,6 +128,8 @@ def execute(plan: Plan) -> dict[str, float]:
     cfg, recipe, clock = plan.cfg, plan.recipe, plan.clock
     log.info("%s on %s fold %d: %d torch thread(s), precision %s, %s", recipe.name, cfg.dataset.name, cfg.fold,
              plan.threads, cfg.trainer.precision, "GPU" if torch.cuda.is_available() else "CPU")
+    if not plan.data.protocol.closed_set_identity:
+        log.info(UNSEEN_PEOPLE_NOTE)
     with mlflow_run(cfg, plan.reopen) as logger:
         logger.client.set_tag(logger.run_id, "torch_threads", str(plan.threads))
         logger.log_hyperparams(plan.data.summary())
@@ -153,7 +170,8 @@ def train_and_evaluate(recipe: Recipe, job: Job) -> dict[str, float]:
         with job.clock.phase("frozen_base"):
             features = FeatureDataModule(trained.base, data, bf16=job.bf16)
             metrics |= score_own_heads(trained, features, job)
-            fresh, heads = fit_fresh_heads(job, trained.base, features, recipe.fresh_head_metrics())
+            testable_heads = [(task, name) for task, name in recipe.fresh_head_metrics() if task in data.testable_tasks]
+            fresh, heads = fit_fresh_heads(job, trained.base, features, testable_heads)
             metrics |= fresh
             emotion_head = heads.get("emotion", emotion_head)
     if emotion_head is not None:  # what anonemo.export ships with the base
@@ -161,7 +179,7 @@ def train_and_evaluate(recipe: Recipe, job: Job) -> dict[str, float]:
     if cfg.audit.enabled:
         with job.clock.phase("frozen_base"):
             audited = audit_base(
-                features.sides, {"emotion": data.num_emotions, "identity": data.num_subjects}, cfg.seed,
+                features.sides, {task: data.num_classes(task) for task in data.testable_tasks}, cfg.seed,
                 default_attackers(tuple(job.networks.fc_hidden), bf16=job.bf16),
                 null_permutations=cfg.audit.null_permutations,
                 emotion_head=emotion_head if cfg.audit.emotion_output else None,
@@ -174,9 +192,12 @@ def train_and_evaluate(recipe: Recipe, job: Job) -> dict[str, float]:
 
 
 def score_own_heads(trained: Trained, features: FeatureDataModule, job: Job) -> dict[str, float]:
-    """Test-fold accuracy of each of the recipe's own heads (eval mode) on the frozen features."""
+    """Test-fold accuracy of each of the recipe's own heads (eval mode) on the frozen features,
+    for the tasks the fold can test."""
     metrics = {}
     for name, (task, head) in trained.own_heads.items():
+        if task not in job.data.testable_tasks:
+            continue
         was_training = head.training
         head.eval()
         with torch.no_grad():
@@ -201,6 +222,8 @@ def search_objective(cfg: DictConfig, metrics: dict[str, float]) -> float:
     if utility not in metrics:
         raise ConfigError("search.objective=hybrid_privacy needs a Hybrid model (model=hybrid or hybrid_*): it scores Hybrid2Emotion.")
     if names.IDENTITY_MAX_VAL not in metrics:
-        raise ConfigError("search.objective=hybrid_privacy scores identity with the audit: set audit.enabled=true.")
+        raise ConfigError("search.objective=hybrid_privacy scores identity with the audit's closed-set attackers: set "
+                          "audit.enabled=true under cv.protocol=paper (under subject_disjoint, choose β with "
+                          "python -m anonemo.calibrate, which reads the linkage audit).")
     excess = max(0.0, metrics[names.IDENTITY_MAX_VAL] - cfg.search.identity_ceiling)
     return metrics[utility] - cfg.search.penalty * excess

@@ -9,7 +9,8 @@ from mlflow.tracking import MlflowClient
 from test_bad_input import cli
 
 from anonemo.calibrate import finished_metrics
-from anonemo.calibration import HYBRID_UTILITY, LEAKAGE, REFERENCE_UTILITY, Setting, choose, collect
+from anonemo.calibration import (CLOSED_SET_LEAKAGE, HYBRID_UTILITY, LINKAGE_LEAKAGE, REFERENCE_UTILITY, Setting, choose,
+                                 collect, table)
 from anonemo.errors import ConfigError
 
 TINY_GRID = (*TINY_SYNTHETIC, "model.init_epochs=2", "model.rounds=2", "model.refit_epochs=2", "transfer.max_epochs=3",
@@ -31,21 +32,27 @@ def test_the_rule_keeps_emotion_then_minimises_validation_leakage():
         choose([reference, *settings[2:]], max_emotion_loss=0)
 
 
+def validation_metrics(validation, leakage_metric, test_side):
+    """``metrics_of(beta, fold)`` for :func:`collect`: ``validation[beta]`` = (emotion, leakage),
+    beside the test-side metrics ``test_side(beta, fold)``."""
+    def of(beta, fold):
+        utility = REFERENCE_UTILITY if beta is None else HYBRID_UTILITY
+        return {utility: validation[beta][0], leakage_metric: validation[beta][1], **test_side(beta, fold)}
+    return of
+
+
 def test_only_validation_metrics_are_read_and_a_missing_job_is_named():
     cfg = calibrate_config("calibrate.betas=[0.3,0.8]", "calibrate.folds=[0,1]")
     validation = {None: (70.0, 99.0), 0.3: (69.0, 30.0), 0.8: (65.0, 20.0)}
 
     def metrics(test_side):
-        def of(beta, fold):
-            utility = REFERENCE_UTILITY if beta is None else HYBRID_UTILITY
-            return {utility: validation[beta][0], LEAKAGE: validation[beta][1], **test_side(beta, fold)}
-        return of
+        return validation_metrics(validation, CLOSED_SET_LEAKAGE.metric, test_side)
 
     # what scrambled test labels change: every test-fold accuracy
     plain = choose(collect(cfg, metrics(lambda b, f: {"Hybrid2Emotion": 60.0, "audit/identity/max": 25.0})), 10)
     scrambled = choose(collect(cfg, metrics(lambda b, f: {"Hybrid2Emotion": 5.0 * f, "audit/identity/max": 90.0 - 40 * (b == 0.3)})), 10)
     assert plain.beta == scrambled.beta == 0.8
-    with pytest.raises(ConfigError, match="β=0.8 fold 1 did not finish with an audit"):
+    with pytest.raises(ConfigError, match="β=0.8 fold 1 did not finish with audit/identity/max/val"):
         collect(cfg, lambda beta, fold: None if (beta, fold) == (0.8, 1) else metrics(lambda b, f: {})(beta, fold))
 
 
@@ -70,4 +77,17 @@ def test_calibrate_runs_the_grid_and_writes_the_choice(tmp_path):
     shared = [*TINY_SYNTHETIC, "model.init_epochs=2", "model.rounds=2", "model.refit_epochs=2", "transfer.max_epochs=3",
               f"paths.output_dir={tmp_path}", "logger.experiment_name=calibrate_synthetic"]
     found = finished_metrics(shared, cfg, 0.3, 1)
-    assert found is not None and HYBRID_UTILITY in found and LEAKAGE in found
+    assert found is not None and HYBRID_UTILITY in found and CLOSED_SET_LEAKAGE.metric in found
+
+
+def test_unseen_people_are_calibrated_on_validation_linkage():
+    """Under cv.protocol=subject_disjoint the validation people were never trained on: the rule
+    reads the linkage AUC, not the closed-set attackers (which such a job does not log)."""
+    cfg = calibrate_config("cv.protocol=subject_disjoint", "calibrate.betas=[0.3,0.8]", "calibrate.folds=[0,1]")
+    validation = {None: (70.0, 0.95), 0.3: (69.0, 0.70), 0.8: (65.0, 0.58)}
+    settings = collect(cfg, validation_metrics(validation, LINKAGE_LEAKAGE.metric, lambda b, f: {}))
+    chosen = choose(settings, 10)
+    assert chosen.beta == 0.8
+    assert "| validation linkage AUC (chance 0.5) |" in table(settings, chosen, 10, LINKAGE_LEAKAGE)
+    with pytest.raises(ConfigError, match="did not finish with audit/linkage/auc/val"):
+        collect(cfg, validation_metrics(validation, CLOSED_SET_LEAKAGE.metric, lambda b, f: {}))

@@ -22,7 +22,7 @@ def faces():
 
 def test_batches_are_dicts_of_scaled_images_and_both_labels(faces):
     dm = GroupedFoldDataModule(faces, fold=1, n_splits=4, val_fraction=0.25, batch_size=16)
-    assert (dm.num_subjects, dm.num_emotions) == (4, 3)
+    assert (dm.num_classes("identity"), dm.num_emotions) == (4, 3)
     assert dm.emotion_names == ("neutral", "happy", "sad")
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"image", "emotion", "identity", "source", "original"}

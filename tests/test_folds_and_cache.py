@@ -8,7 +8,7 @@ from conftest import make_config
 from omegaconf import OmegaConf
 
 from anonemo.data.augment import Augmentation
-from anonemo.data.folds import grouped_fold_split
+from anonemo.data.folds import fold_split
 from anonemo.data.pipeline import load_faces
 from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.synthetic import SyntheticFaces
@@ -34,7 +34,7 @@ def test_yale_folds_follow_the_papers_protocol(yale_faces):
     f = yale_faces
     test_sides = []
     for fold in range(10):
-        split = grouped_fold_split(f.subjects, f.emotions, f.sources, fold, n_splits=10, val_fraction=0.1, seed=0)
+        split = fold_split(f.subjects, f.emotions, f.sources, fold, n_splits=10, val_fraction=0.1, seed=0)
         sources = [set(f.sources[side]) for side in (split.train, split.val, split.test)]
         assert not (sources[0] & sources[1] or sources[0] & sources[2] or sources[1] & sources[2])
         assert len(split.train) + len(split.val) + len(split.test) == len(f)
@@ -47,9 +47,9 @@ def test_yale_folds_follow_the_papers_protocol(yale_faces):
 
 def test_folds_are_identical_for_a_seed_and_differ_across_seeds(yale_faces):
     f = yale_faces
-    a = grouped_fold_split(f.subjects, f.emotions, f.sources, 3, seed=7)
-    b = grouped_fold_split(f.subjects, f.emotions, f.sources, 3, seed=7)
-    c = grouped_fold_split(f.subjects, f.emotions, f.sources, 3, seed=8)
+    a = fold_split(f.subjects, f.emotions, f.sources, 3, seed=7)
+    b = fold_split(f.subjects, f.emotions, f.sources, 3, seed=7)
+    c = fold_split(f.subjects, f.emotions, f.sources, 3, seed=8)
     assert all(np.array_equal(getattr(a, s), getattr(b, s)) for s in ("train", "val", "test"))
     assert not np.array_equal(a.test, c.test)
 
@@ -68,7 +68,7 @@ def test_bad_fold_settings_are_named(yale_faces, kwargs, message):
     f = yale_faces
     arguments = {"fold": 0, "n_splits": 10, "val_fraction": 0.1, "seed": 0, **kwargs}
     with pytest.raises(ConfigError) as error:
-        grouped_fold_split(f.subjects, f.emotions, f.sources, **arguments)
+        fold_split(f.subjects, f.emotions, f.sources, **arguments)
     assert message in str(error.value)
 
 
@@ -76,7 +76,7 @@ def test_a_subject_with_one_original_cannot_be_on_every_training_side():
     subjects = np.array([0, 0, 0, 1, 1, 1, 2])
     emotions = np.array([0, 1, 0, 1, 0, 1, 0])
     with pytest.raises(ConfigError, match="subject 2 has only 1 original image or group"):
-        grouped_fold_split(subjects, emotions, np.arange(7), 0, n_splits=2)
+        fold_split(subjects, emotions, np.arange(7), 0, n_splits=2)
 
 
 def test_augmentation_keeps_originals_and_spreads_copies_evenly():

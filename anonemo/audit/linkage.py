@@ -99,9 +99,12 @@ def linkage_audit(sides: dict[str, TensorBatches], seed: int) -> dict[str, float
                     f"{LINKAGE}/rank1/chance{suffix}": chance, f"{LINKAGE}/pairs{suffix}": float(pairs)}
     metrics[f"{LINKAGE}/auc/chance"] = 0.5
     test_people = standardised["test"][1]
-    if np.isnan(metrics[f"{LINKAGE}/auc"]):  # e.g. a Yale test fold: about 6 originals, each of another person
-        log.info("Linkage audit undefined on this fold: its %d test originals of %d people hold no same-person pair",
-                 len(test_people), len(np.unique(test_people)))
+    # e.g. a Yale test fold of the paper's protocol (about 6 originals, each of another person), or a
+    # subject-disjoint test fold of one person
+    if np.isnan(metrics[f"{LINKAGE}/auc"]):
+        people = len(np.unique(test_people))
+        log.info("Linkage audit undefined on this fold: its %d test originals of %d %s", len(test_people), people,
+                 "people hold no same-person pair" if people > 1 else "person hold no pair of two people")
     else:
         log.info("Linkage audit: same-person AUC %.2f (chance 0.5), EER %.2f, rank-1 %.1f%% (chance %.1f%%) over %d "
                  "pairs of test originals", metrics[f"{LINKAGE}/auc"], metrics[f"{LINKAGE}/eer"],

@@ -63,6 +63,8 @@ def reaudit_run(
     recipe: Recipe = build(run_cfg.model, "model")
     networks: Networks = build(run_cfg.network, "network")
     started = time.perf_counter()
+    # Runs saved before cv.protocol existed used the paper's folds.
+    run_cfg = OmegaConf.merge({"cv": {"protocol": "paper"}}, run_cfg)
     data = fold_data(run_cfg)
     bf16 = is_bf16(run_cfg.trainer.precision)
     features = FeatureDataModule(base, data, bf16=bf16)
@@ -72,7 +74,7 @@ def reaudit_run(
     # read back after the re-fit, which replaced it.
     emotion_head = saved_emotion_head(client, run_id, recipe) if emotion_output else None
     audited = audit_base(
-        features.sides, {"emotion": data.num_emotions, "identity": data.num_subjects}, run_cfg.seed,
+        features.sides, {task: data.num_classes(task) for task in data.testable_tasks}, run_cfg.seed,
         default_attackers(tuple(networks.fc_hidden), bf16=bf16), features=audit,
         null_permutations=null_permutations, emotion_head=emotion_head,
     )

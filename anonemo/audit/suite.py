@@ -33,7 +33,7 @@ from torch import nn
 from anonemo import metrics as names
 from anonemo.audit.attackers import Attacker, NearestCentroidAttacker, Split, as_split, default_attackers
 from anonemo.audit.linkage import linkage_audit
-from anonemo.data.datamodule import TASKS, TensorBatches
+from anonemo.data.datamodule import TensorBatches
 from anonemo.evaluation import accuracy
 
 log = logging.getLogger(__name__)
@@ -50,19 +50,18 @@ def audit_base(
 ) -> dict[str, float]:
     """The audit of a frozen base from its features' ``sides``: the attackers on the features
     (:func:`audit_features`) and the linkage audit (:func:`~anonemo.audit.linkage.linkage_audit`),
-    with ``features``, and, given ``emotion_head``, the attackers on that head's output
-    (:func:`audit_emotion_output`)."""
+    with ``features``, and, given ``emotion_head``, the identity attackers on that head's output
+    (:func:`audit_emotion_output`). ``num_classes`` names the tasks whose attackers run: without
+    ``identity`` (test people who were never training people) only linkage measures identity."""
     metrics: dict[str, float] = {}
     if features:
         started = time.perf_counter()
         metrics |= audit_features(sides, num_classes, seed, attackers, null_permutations)
-        log.info(
-            "Audit: strongest identity attacker %.1f%% (chance %.1f%%), strongest emotion attacker %.1f%% (%.0f s)",
-            metrics[names.IDENTITY_MAX], metrics[names.IDENTITY_CHANCE], metrics[names.EMOTION_MAX],
-            time.perf_counter() - started,
-        )
+        strongest = ", ".join(f"strongest {task} attacker {metrics[names.audit(task)]:.1f}% (chance "
+                              f"{metrics[names.audit(task, 'chance')]:.1f}%)" for task in num_classes)
+        log.info("Audit: %s (%.0f s)", strongest, time.perf_counter() - started)
         metrics |= linkage_audit(sides, seed)
-    if emotion_head is not None:
+    if emotion_head is not None and "identity" in num_classes:
         metrics |= audit_emotion_output(sides, emotion_head, num_classes["identity"], seed, attackers)
     for name in names.below_chance(metrics):
         log.warning(
@@ -81,7 +80,8 @@ def audit_features(
     attackers: list[Attacker] | None = None,
     null_permutations: int = 0,
 ) -> dict[str, float]:
-    """``audit/<task>/<attacker>`` test accuracies (%), with ``max`` and ``chance`` per task, and
+    """``audit/<task>/<attacker>`` test accuracies (%) for each task of ``num_classes``, with ``max``
+    and ``chance`` per task, and
     the gallery audit's ``audit/<task>/gallery{,/chance,/coverage}``.
 
     Each attacker's validation score is logged as ``.../val``, and the strongest of them as
@@ -95,7 +95,7 @@ def audit_features(
     """
     attackers = attackers if attackers is not None else default_attackers()
     metrics: dict[str, float] = {}
-    for task in TASKS:
+    for task in num_classes:
         train, val, test = (as_split(sides[s].tensors["features"], sides[s].tensors[task]) for s in ("train", "val", "test"))
         scores = attack(train, val, test, num_classes[task], seed, attackers, task)
         metrics |= {f"{names.audit(task, attacker.name)}/val": attacker.val_accuracy for attacker in attackers}
@@ -104,7 +104,7 @@ def audit_features(
         metrics[names.audit(task)] = max(scores.values())
         metrics[names.audit(task, "chance")] = 100 / num_classes[task]
         metrics |= gallery_audit(val, test, task)
-    if null_permutations:
+    if null_permutations and "identity" in num_classes:
         maxima = null_maxima(sides, "identity", num_classes["identity"], seed, null_permutations, attackers)
         observed = metrics[names.IDENTITY_MAX]
         metrics[names.IDENTITY_MAX_NULL] = sum(maxima) / len(maxima)

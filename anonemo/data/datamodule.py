@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from anonemo.data.folds import FoldSplit, grouped_fold_split
+from anonemo.data.folds import FoldSplit, Protocol, fold_protocol, fold_split
 from anonemo.data.records import FaceRecords
 
 # The label each task predicts, as keyed in every batch.
@@ -63,11 +63,14 @@ def batch_loader(
 
 
 class GroupedFoldDataModule(pl.LightningDataModule):
-    """Fold ``fold`` of a grouped, stratified ``n_splits``-fold split of ``faces``.
+    """Fold ``fold`` of a grouped, stratified ``n_splits``-fold split of ``faces`` under ``protocol``
+    (:mod:`anonemo.data.folds`).
 
     Batches are dicts with ``image``, ``emotion``, ``identity``, ``source`` and ``original``. The split is computed once and
     is the same for every model given the same data and seed; the test side is served only by
-    ``test_dataloader`` and is never used for any choice.
+    ``test_dataloader`` and is never used for any choice. Under ``subject_disjoint`` the subjects are
+    renumbered so that the training side's are the identity classes 0..k-1, the only ones a model
+    trained on this fold can learn (``num_classes("identity")`` is k).
     """
 
     def __init__(
@@ -78,22 +81,28 @@ class GroupedFoldDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         batch_size: int = 64,
         seed: int = 0,
+        protocol: str = "paper",
     ):
         super().__init__()
-        self.faces = faces
         self.fold = fold
         self.batch_size = batch_size
         self.seed = seed
-        self.split: FoldSplit = grouped_fold_split(
-            faces.subjects, faces.emotions, faces.groups, fold, n_splits, val_fraction, seed, names=faces.fold_names(),
+        self.protocol: Protocol = fold_protocol(protocol)
+        self.split: FoldSplit = fold_split(
+            faces.subjects, faces.emotions, faces.groups, fold, n_splits, val_fraction, seed, protocol,
+            names=faces.fold_names(),
         )
+        training_subjects = np.unique(faces.subjects[self.split.train])
+        self.faces = faces if self.protocol.closed_set_identity else faces.with_subjects_first(training_subjects)
+        self.identity_classes = faces.num_subjects if self.protocol.closed_set_identity else len(training_subjects)
         self._sides: dict[str, TensorBatches] = {}
         self._shuffle = torch.Generator()
         self._restored_shuffle: torch.Tensor | None = None
 
     @property
-    def num_subjects(self) -> int:
-        return self.faces.num_subjects
+    def testable_tasks(self) -> tuple[str, ...]:
+        """The tasks whose test-fold labels a model trained on this fold can predict."""
+        return self.protocol.testable_tasks
 
     @property
     def num_emotions(self) -> int:
@@ -116,7 +125,8 @@ class GroupedFoldDataModule(pl.LightningDataModule):
         return self.faces.emotion_names
 
     def num_classes(self, task: str) -> int:
-        return self.num_emotions if task == "emotion" else self.num_subjects
+        """Classes a head for ``task`` predicts (identity: the subjects a model can train on)."""
+        return self.num_emotions if task == "emotion" else self.identity_classes
 
     def class_names(self, task: str) -> tuple[str, ...]:
         return self.emotion_names if task == "emotion" else self.subject_names

@@ -125,4 +125,5 @@ def fold_data(cfg: DictConfig) -> GroupedFoldDataModule:
         val_fraction=cfg.cv.val_fraction,
         batch_size=cfg.data.batch_size,
         seed=cfg.cv.seed,
+        protocol=cfg.cv.protocol,
     )

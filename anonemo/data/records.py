@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,6 +68,16 @@ class FaceRecords:
     @property
     def num_emotions(self) -> int:
         return len(self.emotion_names)
+
+    def with_subjects_first(self, first: Sequence[int]) -> FaceRecords:
+        """The same records with subjects renumbered so that ``first`` (in order) are 0..k-1 and
+        the others follow in their order: the identity classes of a fold's training people."""
+        first = list(first)
+        order = first + [s for s in range(self.num_subjects) if s not in set(first)]
+        rank = np.empty(self.num_subjects, dtype=np.int64)
+        rank[order] = np.arange(self.num_subjects)
+        return dataclasses.replace(self, subjects=rank[self.subjects],
+                                   subject_names=tuple(self.subject_names[s] for s in order))
 
 
 @dataclass(frozen=True)

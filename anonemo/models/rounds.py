@@ -22,7 +22,9 @@ class RoundEnd(pl.Callback):
     :class:`~anonemo.models.hybrid.HybridModule`:
 
     - extracts the base's features of the ``train`` and ``val`` sides;
-    - scores the emotion head and the strongest identity head on both (``round/*_acc/<side>``);
+    - scores the emotion head and the strongest identity head on both (``round/*_acc/<side>``;
+      identity on the training side only when ``identity_on_val`` is false: validation people
+      the heads never saw);
     - for t >= 1, has the module re-fit W_i on the training features (step 6 of Algorithm 1) and
       scores the re-fitted heads (``round/refit_identity_acc/<side>``);
     - hands the module the feature scale and emotion accuracy it keeps (:meth:`HybridModule.end_round`);
@@ -30,8 +32,10 @@ class RoundEnd(pl.Callback):
       resume), and books its time as frozen-base work on ``clock``.
     """
 
-    def __init__(self, train: TensorBatches, val: TensorBatches, clock: PhaseClock | None = None):
+    def __init__(self, train: TensorBatches, val: TensorBatches, clock: PhaseClock | None = None,
+                 identity_on_val: bool = True):
         self.sides = {"train": train, "val": val}
+        self.identity_sides = ("train", "val") if identity_on_val else ("train",)
         self.clock = clock
         self.history: list[dict[str, float]] = []
 
@@ -47,12 +51,16 @@ class RoundEnd(pl.Callback):
                  for name, side in self.sides.items()}
         metrics = {}
         for name, (features, labels) in sides.items():
-            metrics |= hybrid.round_accuracies(features, labels, name)
+            accuracies = hybrid.round_accuracies(features, labels, name)
+            if name not in self.identity_sides:
+                del accuracies[f"round/identity_acc/{name}"]
+            metrics |= accuracies
         train_features, train_labels = sides["train"]
         metrics[ROUND_FEATURE_SCALE] = train_features.abs().mean().item()
         if phase.kind == "adversarial":
             hybrid.refit_identity_heads(train_features, train_labels["identity"], phase.round)
-            for name, (features, labels) in sides.items():
+            for name in self.identity_sides:
+                features, labels = sides[name]
                 refitted = hybrid.round_accuracies(features, labels, name)[f"round/identity_acc/{name}"]
                 metrics[f"round/refit_identity_acc/{name}"] = refitted
             metrics[ROUND_BETA] = hybrid.round_beta
@@ -60,11 +68,12 @@ class RoundEnd(pl.Callback):
         self.history.append({"round": phase.round, **metrics})
         if self.clock is not None:
             self.clock.move(time.perf_counter() - started, "base_training", "frozen_base")
+        identity_side = self.identity_sides[-1]
         log.info(
-            "round %d/%d: emotion head %.1f%% val, identity %.1f%% val (strongest head%s), feature scale %.3g",
+            "round %d/%d: emotion head %.1f%% val, identity %.1f%% %s (strongest head%s), feature scale %.3g",
             phase.round, hybrid.schedule.rounds, metrics["round/emotion_acc/val"],
-            metrics.get("round/refit_identity_acc/val", metrics["round/identity_acc/val"]),
-            ", re-fitted" if phase.round else "", metrics[ROUND_FEATURE_SCALE],
+            metrics.get(f"round/refit_identity_acc/{identity_side}", metrics[f"round/identity_acc/{identity_side}"]),
+            identity_side, ", re-fitted" if phase.round else "", metrics[ROUND_FEATURE_SCALE],
         )
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=phase.round)

@@ -127,6 +127,10 @@ class Recipe(ABC):
         """Whether a trained model of this recipe has an emotion head (saved, audited, exported)."""
         return "emotion" in self.fresh_heads
 
+    def check_testable(self, testable_tasks: Sequence[str]) -> None:
+        """Raise :class:`ConfigError` if the recipe scores a task the folds cannot test (a Face
+        CNN where the test people were never trained on)."""
+
     @abstractmethod
     def train(self, job: Job) -> Trained:
         """Train on ``job.data`` (training and validation sides only), score what the recipe

@@ -71,7 +71,7 @@ class Hybrid(Recipe):
         base = networks.base()
         emotion_head = networks.head(base.out_features, data.num_emotions)
         identity_heads = [
-            networks.head(base.out_features, data.num_subjects, hidden=head_widths(name, networks.fc_hidden),
+            networks.head(base.out_features, data.num_classes("identity"), hidden=head_widths(name, networks.fc_hidden),
                           standardise=self.adversary.standardise)
             for name in self.adversary.heads
         ]
@@ -90,7 +90,8 @@ class Hybrid(Recipe):
             schedule.init_epochs, schedule.rounds, schedule.adversarial_epochs, schedule.refit_epochs, self.alpha,
             self.beta, self.emotion_guard, self.adversary,
         )
-        rounds = RoundEnd(job.data.side("train"), job.data.side("val"), job.clock)
+        rounds = RoundEnd(job.data.side("train"), job.data.side("val"), job.clock,
+                          identity_on_val="identity" in job.data.testable_tasks)
         # No validation loop or checkpoint selection: RoundEnd scores each round on both sides.
         trainer = job.trainer([rounds, *resumable_callbacks(job.checkpoints("hybrid"))],
                               max_epochs=schedule.total_epochs, limit_val_batches=0)

@@ -28,6 +28,14 @@ class SingleTask(Recipe):
     def hands_on_emotion_head(self) -> bool:
         return self.task == "emotion" or super().hands_on_emotion_head
 
+    def check_testable(self, testable_tasks: Sequence[str]) -> None:
+        if self.task not in testable_tasks:
+            raise ConfigError(
+                f"model={self.name} classifies the training subjects, and under this cv.protocol no test subject is "
+                "one of them: use cv.protocol=paper for it, or model=emotion (the linkage audit measures identity "
+                "for unseen people)."
+            )
+
     def train(self, job: Job) -> Trained:
         data, metric = job.data, self.label
         base = job.networks.base()
