@@ -148,10 +148,11 @@ def result_summary(title: str, metrics: dict[str, float]) -> str:
     below = set(names.below_chance(metrics))
     shown = [(name, label) for name, label in names.HEADLINE if name in metrics]
     width = max((len(label) for _, label in shown), default=0)
-    lines = [f"Results of {title} (test fold, %):"]
+    lines = [f"Results of {title} (test fold; accuracies in %, AUC and EER as fractions):"]
     for name, label in shown:
+        number = "5.2f" if name in names.FRACTIONS else "5.1f"
         chance = metrics.get(names.chance_of(name))
-        line = f"  {label:<{width}}  {metrics[name]:5.1f}" + ("" if chance is None else f"   chance {chance:5.1f}")
+        line = f"  {label:<{width}}  {metrics[name]:{number}}" + ("" if chance is None else f"   chance {chance:{number}}")
         lines.append(line + ("   below chance (docs/audit.md)" if name in below else ""))
     lines.append(f"  wall time {metrics[names.WALL_TIME]:.0f} s")
     return "\n".join(lines)
@@ -179,7 +180,7 @@ def train_and_evaluate(recipe: Recipe, job: Job) -> dict[str, float]:
     if cfg.audit.enabled:
         with job.clock.phase("frozen_base"):
             audited = audit_base(
-                features.sides, {task: data.num_classes(task) for task in data.testable_tasks}, cfg.seed,
+                features.sides, data.testable_classes, cfg.seed,
                 default_attackers(tuple(job.networks.fc_hidden), bf16=job.bf16),
                 null_permutations=cfg.audit.null_permutations,
                 emotion_head=emotion_head if cfg.audit.emotion_output else None,

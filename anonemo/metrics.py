@@ -73,7 +73,12 @@ HEADLINE = (
     (IDENTITY_GALLERY, "identity, gallery attacker"),
     (EMOTION_MAX, "emotion, strongest attacker"),
     (EMOTION_OUTPUT_IDENTITY_MAX, "identity off the emotion output"),
+    (LINKAGE_AUC, "linkage, same-person AUC"),
+    (LINKAGE_EER, "linkage, equal error rate"),
+    (LINKAGE_RANK1, "linkage, rank-1 identification"),
 )
+# Headline numbers that are fractions (0-1), not accuracies in %.
+FRACTIONS = (LINKAGE_AUC, LINKAGE_EER)
 # The audits whose accuracy can fall below chance, which is not privacy (docs/audit.md).
 CHANCE_BOUNDED_AUDITS = (IDENTITY_MAX, IDENTITY_GALLERY, EMOTION_MAX, EMOTION_OUTPUT_IDENTITY_MAX)
 

@@ -25,9 +25,11 @@ def test_emotion_run_logs_the_mlflow_contract(tiny_config, caplog):
         metrics = run(cfg)
     # the job ends with its headline numbers, each beside its chance level, on one screen
     (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Results of")]
-    assert summary.startswith("Results of emotion on synthetic fold 2 (test fold, %):")
+    assert summary.startswith("Results of emotion on synthetic fold 2 (test fold; accuracies in %, AUC and EER as fractions):")
     assert ["Emotion", f"{metrics['Emotion']:.1f}", "chance", "33.3"] in [line.split() for line in summary.splitlines()]
-    assert "identity, strongest attacker" in summary and len(summary.splitlines()) <= 12
+    assert "identity, strongest attacker" in summary and len(summary.splitlines()) <= 15
+    assert ["linkage,", "same-person", "AUC", f"{metrics['audit/linkage/auc']:.2f}", "chance", "0.50"] in [
+        line.split() for line in summary.splitlines()]
     client, logged = only_run(cfg)
     assert logged.info.status == "FINISHED"
     assert logged.data.metrics["Emotion"] == pytest.approx(metrics["Emotion"])

@@ -97,7 +97,7 @@ def linkage_audit(sides: dict[str, TensorBatches], seed: int) -> dict[str, float
         metrics |= {f"{LINKAGE}/auc{suffix}": strongest(aucs, max), f"{LINKAGE}/eer{suffix}": strongest(eers, min),
                     f"{LINKAGE}/rank1{suffix}": strongest(ranks, max),
                     f"{LINKAGE}/rank1/chance{suffix}": chance, f"{LINKAGE}/pairs{suffix}": float(pairs)}
-    metrics[f"{LINKAGE}/auc/chance"] = 0.5
+    metrics[f"{LINKAGE}/auc/chance"] = metrics[f"{LINKAGE}/eer/chance"] = 0.5
     test_people = standardised["test"][1]
     # e.g. a Yale test fold of the paper's protocol (about 6 originals, each of another person), or a
     # subject-disjoint test fold of one person

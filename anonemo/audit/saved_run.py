@@ -74,7 +74,7 @@ def reaudit_run(
     # read back after the re-fit, which replaced it.
     emotion_head = saved_emotion_head(client, run_id, recipe) if emotion_output else None
     audited = audit_base(
-        features.sides, {task: data.num_classes(task) for task in data.testable_tasks}, run_cfg.seed,
+        features.sides, data.testable_classes, run_cfg.seed,
         default_attackers(tuple(networks.fc_hidden), bf16=bf16), features=audit,
         null_permutations=null_permutations, emotion_head=emotion_head,
     )

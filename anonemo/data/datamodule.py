@@ -128,6 +128,11 @@ class GroupedFoldDataModule(pl.LightningDataModule):
         """Classes a head for ``task`` predicts (identity: the subjects a model can train on)."""
         return self.num_emotions if task == "emotion" else self.identity_classes
 
+    @property
+    def testable_classes(self) -> dict[str, int]:
+        """Classes per task the test fold can score (what the audit attacks)."""
+        return {task: self.num_classes(task) for task in self.testable_tasks}
+
     def class_names(self, task: str) -> tuple[str, ...]:
         return self.emotion_names if task == "emotion" else self.subject_names
 

@@ -15,7 +15,8 @@ PAPER_RESULTS = {
 # attackers, the gallery attacker (its chance differs per fold), identity off the emotion head's
 # output, and the strongest attacker on the validation side (what settings are chosen by).
 AUDIT_METRICS = (names.IDENTITY_MAX, names.IDENTITY_MAX_NULL, names.EMOTION_MAX, names.IDENTITY_GALLERY,
-                 names.EMOTION_OUTPUT_IDENTITY_MAX, names.IDENTITY_MAX_VAL, names.LINKAGE_AUC, names.LINKAGE_RANK1)
+                 names.EMOTION_OUTPUT_IDENTITY_MAX, names.IDENTITY_MAX_VAL, names.LINKAGE_AUC, names.LINKAGE_EER,
+                 names.LINKAGE_RANK1)
 COLUMNS = (*PAPER_METRICS, *AUDIT_METRICS)
 
 

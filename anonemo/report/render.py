@@ -95,14 +95,15 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
     linkage front), by default the strongest audit attacker (``audit/identity/max``) when every
     Hybrid setting was audited, else the paper's single-head Hybrid2Face.
     """
-    hybrids = [g for g in groups if g.summary(names.HYBRID2EMOTION) and g.summary(names.HYBRID2FACE)]
-    if leakage is not None:
-        hybrids = hybrids if all(g.summary(leakage) for g in hybrids) else []
-    if not hybrids:
+    hybrids = [g for g in groups if g.summary(names.HYBRID2EMOTION)]
+    if leakage is None:
+        audited = all(g.summary(names.IDENTITY_MAX) for g in hybrids)
+        leakage = names.IDENTITY_MAX if audited else names.HYBRID2FACE
+    # Unseen people's runs (cv.protocol=subject_disjoint) have a linkage AUC and no Hybrid2Face.
+    if not hybrids or not all(g.summary(leakage) for g in hybrids):
         return None
-    audited = all(g.summary(names.IDENTITY_MAX) for g in hybrids)
-    leakage = leakage or (names.IDENTITY_MAX if audited else names.HYBRID2FACE)
     top = 1 if leakage == names.LINKAGE_AUC else 100  # an AUC, or an accuracy in %
+    number = ".2f" if top == 1 else ".1f"
     labels = settings_labels(groups)
     figure, axes = plt.subplots(figsize=(10, 5) if by_experiment else (6.5, 5))
     for g in hybrids:
@@ -113,7 +114,7 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
         # A point with folds below chance is drawn hollow: below chance is not privacy.
         style = {"fmt": "o", "capsize": 3, "mfc": "none" if below else None}
         if by_experiment:  # a front's points lie close together: named in the legend, with their values
-            axes.errorbar(x, y, xerr=dx, yerr=dy, label=f"{label}: {x:.1f}, {y:.1f}", **style)
+            axes.errorbar(x, y, xerr=dx, yerr=dy, label=f"{label}: {x:{number}}, {y:.1f}", **style)
         else:
             axes.errorbar(x, y, xerr=dx, yerr=dy, **style)
             axes.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
@@ -125,11 +126,11 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
     for label, metric, draw, color in references:
         reference = emotion_baseline(groups, metric)
         if reference:
-            draw(reference[0], color=color, linestyle="-.", linewidth=1, label=f"{label} {reference[0]:.1f}")
+            draw(reference[0], color=color, linestyle="-.", linewidth=1, label=f"{label} {reference[0]:{number if metric == leakage else '.1f'}}")
     for metric, draw in ((names.HYBRID2EMOTION, axes.axhline), (leakage, axes.axvline)):
         chance = next((g.chance(metric) for g in hybrids if g.chance(metric) is not None), None)
         if chance is not None:
-            draw(chance, color="gray", linestyle=":", linewidth=1, label=f"chance ({metric}) {chance:.1f}")
+            draw(chance, color="gray", linestyle=":", linewidth=1, label=f"chance ({metric}) {chance:{number if metric == leakage else '.1f'}}")
     nulls = [g.summary(names.IDENTITY_MAX_NULL)[0] for g in hybrids
              if leakage == names.IDENTITY_MAX and g.summary(names.IDENTITY_MAX_NULL)]
     if nulls:  # what the strongest attacker reads off features without identity
