@@ -19,7 +19,7 @@ from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from anonemo import metrics as names
-from anonemo.audit.attackers import default_attackers
+from anonemo.audit.attackers import as_split, default_attackers
 from anonemo.audit.suite import audit_base
 from anonemo.config import build
 from anonemo.data.check import check_job_data
@@ -29,9 +29,10 @@ from anonemo.data.folds import UNSEEN_PEOPLE_NOTE, fold_protocol
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError, require_permutations
 from anonemo.evaluation import score
-from anonemo.models.networks import Networks
+from anonemo.models.erasure import Erasure
+from anonemo.models.networks import ConvBase, Networks
 from anonemo.recipes.base import Job, Recipe, Trained
-from anonemo.recipes.fresh_heads import fit_fresh_heads
+from anonemo.recipes.fresh_heads import final_base_heads, fit_fresh_heads
 from anonemo.threads import configure_threads
 from anonemo.timing import PhaseClock
 from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT
@@ -56,6 +57,7 @@ class Plan:
     threads: int = 1
     reopen: Run | None = None
     finished: dict[str, float] | None = None
+    erasure: Erasure | None = None
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -72,7 +74,8 @@ def plan(cfg: DictConfig) -> Plan:
     clock = PhaseClock()
     recipe: Recipe = build(cfg.model, "model")
     networks: Networks = build(cfg.network, "network")
-    check_protocol(cfg, recipe)
+    erasure: Erasure | None = None if cfg.get("erasure") is None else build(cfg.erasure, "erasure")
+    check_protocol(cfg, recipe, erasure)
     check_reachable(tracking_uri(cfg))
     if cfg.sweep.skip_finished or cfg.resume:
         done = finished_run(cfg)
@@ -94,14 +97,20 @@ def plan(cfg: DictConfig) -> Plan:
         data = fold_data(cfg)
         for side in ("train", "val", "test"):
             data.side(side)
-    return Plan(cfg, recipe, networks, clock, data, threads, reopen)
+    return Plan(cfg, recipe, networks, clock, data, threads, reopen, erasure=erasure)
 
 
-def check_protocol(cfg: DictConfig, recipe: Recipe) -> None:
-    """A model or audit option that needs test people who were training people, under a protocol
-    whose test people never were."""
+def check_protocol(cfg: DictConfig, recipe: Recipe, erasure: Erasure | None = None) -> None:
+    """A model, erasure or audit option that needs test (or validation) people who were training
+    people, under a protocol whose test and validation people never were."""
     testable = fold_protocol(cfg.cv.protocol).testable_tasks
     recipe.check_testable(testable)
+    if erasure is not None and erasure.needs_validation_identity and "identity" not in testable:
+        raise ConfigError(
+            f"erasure={erasure.name} stops on the identity of validation faces of training people, and under "
+            f"cv.protocol={cfg.cv.protocol} no validation person is one: use erasure=leace (fitted on the training "
+            "side only) or cv.protocol=paper."
+        )
     require_permutations(cfg.audit.null_permutations, "audit.null_permutations")
     if cfg.audit.null_permutations and "identity" not in testable:
         raise ConfigError(
@@ -133,7 +142,7 @@ def execute(plan: Plan) -> dict[str, float]:
     with mlflow_run(cfg, plan.reopen) as logger:
         logger.client.set_tag(logger.run_id, "torch_threads", str(plan.threads))
         logger.log_hyperparams(plan.data.summary())
-        metrics = train_and_evaluate(recipe, Job(cfg, plan.data, logger, clock, plan.networks))
+        metrics = train_and_evaluate(recipe, Job(cfg, plan.data, logger, clock, plan.networks), plan.erasure)
         timings = clock.metrics()
         logger.log_metrics(timings)
         metrics |= timings
@@ -158,23 +167,29 @@ def result_summary(title: str, metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def train_and_evaluate(recipe: Recipe, job: Job) -> dict[str, float]:
-    """The recipe's training, then what every model shares on its frozen base."""
+def train_and_evaluate(recipe: Recipe, job: Job, erasure: Erasure | None = None) -> dict[str, float]:
+    """The recipe's training, then what every model shares on its frozen base: an ``erasure``
+    fitted on it (which then belongs to the base), fresh heads, the saved base, the audit."""
     cfg, data, logger = job.cfg, job.data, job.logger
     trained = recipe.train(job)
     metrics = dict(trained.metrics)
-    logger.log_network(trained.base, BASE_ARTIFACT)
-    emotion_head = trained.emotion_head
-    if not (recipe.fresh_heads or trained.own_heads or cfg.audit.enabled):
+    base, emotion_head = trained.base, trained.emotion_head
+    heads = final_base_heads(recipe, erasure)
+    if not (heads or trained.own_heads or cfg.audit.enabled):
         features = None
     else:
         with job.clock.phase("frozen_base"):
-            features = FeatureDataModule(trained.base, data, bf16=job.bf16)
-            metrics |= score_own_heads(trained, features, job)
-            testable_heads = [(task, name) for task, name in recipe.fresh_head_metrics() if task in data.testable_tasks]
-            fresh, heads = fit_fresh_heads(job, trained.base, features, testable_heads)
+            features = FeatureDataModule(base, data, bf16=job.bf16)
+            metrics |= score_own_heads(trained, features, job)  # the heads trained with the base, before any erasure
+            if erasure is not None:
+                base, features, erased = erase(erasure, base, features, data)
+                logger.log_metrics(erased)
+                metrics |= erased
+            testable_heads = [(task, name) for task, name in heads if task in data.testable_tasks]
+            fresh, fitted = fit_fresh_heads(job, base, features, testable_heads)
             metrics |= fresh
-            emotion_head = heads.get("emotion", emotion_head)
+            emotion_head = fitted.get("emotion", emotion_head)
+    logger.log_network(base, BASE_ARTIFACT)
     if emotion_head is not None:  # what anonemo.export ships with the base
         logger.log_network(emotion_head, EMOTION_HEAD_ARTIFACT, class_names=data.class_names("emotion"))
     if cfg.audit.enabled:
@@ -190,6 +205,18 @@ def train_and_evaluate(recipe: Recipe, job: Job) -> dict[str, float]:
         if below := names.below_chance(audited):
             logger.client.set_tag(logger.run_id, "audit.below_chance", ", ".join(below))
     return metrics
+
+
+def erase(erasure: Erasure, base: ConvBase, features: FeatureDataModule,
+          data: GroupedFoldDataModule) -> tuple[ConvBase, FeatureDataModule, dict[str, float]]:
+    """``erasure`` fitted on the training side's features and identities (the validation side's
+    where it stops on them): the base with it, its features, and what the fit chose."""
+    train, val = (as_split(features.sides[side].tensors["features"], features.sides[side].tensors["identity"])
+                  for side in ("train", "val"))
+    affine = erasure.fit(train, val, data.num_classes("identity"), data.seed)
+    log.info("Erasure %s: rank %d removed from the base's %d features", erasure.name, affine.rank, base.out_features)
+    return base.with_erasure(affine), features.mapped(affine), {names.ERASURE_RANK: float(affine.rank),
+                                                                **erasure.fit_metrics()}
 
 
 def score_own_heads(trained: Trained, features: FeatureDataModule, job: Job) -> dict[str, float]:

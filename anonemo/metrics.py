@@ -22,6 +22,10 @@ EMOTION, FACE = TASK_METRIC["emotion"], TASK_METRIC["identity"]
 EMOTION2FACE = transfer_metric(EMOTION, "identity")
 HYBRID2EMOTION, HYBRID2FACE = transfer_metric(HYBRID, "emotion"), transfer_metric(HYBRID, "identity")
 PAPER_METRICS = (FACE, EMOTION, EMOTION2FACE, HYBRID2EMOTION, HYBRID2FACE)
+# Fresh heads on a base after a post-hoc erasure (``erasure=leace``): Erased2Emotion, Erased2Face.
+ERASED = "Erased"
+ERASED2EMOTION, ERASED2FACE = transfer_metric(ERASED, "emotion"), transfer_metric(ERASED, "identity")
+ERASURE_RANK = "erasure/rank"
 
 
 def own_head_metric(model: str, task: str) -> str:
@@ -68,7 +72,7 @@ WALL_TIME = "wall_time_s"
 # A job's headline numbers, as its summary shows them: (metric, label); each has its chance level
 # beside it (``chance_of``). Every other metric stays in MLflow.
 HEADLINE = (
-    *((name, name) for name in PAPER_METRICS),
+    *((name, name) for name in (*PAPER_METRICS, ERASED2EMOTION, ERASED2FACE)),
     (IDENTITY_MAX, "identity, strongest attacker"),
     (IDENTITY_GALLERY, "identity, gallery attacker"),
     (EMOTION_MAX, "emotion, strongest attacker"),

@@ -173,3 +173,23 @@ def tiny_config(tmp_path: Path):
         return make_config(tmp_path, *TINY_SYNTHETIC, *overrides)
 
     return build
+
+
+def run_and_export(tmp_path: Path, *overrides: str, registered_name: str = "") -> tuple:
+    """A tiny synthetic job with ``overrides``, exported to ``tmp_path / "model"`` (and registered
+    as ``registered_name`` if given): (tmp_path, client, run id, the job's metrics, export's result)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from anonemo.export import export_run
+    from anonemo.job import run
+    from anonemo.tracking.store import tracking_uri
+
+    cfg = make_config(tmp_path, *TINY_SYNTHETIC, *overrides)
+    metrics = run(cfg)
+    client = MlflowClient(tracking_uri(cfg))
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    (logged,) = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+    result = export_run(client, logged.info.run_id, tmp_path / "model", register=bool(registered_name),
+                        registered_name=registered_name)
+    return tmp_path, client, logged.info.run_id, metrics, result

@@ -80,6 +80,8 @@ CATALOGUE = [
      ConfigError, "the data has 15 subjects: use cv.n_splits=2..15"),
     ("a Face CNN for unseen people", lambda t, y, j: [*TINY_SYNTHETIC, "model=face", "cv.protocol=subject_disjoint"],
      ConfigError, "model=face classifies the training subjects, and under this cv.protocol no test subject is one of them"),
+    ("INLP for unseen people", lambda t, y, j: [*TINY_SYNTHETIC, "model=emotion_inlp", "cv.protocol=subject_disjoint"],
+     ConfigError, "erasure=inlp stops on the identity of validation faces of training people"),
     ("unknown face crop", lambda t, y, j: ["dataset=yale", f"dataset.root={y}", "dataset.face_crop.method=dlib"],
      ConfigError, "dataset.face_crop.method='dlib' is not known"),
     ("unknown task", lambda t, y, j: ["model.task=age"], ConfigError, "model.task='age' is not known"),

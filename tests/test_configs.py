@@ -13,12 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from anonemo.config import build
 from anonemo.data.pipeline import face_cropper
+from anonemo.models.erasure import Erasure
 from anonemo.models.networks import Networks
 from anonemo.precision import cpu_has_native_bf16
 from anonemo.recipes.base import Recipe
 
 # The groups of conf/train.yaml (hydra/launcher and hparams_search choose how jobs run).
-GROUPS = ("dataset", "model", "network", "trainer", "transfer", "logger", "paths", "experiment", "hparams_search",
+GROUPS = ("dataset", "model", "network", "erasure", "trainer", "transfer", "logger", "paths", "experiment", "hparams_search",
           "hydra/launcher")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 LAUNCHERS = ("basic", "joblib", "submitit_local")  # Hydra's own options, beside this project's
@@ -37,6 +38,7 @@ def target_nodes(node, path=""):
 def test_every_group_has_options_and_the_list_is_complete():
     assert {group for group, _ in OPTIONS} == set(GROUPS)
     assert ("model", "hybrid_standardised") in OPTIONS and ("network", "compact") in OPTIONS
+    assert ("erasure", "leace") in OPTIONS and ("model", "emotion_inlp") in OPTIONS
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -47,6 +49,8 @@ def test_option_composes_resolves_and_builds(tmp_path, group, option):
     assert isinstance(built["model"], Recipe) and isinstance(built["network"], Networks)
     assert built["model"].name == cfg.model.name
     assert {"model", "network", "transfer.optimizer", "dataset.source"} <= set(built)
+    if group == "erasure" or option.startswith("emotion_"):
+        assert isinstance(built["erasure"], Erasure)  # an erasure option, or a model that brings one
     assert isinstance(instantiate(cfg.trainer, logger=False), pl.Trainer)  # a job's Trainer logs to its run
     face_cropper(cfg.dataset)
 

@@ -14,31 +14,22 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 from test_bad_input import cli
 
 from anonemo.data.synthetic import SyntheticFaces
-from anonemo.export import MODEL_FILE, PREPROCESSING_FILE, export_run
+from anonemo.export import MODEL_FILE, PREPROCESSING_FILE
 from anonemo.models.networks import ClassifierHead, ConvBase, EmotionModel
 from anonemo.predict import main as predict_main
-from anonemo.tracking.store import tracking_uri
-from anonemo.job import run
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny Hybrid run, exported and registered."""
-    from conftest import TINY_SYNTHETIC, make_config
+    from conftest import run_and_export
 
-    tmp_path = tmp_path_factory.mktemp("export")
-    cfg = make_config(tmp_path, *TINY_SYNTHETIC, "model=hybrid", "model.init_epochs=2", "model.rounds=1",
-                      "model.refit_epochs=1", "transfer.max_epochs=3", "audit.enabled=false")
-    metrics = run(cfg)
-    client = MlflowClient(tracking_uri(cfg))
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    (logged,) = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
-    result = export_run(client, logged.info.run_id, tmp_path / "model", register=True, registered_name="anonemo-test")
-    return tmp_path, client, logged.info.run_id, metrics, result
+    return run_and_export(tmp_path_factory.mktemp("export"), "model=hybrid", "model.init_epochs=2", "model.rounds=1",
+                          "model.refit_epochs=1", "transfer.max_epochs=3", "audit.enabled=false",
+                          registered_name="anonemo-test")
 
 
 def test_export_writes_torchscript_and_an_mlflow_model_that_agree_with_the_run(exported):

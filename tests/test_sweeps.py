@@ -12,7 +12,7 @@ from rich.console import Console
 from test_bad_input import cli
 
 from anonemo.report.collect import collect_groups
-from anonemo.report.render import BELOW_CHANCE_NOTE, build_report, print_tables, tradeoff_figure
+from anonemo.report.render import BELOW_CHANCE_NOTE, HEADER, build_report, print_tables, tradeoff_figure
 from anonemo.tracking.store import tracking_uri
 from anonemo.job import run
 
@@ -76,19 +76,20 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
     assert rows[("face", "")][2] == "95.00 ± 5.00 (3)"
     assert rows[("hybrid", "model.beta=0.5")][5] == "65.00 ± 7.07 (2)"
     assert rows[("paper (Narula et al. 2020)", "")][2:7] == ["87.96", "44.61", "78.44", "49.12", "1.00"]
-    assert rows[("chance", "")][2] == "6.67" and rows[("chance", "")][5] == "25.00" and rows[("chance", "")][7] == "6.67"
+    assert rows[("chance", "")][2] == "6.67" and rows[("chance", "")][5] == "25.00" and rows[("chance", "")][9] == "6.67"
     # anonymity: 1 - (20 - 6.67) / (90 - 6.67) against the Emotion base's leakage
-    assert rows[("hybrid", "model.beta=0.5")][7:] == [
+    assert rows[("hybrid", "model.beta=0.5")][7:9] == ["", ""]  # no erasure: no Erased2Emotion, Erased2Face
+    assert rows[("hybrid", "model.beta=0.5")][9:] == [
         "20.00 ± 0.00 (2)", "11.50 ± 0.71 (2)", "50.00 ± 0.00 (2)", "30.00 ± 0.00 (2)", "16.00 ± 1.41 (2)",
         "25.50 ± 0.71 (2)", "", "", "", "0.84"
     ]
-    assert rows[("hybrid", "model.beta=1.0")][8] == "" and rows[("hybrid", "model.beta=1.0")][10] == "30.00 (1)"
-    assert rows[("chance", "")][8] == "" and rows[("chance", "")][10] == "22.50" and rows[("chance", "")][11] == "6.67"
-    assert rows[("emotion", "")][16] == "0.00" and rows[("emotion", "")][12] == ""
+    assert rows[("hybrid", "model.beta=1.0")][10] == "" and rows[("hybrid", "model.beta=1.0")][12] == "30.00 (1)"
+    assert rows[("chance", "")][10] == "" and rows[("chance", "")][12] == "22.50" and rows[("chance", "")][13] == "6.67"
+    assert rows[("emotion", "")][18] == "0.00" and rows[("emotion", "")][14] == ""
     names = {f.name for f in files}
     assert {"report.md", "report.csv", "tradeoff_yale.png"} <= names
     markdown = (tmp_path / "report" / "report.md").read_text()
-    assert "| hybrid | model.beta=1.0 |  |  |  | 45.00 ± 7.07 (2) | 10.50 ± 0.71 (2) | 20.00 ± 0.00 (2) |  |" in markdown
+    assert "| hybrid | model.beta=1.0 |  |  |  | 45.00 ± 7.07 (2) | 10.50 ± 0.71 (2) |  |  | 20.00 ± 0.00 (2) |  |" in markdown
     assert "| audit identity max | audit identity max null | audit emotion max | audit identity gallery | " \
            "audit emotion_output identity max | audit identity max val | audit linkage auc | audit linkage eer | " \
            "audit linkage rank1 | anonymity |" in markdown
@@ -130,6 +131,20 @@ def test_report_draws_the_front_across_experiments(store, tmp_path):
     assert "tradeoff_linkage_yale.png" not in {f.name for f in files}  # no run logged the linkage audit
 
 
+def test_erased_bases_stand_on_the_front_beside_the_hybrids(store, tmp_path):
+    client, experiment = store
+    for model, utility in (("hybrid_standardised", "Hybrid2Emotion"), ("emotion_leace", "Erased2Emotion")):
+        for fold in range(2):
+            make_run(client, experiment, {"dataset.name": "yale", "model.name": model, "fold": fold},
+                     {utility: 60.0 + 10 * (model == "emotion_leace"), "audit/identity/max": 20.0 + 5 * fold})
+    figure = tradeoff_figure(collect_groups(client, [experiment]), "front")
+    points = sorted((line.get_xdata()[0], line.get_ydata()[0]) for line in figure.axes[0].lines if line.get_marker() == "o")
+    assert points == [(22.5, 60.0), (22.5, 70.0)]
+    tables, _ = build_report(client, [experiment], "", tmp_path / "report")
+    (leace,) = [row for row in tables["yale"] if row[0] == "emotion_leace"]
+    assert leace[HEADER.index("Erased2Emotion")] == "70.00 ± 0.00 (2)"
+
+
 def test_report_draws_the_linkage_front(store, tmp_path):
     """Runs on unseen people (cv.protocol=subject_disjoint) log no closed-set identity metric: the
     linkage front is drawn from their linkage AUC alone."""
@@ -163,7 +178,7 @@ def test_below_chance_is_marked_and_not_read_as_privacy(store, tmp_path):
              {"Emotion": 45.0, "audit/identity/max": 90.0, **chance})
     tables, _ = build_report(client, [experiment], "", tmp_path / "report")
     row = next(r for r in tables["yale"] if r[0] == "hybrid_standardised")
-    assert row[7] == "6.67 ± 9.43 (2, 1↓)"
+    assert row[HEADER.index("audit identity max")] == "6.67 ± 9.43 (2, 1↓)"
     assert row[-1] == f"{1 - (20 / 3) / (90 - 20 / 3):.2f}" == "0.92"  # not 1.00, as the mean alone would say
     assert BELOW_CHANCE_NOTE in (tmp_path / "report" / "report.md").read_text()
     figure = tradeoff_figure(collect_groups(client, [experiment]), "t")

@@ -150,11 +150,16 @@ def wide_mlp(in_features: int, num_classes: int) -> nn.Module:
     )
 
 
+def logistic_attacker(bf16: bool = False) -> NeuralAttacker:
+    """The audit's linear attacker (multinomial logistic regression), also INLP's probe."""
+    return NeuralAttacker("logistic", lambda d, k: nn.Linear(d, k), lr=1e-2, weight_decay=1e-3, bf16=bf16)
+
+
 def default_attackers(fc_hidden: Sequence[int] = (256, 128), bf16: bool = False) -> list[Attacker]:
     """The audit's suite: linear, the paper's FC head, a wider/deeper MLP, cosine kNN and nearest
     class mean. ``bf16``: the networks train under bf16 autocast (the training jobs' precision)."""
     return [
-        NeuralAttacker("logistic", lambda d, k: nn.Linear(d, k), lr=1e-2, weight_decay=1e-3, bf16=bf16),
+        logistic_attacker(bf16),
         NeuralAttacker("paper_head", lambda d, k: ClassifierHead(d, k, tuple(fc_hidden), dropout=0.3), bf16=bf16),
         NeuralAttacker("wide_mlp", wide_mlp, bf16=bf16),
         CosineKnnAttacker(),

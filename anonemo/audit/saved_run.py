@@ -26,9 +26,10 @@ from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule, is_bf16
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import TrackingError
+from anonemo.models.erasure import Erasure
 from anonemo.models.networks import ClassifierHead, ConvBase, Networks, load_base, load_network
 from anonemo.recipes.base import Job, Recipe
-from anonemo.recipes.fresh_heads import fit_fresh_heads
+from anonemo.recipes.fresh_heads import final_base_heads, fit_fresh_heads
 from anonemo.timing import PhaseClock
 from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT, require_run, run_artifact
 from anonemo.tracking.run import RunLogger
@@ -62,17 +63,19 @@ def reaudit_run(
         run_cfg.dataset.root = dataset_root
     recipe: Recipe = build(run_cfg.model, "model")
     networks: Networks = build(run_cfg.network, "network")
+    # The saved base carries the run's erasure; its fresh heads are then Erased2Emotion and Erased2Face.
+    erasure: Erasure | None = None if run_cfg.get("erasure") is None else build(run_cfg.erasure, "erasure")
     started = time.perf_counter()
     # Runs saved before cv.protocol existed used the paper's folds.
     run_cfg = OmegaConf.merge({"cv": {"protocol": "paper"}}, run_cfg)
     data = fold_data(run_cfg)
     bf16 = is_bf16(run_cfg.trainer.precision)
     features = FeatureDataModule(base, data, bf16=bf16)
-    metrics = {} if transfer is None else refit_fresh_heads(client, run_id, run_cfg, recipe, networks, transfer, base,
-                                                             features, data)
+    metrics = {} if transfer is None else refit_fresh_heads(client, run_id, run_cfg, final_base_heads(recipe, erasure),
+                                                             networks, transfer, base, features, data)
     # The re-fitted heads' metrics are logged already, as the job logs them; the emotion head is
     # read back after the re-fit, which replaced it.
-    emotion_head = saved_emotion_head(client, run_id, recipe) if emotion_output else None
+    emotion_head = saved_emotion_head(client, run_id, recipe, erasure) if emotion_output else None
     audited = audit_base(
         features.sides, data.testable_classes, run_cfg.seed,
         default_attackers(tuple(networks.fc_hidden), bf16=bf16), features=audit,
@@ -86,9 +89,11 @@ def reaudit_run(
     return metrics
 
 
-def saved_emotion_head(client: MlflowClient, run_id: str, recipe: Recipe) -> ClassifierHead | None:
-    """The emotion head the run logged (the Emotion CNN's, or Hybrid2Emotion's); None for a Face model."""
-    if not recipe.hands_on_emotion_head:
+def saved_emotion_head(client: MlflowClient, run_id: str, recipe: Recipe,
+                       erasure: Erasure | None = None) -> ClassifierHead | None:
+    """The emotion head the run logged (the Emotion CNN's, Hybrid2Emotion's or Erased2Emotion's);
+    None for a Face model without an erasure."""
+    if not (recipe.hands_on_emotion_head or erasure is not None):
         log.info("Run %s (model=%s) has no emotion head; its emotion output is not audited.", run_id, recipe.name)
         return None
     with tempfile.TemporaryDirectory() as folder:
@@ -100,25 +105,27 @@ def refit_fresh_heads(
     client: MlflowClient,
     run_id: str,
     run_cfg: DictConfig,
-    recipe: Recipe,
+    heads: list[tuple[str, str]],
     networks: Networks,
     transfer: DictConfig,
     base: ConvBase,
     features: FeatureDataModule,
     data: GroupedFoldDataModule,
 ) -> dict[str, float]:
-    """The run's fresh heads trained again on its saved ``base`` with ``transfer`` settings, their
-    metrics (and Hybrid2Emotion's head artifact) logged to the run, as the job logs them."""
-    if not recipe.fresh_heads:
-        log.warning("Run %s (model=%s) has no fresh heads on its base; nothing to re-fit.", run_id, recipe.name)
+    """The run's fresh ``heads`` (task, metric name) trained again on its saved ``base`` with
+    ``transfer`` settings, their metrics (and the fresh emotion head's artifact) logged to the run,
+    as the job logs them."""
+    if not heads:
+        log.warning("Run %s (model=%s) has no fresh heads on its base; nothing to re-fit.", run_id, run_cfg.model.name)
         return {}
     with tempfile.TemporaryDirectory() as folder:
         # The heads' checkpoints go to a scratch folder; the run's own are left as they are.
         refit_cfg = OmegaConf.merge(run_cfg, {"transfer": transfer, "paths": {"output_dir": folder}})
         logger = RunLogger(tracking_uri=client.tracking_uri, run_id=run_id)
         job = Job(refit_cfg, data, logger, PhaseClock(), networks)
-        metrics, heads = fit_fresh_heads(job, base, features, recipe.fresh_head_metrics())
-        if "emotion" in heads:
-            logger.log_network(heads["emotion"], EMOTION_HEAD_ARTIFACT, class_names=data.class_names("emotion"))
+        testable = [(task, name) for task, name in heads if task in data.testable_tasks]
+        metrics, fitted = fit_fresh_heads(job, base, features, testable)
+        if "emotion" in fitted:
+            logger.log_network(fitted["emotion"], EMOTION_HEAD_ARTIFACT, class_names=data.class_names("emotion"))
     client.set_tag(run_id, "transfer.refit", OmegaConf.to_yaml(transfer).strip().replace("\n", ", "))
     return metrics

@@ -6,6 +6,9 @@ Hybrid2Emotion, Hybrid2Face) reads these instead of running the base on every ba
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -48,6 +51,13 @@ class FeatureDataModule(pl.LightningDataModule):
             side = fold_data.side(name).tensors
             labels = {key: tensor for key, tensor in side.items() if key != "image"}
             self.sides[name] = TensorBatches(features=extract_features(base, side["image"], bf16).cpu(), **labels)
+
+    def mapped(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> FeatureDataModule:
+        """These sides with ``transform`` applied to their features (a post-hoc erasure)."""
+        mapped = copy.copy(self)
+        mapped.sides = {name: TensorBatches(**{**side.tensors, "features": transform(side.tensors["features"])})
+                        for name, side in self.sides.items()}
+        return mapped
 
     def train_dataloader(self) -> DataLoader:
         return batch_loader(self.sides["train"], self.batch_size, shuffle=True, seed=self.seed)

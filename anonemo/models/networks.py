@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from anonemo.errors import ConfigError, ModelFileError
+
+if TYPE_CHECKING:
+    from anonemo.models.erasure import AffineErasure
 
 
 FEATURE_NORMS = ("none", "layer")
@@ -34,7 +38,12 @@ class ConvBase(nn.Module):
     adds a linear projection to that many features, so that an adversary has fewer directions to
     clean; ``feature_norm="layer"`` normalises each image's feature vector (no learned scale or
     shift), so the base cannot escape the adversary by inflating its activations.
+
+    ``erasure_rank`` > 0: the features leave through a fitted post-hoc erasure of that rank
+    (:meth:`with_erasure`, ``anonemo.models.erasure``), so a saved or exported base carries it.
     """
+
+    __constants__ = ["erases"]  # lets TorchScript drop the erasure branch of a base without one
 
     def __init__(
         self,
@@ -44,6 +53,7 @@ class ConvBase(nn.Module):
         channels_last: bool = False,
         bottleneck: int = 0,
         feature_norm: str = "none",
+        erasure_rank: int = 0,
     ):
         super().__init__()
         # What it takes to rebuild this base from a saved state dict (see save_network).
@@ -53,6 +63,7 @@ class ConvBase(nn.Module):
             "in_channels": in_channels,
             "bottleneck": bottleneck,
             "feature_norm": feature_norm,
+            "erasure_rank": erasure_rank,
         }
         check_base_shape(channels, bottleneck, feature_norm)
         layers: list[nn.Module] = []
@@ -70,6 +81,11 @@ class ConvBase(nn.Module):
         if feature_norm == "layer":
             layers.append(nn.LayerNorm(self.out_features, elementwise_affine=False))
         self.layers = nn.Sequential(*layers)
+        self.erases = erasure_rank > 0
+        if self.erases:
+            self.register_buffer("erasure_center", torch.zeros(self.out_features))
+            self.register_buffer("erasure_left", torch.zeros(self.out_features, erasure_rank))
+            self.register_buffer("erasure_right", torch.zeros(erasure_rank, self.out_features))
         self.channels_last = channels_last
         if channels_last:
             # On CPU, channels_last convolutions under bf16 autocast were ~2x faster here.
@@ -78,7 +94,20 @@ class ConvBase(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.layers(images)
+        features = self.layers(images)
+        if self.erases:
+            features = features - ((features - self.erasure_center) @ self.erasure_right.T) @ self.erasure_left.T
+        return features
+
+    @torch.no_grad()
+    def with_erasure(self, erasure: AffineErasure) -> ConvBase:
+        """A copy of this base (without an erasure) whose features leave through ``erasure``."""
+        if self.erases:
+            raise ValueError("this base erases already; fit the erasure on the features of the base without it")
+        erased = ConvBase(**{**self.architecture, "erasure_rank": erasure.rank}, channels_last=self.channels_last)
+        erased.load_state_dict({**self.state_dict(), "erasure_center": erasure.center, "erasure_left": erasure.left,
+                                "erasure_right": erasure.right})
+        return erased.train(self.training)
 
 
 class Standardiser:

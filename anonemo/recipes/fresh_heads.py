@@ -8,10 +8,22 @@ import zlib
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 
+from anonemo.data.datamodule import TASKS
 from anonemo.data.features import FeatureDataModule
+from anonemo.metrics import ERASED, transfer_metric
 from anonemo.models.classifiers import TransferModule
+from anonemo.models.erasure import Erasure
 from anonemo.models.networks import ClassifierHead, ConvBase
-from anonemo.recipes.base import Job
+from anonemo.recipes.base import Job, Recipe
+
+
+def final_base_heads(recipe: Recipe, erasure: Erasure | None) -> list[tuple[str, str]]:
+    """(task, metric name) of the fresh heads on the base the job ships: the recipe's own
+    (``Emotion2Face``, ``Hybrid2Emotion``, ...), or after an erasure an emotion and an identity
+    head on the erased base (``Erased2Emotion``, ``Erased2Face``)."""
+    if erasure is None:
+        return recipe.fresh_head_metrics()
+    return [(task, transfer_metric(ERASED, task)) for task in TASKS]
 
 
 def fit_fresh_heads(

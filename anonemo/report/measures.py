@@ -17,7 +17,9 @@ PAPER_RESULTS = {
 AUDIT_METRICS = (names.IDENTITY_MAX, names.IDENTITY_MAX_NULL, names.EMOTION_MAX, names.IDENTITY_GALLERY,
                  names.EMOTION_OUTPUT_IDENTITY_MAX, names.IDENTITY_MAX_VAL, names.LINKAGE_AUC, names.LINKAGE_EER,
                  names.LINKAGE_RANK1)
-COLUMNS = (*PAPER_METRICS, *AUDIT_METRICS)
+# Fresh heads on a base after a post-hoc erasure (erasure=leace, model=emotion_inlp, ...).
+ERASED_METRICS = (names.ERASED2EMOTION, names.ERASED2FACE)
+COLUMNS = (*PAPER_METRICS, *ERASED_METRICS, *AUDIT_METRICS)
 
 
 def emotion_baseline(groups: list[RunGroup], metric: str) -> tuple[float, float, int] | None:

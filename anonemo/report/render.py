@@ -17,7 +17,7 @@ from anonemo.errors import ConfigError
 from anonemo.evaluation import plt, round_curves_figure
 from anonemo.metrics import CHANCE_BOUNDED_AUDITS, PAPER_METRICS
 from anonemo.report.collect import RunGroup, collect_groups, mean_round_history, settings_labels
-from anonemo.report.measures import AUDIT_METRICS, COLUMNS, PAPER_RESULTS, anonymity, emotion_baseline
+from anonemo.report.measures import AUDIT_METRICS, COLUMNS, ERASED_METRICS, PAPER_RESULTS, anonymity, emotion_baseline
 
 
 BELOW_CHANCE_NOTE = ("k↓: on k folds the value is below its chance level, which is not privacy: the features still "
@@ -46,13 +46,13 @@ def table_rows(groups: list[RunGroup]) -> list[list[str]]:
     dataset = groups[0].dataset
     if dataset in PAPER_RESULTS:
         rows.append(["paper (Narula et al. 2020)", "", *(f"{PAPER_RESULTS[dataset][m]:.2f}" for m in PAPER_METRICS),
-                     *[""] * (len(AUDIT_METRICS) + 1)])
+                     *[""] * (len(COLUMNS) - len(PAPER_METRICS) + 1)])
     chance = {m: next((g.chance(m) for g in groups if g.chance(m) is not None), None) for m in COLUMNS}
     rows.append(["chance", "", *("" if chance[m] is None else f"{chance[m]:.2f}" for m in COLUMNS), ""])
     return rows
 
 
-HEADER = ["model", "settings", *PAPER_METRICS, *(m.replace("/", " ") for m in AUDIT_METRICS),
+HEADER = ["model", "settings", *PAPER_METRICS, *ERASED_METRICS, *(m.replace("/", " ") for m in AUDIT_METRICS),
           "anonymity"]
 
 
@@ -86,16 +86,23 @@ def write_csv(groups: list[RunGroup], path: Path) -> None:
                              "" if score is None else f"{score:.4f}"])
 
 
+def utility_of(group: RunGroup) -> str | None:
+    """The emotion accuracy of a fresh head on the group's final base: Hybrid2Emotion, or
+    Erased2Emotion after an erasure; None for a model without one."""
+    return next((metric for metric in (names.HYBRID2EMOTION, names.ERASED2EMOTION) if group.summary(metric)), None)
+
+
 def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = False,
                     leakage: str | None = None) -> plt.Figure | None:
-    """Hybrid2Emotion (utility) against identity leakage, one point per Hybrid setting (labelled
-    with its experiment too when ``by_experiment``: the front across several sweeps).
+    """Utility (Hybrid2Emotion, or Erased2Emotion for a base with a post-hoc erasure) against
+    identity leakage, one point per Hybrid or erased setting (labelled with its experiment too when
+    ``by_experiment``: the front across several sweeps).
 
     Leakage is ``leakage`` where every Hybrid setting logged it (``audit/linkage/auc``: the
     linkage front), by default the strongest audit attacker (``audit/identity/max``) when every
     Hybrid setting was audited, else the paper's single-head Hybrid2Face.
     """
-    hybrids = [g for g in groups if g.summary(names.HYBRID2EMOTION)]
+    hybrids = [g for g in groups if utility_of(g)]
     if leakage is None:
         audited = all(g.summary(names.IDENTITY_MAX) for g in hybrids)
         leakage = names.IDENTITY_MAX if audited else names.HYBRID2FACE
@@ -107,7 +114,7 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
     labels = settings_labels(groups)
     figure, axes = plt.subplots(figsize=(10, 5) if by_experiment else (6.5, 5))
     for g in hybrids:
-        (x, dx, _), (y, dy, n) = g.summary(leakage), g.summary(names.HYBRID2EMOTION)
+        (x, dx, _), (y, dy, n) = g.summary(leakage), g.summary(utility_of(g))
         below = g.below_chance_folds(leakage) if leakage in CHANCE_BOUNDED_AUDITS else 0
         label = (f"{g.experiment}: " * by_experiment + f"{g.model} {labels[id(g)]}".strip()
                  + f" ({n} fold{'s' * (n > 1)}{f', {below} below chance' if below else ''})")
@@ -127,7 +134,7 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
         reference = emotion_baseline(groups, metric)
         if reference:
             draw(reference[0], color=color, linestyle="-.", linewidth=1, label=f"{label} {reference[0]:{number if metric == leakage else '.1f'}}")
-    for metric, draw in ((names.HYBRID2EMOTION, axes.axhline), (leakage, axes.axvline)):
+    for metric, draw in ((utility_of(hybrids[0]), axes.axhline), (leakage, axes.axvline)):
         chance = next((g.chance(metric) for g in hybrids if g.chance(metric) is not None), None)
         if chance is not None:
             draw(chance, color="gray", linestyle=":", linewidth=1, label=f"chance ({metric}) {chance:{number if metric == leakage else '.1f'}}")
@@ -138,7 +145,7 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
         axes.axvline(null, color="gray", linestyle="--", linewidth=1, label=f"strongest attacker, permuted identities {null:.1f}")
     unit = "same-person ROC-AUC" if top == 1 else "accuracy (%)"
     axes.set_xlabel(f"identity leakage: {leakage} {unit}  ← more private")
-    axes.set_ylabel("utility: Hybrid2Emotion accuracy (%)")
+    axes.set_ylabel("utility: Hybrid2Emotion or Erased2Emotion accuracy (%)")
     axes.set_xlim(-0.02 * top, 1.02 * top)  # lines at 0 or 100% stay off the frame
     axes.set_ylim(-2, 102)
     axes.set_title(title)

@@ -1,0 +1,142 @@
+"""Post-hoc concept erasure (``erasure=leace`` or ``erasure=inlp``): an affine map, fitted on a
+frozen base's training-side features, that removes the identity a linear classifier can read.
+
+LEACE (Belrose et al., NeurIPS 2023, the ``concept-erasure`` package) is the least-squares
+erasure after which no linear classifier of the fitted labels beats a constant; INLP (Ravfogel et
+al., ACL 2020) projects out the row spaces of linear identity probes until a new probe is at
+chance on the validation side. Both are fitted on standardised features, as the audit reads them,
+and folded back into one map on the base's raw features (:class:`AffineErasure`), which the base
+then applies as its last layer (``ConvBase.with_erasure``): saved, re-audited and exported with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from anonemo.audit.attackers import Split, logistic_attacker
+from anonemo.models.networks import Standardiser
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AffineErasure:
+    """``x - ((x - center) @ right.T) @ left.T``: identity minus a rank-``k`` map, with ``left``
+    of shape (d, k) and ``right`` (k, d), as LEACE writes its eraser."""
+
+    center: torch.Tensor
+    left: torch.Tensor
+    right: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return self.left.shape[1]
+
+    @classmethod
+    def of_standardised(cls, standardiser: Standardiser, center: torch.Tensor, left: torch.Tensor,
+                        right: torch.Tensor) -> AffineErasure:
+        """The erasure ``(center, left, right)`` of standardised features ``z = (x - mean) / std``
+        as the same map on raw features ``x`` (its output back on the raw scale)."""
+        mean, std = standardiser.mean.double(), standardiser.std.double()
+        return cls((mean + std * center.double()).float(), (std[:, None] * left.double()).float(),
+                   (right.double() / std[None, :]).float())
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return features - ((features - self.center) @ self.right.T) @ self.left.T
+
+
+class Erasure(ABC):
+    """How an eraser is fitted: on the training side's features and identity labels (and, where
+    the method tunes something, the validation side's)."""
+
+    name: str
+    # INLP stops on validation identities, which exist only when validation people are training people.
+    needs_validation_identity: bool = False
+
+    @abstractmethod
+    def fit(self, train: Split, val: Split, num_classes: int, seed: int) -> AffineErasure:
+        """The erasure of identity (``labels``) from ``train.features``."""
+
+    def fit_metrics(self) -> dict[str, float]:
+        """What the last :meth:`fit` chose, for the run (``erasure/*``)."""
+        return {}
+
+
+class Leace(Erasure):
+    """LEACE of the one-hot identity from standardised features (``concept_erasure.LeaceEraser``)."""
+
+    name = "leace"
+
+    def fit(self, train: Split, val: Split, num_classes: int, seed: int) -> AffineErasure:
+        from concept_erasure import LeaceEraser  # imports on use: only erasure jobs need it
+
+        standardiser = Standardiser(train.features)
+        one_hot = F.one_hot(train.labels, num_classes).double()
+        eraser = LeaceEraser.fit(standardiser(train.features).double(), one_hot)
+        center = eraser.bias if eraser.bias is not None else torch.zeros(train.features.shape[1], dtype=torch.float64)
+        # k one-hot classes span k - 1 directions once centred: the eraser's null pair is dropped.
+        kept = eraser.proj_left.norm(dim=0) * eraser.proj_right.norm(dim=1)
+        kept = kept > kept.max() * 1e-9
+        return AffineErasure.of_standardised(standardiser, center, eraser.proj_left[:, kept], eraser.proj_right[kept])
+
+
+class Inlp(Erasure):
+    """Iterative null-space projection: train the audit's logistic attacker on the (projected)
+    standardised features, project out its weights' row space, and repeat until a new probe's
+    validation accuracy is within two standard errors of the majority class's share, or for
+    ``max_iterations`` probes."""
+
+    name = "inlp"
+    needs_validation_identity = True
+
+    def __init__(self, max_iterations: int = 30):
+        self.max_iterations = max_iterations
+
+    def fit(self, train: Split, val: Split, num_classes: int, seed: int) -> AffineErasure:
+        standardiser = Standardiser(train.features)
+        x, x_val = standardiser(train.features), standardiser(val.features)
+        basis = torch.zeros(x.shape[1], 0)
+        bound = chance_bound(val.labels)
+        for iteration in range(self.max_iterations):
+            probe = logistic_attacker().fit(Split(project_out(x, basis), train.labels),
+                                            Split(project_out(x_val, basis), val.labels), num_classes, seed + iteration)
+            self.iterations, self.val_accuracy = iteration, probe.val_accuracy
+            if probe.val_accuracy <= bound:
+                break
+            # The probe reads its inputs standardised once more; its directions in ours are w / std.
+            directions = probe.model.weight.detach() / probe.standardise.std[None, :]
+            basis = orthonormal(torch.cat([basis, directions.T], dim=1))
+        else:
+            self.iterations = self.max_iterations
+            log.warning("INLP: the linear identity probe still read %.1f%% of validation faces (chance bound %.1f%%) "
+                        "after %d projections (erasure.max_iterations)", self.val_accuracy, bound, self.max_iterations)
+        log.info("INLP: %d projection(s), rank %d removed; last probe %.1f%% on validation (chance bound %.1f%%)",
+                 self.iterations, basis.shape[1], self.val_accuracy, bound)
+        return AffineErasure.of_standardised(standardiser, torch.zeros(x.shape[1]), basis, basis.T)
+
+
+    def fit_metrics(self) -> dict[str, float]:
+        return {"erasure/iterations": float(self.iterations), "erasure/probe/val": self.val_accuracy}
+
+
+def project_out(features: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``features`` with their components along the orthonormal columns of ``basis`` removed."""
+    return features - (features @ basis) @ basis.T
+
+
+def orthonormal(vectors: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis of the column space of ``vectors`` (numerically null directions dropped)."""
+    u, s, _ = torch.linalg.svd(vectors.double(), full_matrices=False)
+    return u[:, s > s.max() * 1e-6].float()
+
+
+def chance_bound(labels: torch.Tensor) -> float:
+    """The majority class's share of ``labels`` plus two binomial standard errors, in %."""
+    share = labels.bincount().max().item() / len(labels)
+    return 100 * (share + 2 * math.sqrt(share * (1 - share) / len(labels)))
