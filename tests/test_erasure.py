@@ -10,6 +10,7 @@ from anonemo.data.features import FeatureDataModule
 from anonemo.data.pipeline import fold_data
 from anonemo.evaluation import accuracy
 from anonemo.export import MODEL_FILE
+from anonemo.audit.saved_run import reaudit_run
 from anonemo.job import erase, run
 from anonemo.models.erasure import Inlp, Leace, chance_bound
 from anonemo.models.networks import ConvBase, load_base
@@ -110,3 +111,10 @@ def test_any_models_final_base_can_be_erased_the_hybrid_included(tiny_config):
     # the Hybrid's own heads are scored on its base as trained; the fresh heads read the erased base
     assert {"Hybrid/emotion_head", "Erased2Emotion", "Erased2Face"} <= metrics.keys()
     assert "Hybrid2Emotion" not in metrics and metrics["erasure/rank"] == 3
+
+
+def test_the_reaudit_reads_the_saved_erased_base(leace_run):
+    _, client, run_id, metrics, _ = leace_run
+    audited = reaudit_run(client, run_id)
+    for name in ("audit/identity/logistic", "audit/identity/max", "audit/emotion/max"):
+        assert audited[name] == pytest.approx(metrics[name])  # the same erased features as the job's
