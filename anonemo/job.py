@@ -19,7 +19,7 @@ from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from anonemo import metrics as names
-from anonemo.audit.attackers import as_split, default_attackers
+from anonemo.audit.attackers import default_attackers
 from anonemo.audit.suite import audit_base
 from anonemo.config import build
 from anonemo.data.check import check_job_data
@@ -29,8 +29,8 @@ from anonemo.data.folds import UNSEEN_PEOPLE_NOTE, fold_protocol
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError, require_permutations
 from anonemo.evaluation import score
-from anonemo.models.erasure import Erasure
-from anonemo.models.networks import ConvBase, Networks
+from anonemo.models.erasure import Erasure, erase
+from anonemo.models.networks import Networks
 from anonemo.recipes.base import Job, Recipe, Trained
 from anonemo.recipes.fresh_heads import final_base_heads, fit_fresh_heads
 from anonemo.threads import configure_threads
@@ -205,18 +205,6 @@ def train_and_evaluate(recipe: Recipe, job: Job, erasure: Erasure | None = None)
         if below := names.below_chance(audited):
             logger.client.set_tag(logger.run_id, "audit.below_chance", ", ".join(below))
     return metrics
-
-
-def erase(erasure: Erasure, base: ConvBase, features: FeatureDataModule,
-          data: GroupedFoldDataModule) -> tuple[ConvBase, FeatureDataModule, dict[str, float]]:
-    """``erasure`` fitted on the training side's features and identities (the validation side's
-    where it stops on them): the base with it, its features, and what the fit chose."""
-    train, val = (as_split(features.sides[side].tensors["features"], features.sides[side].tensors["identity"])
-                  for side in ("train", "val"))
-    affine = erasure.fit(train, val, data.num_classes("identity"), data.seed)
-    log.info("Erasure %s: rank %d removed from the base's %d features", erasure.name, affine.rank, base.out_features)
-    return base.with_erasure(affine), features.mapped(affine), {names.ERASURE_RANK: float(affine.rank),
-                                                                **erasure.fit_metrics()}
 
 
 def score_own_heads(trained: Trained, features: FeatureDataModule, job: Job) -> dict[str, float]:

@@ -11,8 +11,8 @@ from anonemo.data.pipeline import fold_data
 from anonemo.evaluation import accuracy
 from anonemo.export import MODEL_FILE
 from anonemo.audit.saved_run import reaudit_run
-from anonemo.job import erase, run
-from anonemo.models.erasure import Inlp, Leace, chance_bound
+from anonemo.job import run
+from anonemo.models.erasure import Inlp, Leace, chance_bound, erase
 from anonemo.models.networks import ConvBase, load_base
 
 

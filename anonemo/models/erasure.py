@@ -19,8 +19,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from anonemo.audit.attackers import Split, logistic_attacker
-from anonemo.models.networks import Standardiser
+from anonemo.audit.attackers import Split, as_split, logistic_attacker
+from anonemo.data.datamodule import GroupedFoldDataModule
+from anonemo.data.features import FeatureDataModule
+from anonemo.metrics import ERASURE_RANK
+from anonemo.models.networks import ConvBase, Standardiser
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,18 @@ class Inlp(Erasure):
 
     def fit_metrics(self) -> dict[str, float]:
         return {"erasure/iterations": float(self.iterations), "erasure/probe/val": self.val_accuracy}
+
+
+def erase(erasure: Erasure, base: ConvBase, features: FeatureDataModule,
+          data: GroupedFoldDataModule) -> tuple[ConvBase, FeatureDataModule, dict[str, float]]:
+    """``erasure`` fitted on the training side's features and identities (the validation side's
+    where it stops on them): the base with it, its features, and what the fit chose."""
+    train, val = (as_split(features.sides[side].tensors["features"], features.sides[side].tensors["identity"])
+                  for side in ("train", "val"))
+    affine = erasure.fit(train, val, data.num_classes("identity"), data.seed)
+    log.info("Erasure %s: rank %d removed from the base's %d features", erasure.name, affine.rank, base.out_features)
+    return base.with_erasure(affine), features.mapped(affine), {ERASURE_RANK: float(affine.rank),
+                                                                **erasure.fit_metrics()}
 
 
 def project_out(features: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
