@@ -18,7 +18,11 @@ class DatasetError(AnonemoError):
 
 
 class ImageReadError(DatasetError):
-    """One image file could not be decoded."""
+    """One image file could not be read or decoded."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """One image file declares more pixels than the limit (a possible decompression bomb)."""
 
 
 class ModelFileError(AnonemoError):

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anonemo.cli import check_override_keys, user_errors_reported
 from anonemo.data.features import extract_features, is_bf16
+from anonemo.data.files import MAX_IMAGE_PIXELS
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError
 from anonemo.evaluation import accuracy
@@ -57,6 +58,7 @@ def load_emotion_model(client: MlflowClient, run_id: str) -> tuple[EmotionModel,
         "face_crop": OmegaConf.to_container(run_cfg.dataset.get("face_crop", {"method": "none"})),
         "image_size": int(run_cfg.dataset.image_size),
         "class_names": list(payload["class_names"]),
+        "max_pixels": MAX_IMAGE_PIXELS,  # images declaring more are refused before decoding
         "run_id": run_id,
         "model": str(run_cfg.model.name),
         "dataset": str(run_cfg.dataset.name),

@@ -22,12 +22,15 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from anonemo.data.files import decode_grayscale
+from PIL import Image
+
+from anonemo.data.files import MAX_IMAGE_PIXELS, decode_grayscale
 from anonemo.data.preprocess import ImagePreprocessor
-from anonemo.errors import AnonemoError, DatasetError, ImageReadError, ModelFileError
+from anonemo.errors import AnonemoError, ConfigError, DatasetError, ImageReadError, ModelFileError
 from anonemo.export import MODEL_FILE, PREPROCESSING_FILE
 
 BATCH = 64
+SHOWN_SKIPPED = 10
 
 
 def load_exported(model_path: Path) -> tuple[torch.jit.ScriptModule, dict]:
@@ -46,35 +49,56 @@ def load_exported(model_path: Path) -> tuple[torch.jit.ScriptModule, dict]:
     return model, json.loads(files[1].read_text())
 
 
-def image_files(paths: list[Path]) -> list[Path]:
-    """The given files, and the non-hidden files inside given folders (sorted)."""
-    files = []
+def image_files(paths: list[Path]) -> tuple[list[Path], list[dict]]:
+    """The given files, and the non-hidden files inside given folders (sorted); and a skipped row
+    for each link in a folder that leads out of it (a folder of images never reads elsewhere)."""
+    files, skipped = [], []
     for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            inside = path.resolve()
+            for entry in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
+                target = entry.resolve()
+                if target.is_relative_to(inside):
+                    files.append(entry)
+                else:
+                    skipped.append({"image": str(entry), "error": f"{entry} is a link to {target}, outside "
+                                    f"{path}: links out of a folder are not followed. Give the file itself to read it."})
         elif path.is_file():
             files.append(path)
         else:
             raise DatasetError(f"{path} does not exist: give image files or folders of images.")
-    if not files:
+    if not files and not skipped:
         raise DatasetError(f"No files in {', '.join(map(str, paths))}: give image files or folders of images.")
-    return files
+    return files, skipped
 
 
-def predict(model: torch.jit.ScriptModule, preprocessing: dict, files: list[Path], encode: bool = False) -> list[dict]:
-    """One row per readable image: ``image``, ``face_detected`` and either ``emotion`` and
-    ``confidence`` (and each class's probability) or ``features``; unreadable files get ``error``."""
+def read_image(file: Path, max_pixels: int, advice: str) -> np.ndarray:
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise ImageReadError(f"Could not read {file}: {error.strerror or error}. {advice}") from error
+    return decode_grayscale(data, str(file), advice, max_pixels)
+
+
+def predict(model: torch.jit.ScriptModule, preprocessing: dict, files: list[Path], encode: bool = False,
+            max_pixels: int = MAX_IMAGE_PIXELS, strict: bool = False) -> list[dict]:
+    """One row per image: ``image``, ``face_detected`` and either ``emotion`` and ``confidence``
+    (and each class's probability) or ``features``; files that cannot be read or are over
+    ``max_pixels`` get ``error`` (with ``strict``, the first of them stops the batch)."""
     prepare = ImagePreprocessor(preprocessing["face_crop"], preprocessing["image_size"])
     classes = preprocessing["class_names"]
+    advice = "--strict stops here: remove the file, or leave out --strict to skip it." if strict else "It is skipped."
     rows = []
     for start in track(range(0, len(files), BATCH), description="Predicting", console=Console(stderr=True),
                        transient=True):
         batch, images = [], []
         for file in files[start : start + BATCH]:
             try:
-                images.append(decode_grayscale(file.read_bytes(), str(file), "It is skipped."))
+                images.append(read_image(file, max_pixels, advice))
                 batch.append(file)
             except ImageReadError as error:
+                if strict:
+                    raise
                 rows.append({"image": str(file), "error": str(error)})
         if not images:
             continue
@@ -92,12 +116,32 @@ def predict(model: torch.jit.ScriptModule, preprocessing: dict, files: list[Path
     return rows
 
 
+def report_skipped(failed: list[dict], total: int, csv_path: Path | None) -> None:
+    """One counted warning, with the first few reasons; a batch of thousands is not stopped or
+    flooded by a few bad files."""
+    err = Console(stderr=True, highlight=False)
+    where = f"; all of them are in {csv_path} (column error)" if csv_path is not None else ""
+    err.print(f"skipped {len(failed)} of {total} files{where}:", soft_wrap=True)
+    for row in failed[:SHOWN_SKIPPED]:
+        err.print(f"skipped: {row['error']}", soft_wrap=True)
+    if len(failed) > SHOWN_SKIPPED:
+        err.print(f"... and {len(failed) - SHOWN_SKIPPED} more (--strict stops at the first).", soft_wrap=True)
+
+
 def write_csv(rows: list[dict], path: Path, classes: list[str]) -> None:
     fields = ["image", "emotion", "confidence", "face_detected", *(f"p_{c}" for c in classes), "error"]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def pixel_limit(option: int | None, preprocessing: dict) -> int:
+    limit = option if option is not None else int(preprocessing.get("max_pixels", MAX_IMAGE_PIXELS))
+    # Above twice its own limit Pillow refuses to read the header's size, so it could not be checked.
+    if not 0 < limit <= 2 * Image.MAX_IMAGE_PIXELS:
+        raise ConfigError(f"--max-pixels={limit} must be between 1 and {2 * Image.MAX_IMAGE_PIXELS:,} pixels.")
+    return limit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,17 +151,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="also write the table to this CSV file")
     parser.add_argument("--encode", type=Path, metavar="FILE.npz",
                         help="write the anonymised features (not emotions) of the images to this .npz file")
+    parser.add_argument("--max-pixels", type=int, metavar="N",
+                        help="refuse images whose header declares more pixels (default: the export's max_pixels, "
+                             f"else {MAX_IMAGE_PIXELS:,})")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first unreadable or oversized file instead of skipping it")
     args = parser.parse_args(argv)
     console = Console(highlight=False)
     try:
         model, preprocessing = load_exported(args.model)
-        rows = predict(model, preprocessing, image_files(args.images), encode=args.encode is not None)
+        max_pixels = pixel_limit(args.max_pixels, preprocessing)
+        files, rows = image_files(args.images)
+        if rows and args.strict:
+            raise ImageReadError(rows[0]["error"])
+        rows += predict(model, preprocessing, files, encode=args.encode is not None, max_pixels=max_pixels,
+                        strict=args.strict)
     except AnonemoError as error:
         Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {error}", soft_wrap=True)
         return 2
     failed = [row for row in rows if "error" in row]
-    for row in failed:
-        Console(stderr=True, highlight=False).print(f"skipped: {row['error']}", soft_wrap=True)
+    if failed:
+        report_skipped(failed, len(rows), args.csv if args.encode is None else None)
     done = [row for row in rows if "error" not in row]
     if args.encode is not None:
         np.savez(args.encode, images=np.array([r["image"] for r in done]),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +195,19 @@ def run_and_export(tmp_path: Path, *overrides: str, registered_name: str = "") -
     result = export_run(client, logged.info.run_id, tmp_path / "model", register=bool(registered_name),
                         registered_name=registered_name)
     return tmp_path, client, logged.info.run_id, metrics, result
+
+
+def png_declaring(width, height):
+    """A valid PNG header declaring ``width`` x ``height`` grey pixels, with one row of data: a few
+    hundred bytes that would decode to width x height bytes (a "decompression bomb")."""
+    def chunk(kind, body):  # length, type, data, CRC
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1), 9)) + chunk(b"IEND", b""))
+
+
+def gif_declaring(width, height):
+    """A GIF whose screen and one image declare ``width`` x ``height`` pixels, in 29 bytes."""
+    return (b"GIF89a" + struct.pack("<HHBBB", width, height, 0, 0, 0) + b"\x2c"
+            + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x44\x01\x00\x3b")

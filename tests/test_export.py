@@ -8,14 +8,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import cv2
 import mlflow
 import numpy as np
 import pytest
 import torch
+from conftest import gif_declaring, png_declaring
 from test_bad_input import cli
 
+from anonemo.data.files import MAX_IMAGE_PIXELS
 from anonemo.data.synthetic import SyntheticFaces
 from anonemo.export import MODEL_FILE, PREPROCESSING_FILE
 from anonemo.models.networks import ClassifierHead, ConvBase, EmotionModel
@@ -38,6 +41,7 @@ def test_export_writes_torchscript_and_an_mlflow_model_that_agree_with_the_run(e
     preprocessing = json.loads((folder / PREPROCESSING_FILE).read_text())
     assert preprocessing["class_names"] == ["neutral", "happy", "sad"] and preprocessing["image_size"] == 32
     assert preprocessing["run_id"] == run_id and preprocessing["face_crop"]["method"] == "none"
+    assert preprocessing["max_pixels"] == MAX_IMAGE_PIXELS
     # the packaged model reproduces the run's own Hybrid2Emotion evaluation on the test fold
     assert result["export/agreement"] >= 95
     assert result["export/run_path_test_acc"] == pytest.approx(metrics["Hybrid2Emotion"])
@@ -95,6 +99,16 @@ def test_predict_crops_real_faces_as_in_training(yale_root, tmp_path):
     assert result.stdout.count("detected") == 4 and "not detected" not in result.stdout
 
 
+def untrained_export(folder):
+    """An exported-model folder holding an untrained 32-pixel model (for tests of predict's input
+    handling, which do not need a trained one)."""
+    folder.mkdir()
+    torch.jit.script(EmotionModel(ConvBase(32, (4, 8, 8)), ClassifierHead(128, 3, (8, 8)))).save(str(folder / MODEL_FILE))
+    (folder / PREPROCESSING_FILE).write_text(json.dumps({"face_crop": {"method": "none"}, "image_size": 32,
+                                                         "class_names": ["a", "b", "c"], "max_pixels": 1_000_000}))
+    return folder
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [
@@ -102,25 +116,77 @@ def test_predict_crops_real_faces_as_in_training(yale_root, tmp_path):
         ("folder without preprocessing", "{tmp}/model/preprocessing.json does not exist"),
         ("junk model", "{tmp}/junk/emotion_model.pt is not a TorchScript model written by anonemo.export"),
         ("missing image", "{tmp}/nothing.png does not exist: give image files or folders of images"),
+        ("pixel limit out of range", "--max-pixels=0 must be between 1 and"),
     ],
 )
 def test_predict_names_bad_input(tmp_path, capsys, case, message):
+    untrained_export(tmp_path / "good")
     (tmp_path / "model").mkdir()
-    torch.jit.script(EmotionModel(ConvBase(32, (4, 8, 8)), ClassifierHead(128, 3, (8, 8)))).save(str(tmp_path / "model" / MODEL_FILE))
+    (tmp_path / "model" / MODEL_FILE).write_bytes((tmp_path / "good" / MODEL_FILE).read_bytes())
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / MODEL_FILE).write_bytes(b"junk")
     (tmp_path / "junk" / PREPROCESSING_FILE).write_text("{}")
-    (tmp_path / "good").mkdir()
-    (tmp_path / "good" / MODEL_FILE).write_bytes((tmp_path / "model" / MODEL_FILE).read_bytes())
-    (tmp_path / "good" / PREPROCESSING_FILE).write_text(json.dumps({"face_crop": {"method": "none"}, "image_size": 32, "class_names": ["a", "b", "c"]}))
-    model, images = {
+    model, images, *options = {
         "missing model": ("none", "x.png"),
         "folder without preprocessing": ("model", "x.png"),
         "junk model": ("junk", "x.png"),
         "missing image": ("good", "nothing.png"),
+        "pixel limit out of range": ("good", "x.png", "--max-pixels=0"),
     }[case]
-    assert predict_main([str(tmp_path / model), str(tmp_path / images)]) == 2
+    assert predict_main([str(tmp_path / model), str(tmp_path / images), *options]) == 2
     assert message.format(tmp=tmp_path) in capsys.readouterr().err.replace("\n", "")
+
+
+@pytest.fixture
+def hostile_folder(tmp_path):
+    """Two faces, two decompression bombs, a text file, a link to a face outside the folder and a
+    link to a face inside it."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    faces = SyntheticFaces(num_subjects=1, num_emotions=3, images_per_cell=1).load().images
+    for k in range(2):
+        cv2.imwrite(str(folder / f"face{k}.png"), faces[k])
+    cv2.imwrite(str(tmp_path / "elsewhere.png"), faces[2])
+    (folder / "bomb.png").write_bytes(png_declaring(30000, 30000))
+    (folder / "bomb.gif").write_bytes(gif_declaring(30000, 30000))
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "out.png").symlink_to(tmp_path / "elsewhere.png")
+    (folder / "same.png").symlink_to(folder / "face0.png")
+    return folder
+
+
+def test_predict_skips_bombs_unreadable_files_and_links_out_of_the_folder(tmp_path, hostile_folder, capsys):
+    model = untrained_export(tmp_path / "model")
+    table = tmp_path / "out.csv"
+    started = time.perf_counter()
+    assert predict_main([str(model), str(hostile_folder), "--csv", str(table)]) == 1
+    assert time.perf_counter() - started < 10  # the bombs are refused from their headers, never decoded
+    err = capsys.readouterr().err.replace("\n", "")
+    assert f"skipped 4 of 7 files; all of them are in {table}" in err
+    # Pillow refuses to report sizes over twice its own limit (178,956,970 pixels); both files declare 900 million.
+    assert "bomb.png declares more than 178,956,970 pixels, over the limit of 1,000,000: it may be a decompression bomb" in err
+    assert "bomb.gif declares more than 178,956,970 pixels" in err
+    assert f"out.png is a link to {tmp_path / 'elsewhere.png'}, outside {hostile_folder}" in err
+    assert "notes.txt as an image" in err
+    rows = {Path(r["image"]).name: r for r in csv.DictReader(table.open())}
+    assert {name for name, r in rows.items() if not r["error"]} == {"face0.png", "face1.png", "same.png"}
+    assert rows["same.png"]["emotion"] == rows["face0.png"]["emotion"]
+
+
+def test_predict_strict_stops_at_the_first_bad_file_and_encode_refuses_bombs(tmp_path, hostile_folder, capsys):
+    model = untrained_export(tmp_path / "model")
+    assert predict_main([str(model), str(hostile_folder / "face0.png"), str(hostile_folder / "bomb.gif"), "--strict"]) == 2
+    assert "--strict stops here: remove the file" in capsys.readouterr().err.replace("\n", "")
+    encoded = tmp_path / "features.npz"
+    assert predict_main([str(model), str(hostile_folder / "bomb.png"), str(hostile_folder / "face1.png"),
+                         "--encode", str(encoded)]) == 1
+    assert "skipped 1 of 2 files:" in capsys.readouterr().err.replace("\n", "")
+    assert list(np.load(encoded)["images"]) == [str(hostile_folder / "face1.png")]
+    # The limit is the export's (1,000,000 here) unless --max-pixels sets it.
+    cv2.imwrite(str(hostile_folder / "big.png"), np.full((1000, 1200), 128, np.uint8))
+    assert predict_main([str(model), str(hostile_folder / "big.png")]) == 1
+    assert "big.png declares 1200 x 1000 pixels, over the limit of 1,000,000" in capsys.readouterr().err.replace("\n", "")
+    assert predict_main([str(model), str(hostile_folder / "big.png"), "--max-pixels=2000000"]) == 0
 
 
 def test_mlflow_models_serve_answers_a_rest_request(exported):
