@@ -97,6 +97,8 @@ def plan(cfg: DictConfig) -> Plan:
         data = fold_data(cfg)
         for side in ("train", "val", "test"):
             data.side(side)
+    if erasure is not None:
+        erasure.check_capacity(networks.feature_directions(), data.identity_classes)
     return Plan(cfg, recipe, networks, clock, data, threads, reopen, erasure=erasure)
 
 

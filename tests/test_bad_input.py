@@ -84,6 +84,8 @@ CATALOGUE = [
      ConfigError, "model=face classifies the training subjects, and under this cv.protocol no test subject is one of them"),
     ("INLP for unseen people", lambda t, y, j: [*TINY_SYNTHETIC, "model=emotion_inlp", "cv.protocol=subject_disjoint"],
      ConfigError, "erasure=inlp stops on the identity of validation faces of training people"),
+    ("LEACE on features narrower than the identities", lambda t, y, j: [*TINY_SYNTHETIC, "model=emotion_leace", "network=compact", "network.bottleneck=3"],
+     ConfigError, "erasure=leace removes 3 directions (4 training identities, less one), and this model's base features vary in only 2"),
     ("unknown face crop", lambda t, y, j: ["dataset=yale", f"dataset.root={y}", "dataset.face_crop.method=dlib"],
      ConfigError, "dataset.face_crop.method='dlib' is not known"),
     ("unknown task", lambda t, y, j: ["model.task=age"], ConfigError, "model.task='age' is not known"),

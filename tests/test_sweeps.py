@@ -2,7 +2,13 @@
 
 import io
 import os
+import signal
+import socket
 import statistics
+import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 import yaml
@@ -293,3 +299,56 @@ def test_report_names_an_unknown_experiment(tmp_path):
     assert result.returncode == 2
     assert "experiment_name=nope is not in sqlite:///" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "reports").exists() or not any((tmp_path / "reports").iterdir())  # no empty report folder
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def answers(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def test_parallel_sweep_against_a_real_tracking_server(tmp_path):
+    """The documented path to many machines: jobs log to `mlflow server` (database backend,
+    proxied artifacts) instead of a local file; 4 jobs, 2 at a time, then the server is stopped."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "server.log").open("w")  # a file, not a pipe: an unread pipe would block the server
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server_artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not answers(f"{uri}/health"):
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer within 120 s"
+            time.sleep(0.5)
+        result = cli("-m", *TINY_JOB, f"paths.output_dir={tmp_path}/jobs", f"logger.tracking_uri={uri}",
+                     "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "fold=0,1,2,3")
+        assert result.returncode == 0, result.stderr[-2000:]
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+        (parent,) = [r for r in runs if r.data.tags.get("anonemo.sweep") == "parent"]
+        children = [r for r in runs if r.data.tags.get("anonemo.sweep") != "parent"]
+        assert sorted(r.data.tags["override.fold"] for r in children) == ["0", "1", "2", "3"]
+        assert all(r.info.status == "FINISHED" and "Emotion" in r.data.metrics for r in children)
+        assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+        assert parent.info.status == "FINISHED" and parent.data.tags["sweep.jobs_finished"] == "4"
+        # the artifacts went through the server to its store, and nothing was written locally
+        assert {a.path for a in client.list_artifacts(children[0].info.run_id)} >= {"config.yaml", "model"}
+        assert any((tmp_path / "server_artifacts").rglob("conv_base.pt"))
+        assert not (tmp_path / "jobs" / "mlflow.db").exists()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
+    assert not answers(f"{uri}/health")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from anonemo.audit.attackers import Split, as_split, logistic_attacker
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule
+from anonemo.errors import ConfigError
 from anonemo.metrics import ERASURE_RANK
 from anonemo.models.networks import ConvBase, Standardiser
 
@@ -70,11 +71,23 @@ class Erasure(ABC):
         """What the last :meth:`fit` chose, for the run (``erasure/*``)."""
         return {}
 
+    def check_capacity(self, directions: int, identities: int) -> None:
+        """Refuse, before training, an erasure that would remove every direction of the features."""
+
 
 class Leace(Erasure):
     """LEACE of the one-hot identity from standardised features (``concept_erasure.LeaceEraser``)."""
 
     name = "leace"
+
+    def check_capacity(self, directions: int, identities: int) -> None:
+        if identities - 1 >= directions:
+            raise ConfigError(
+                f"erasure=leace removes {identities - 1} directions ({identities} training identities, less one), "
+                f"and this model's base features vary in only {directions} (network.bottleneck, network.feature_norm): "
+                "it would erase all of them and leave nothing for emotion. Use erasure=inlp, which stops once a "
+                "linear identity probe is at chance on validation, or a base with more features (network=paper)."
+            )
 
     def fit(self, train: Split, val: Split, num_classes: int, seed: int) -> AffineErasure:
         from concept_erasure import LeaceEraser  # imports on use: only erasure jobs need it

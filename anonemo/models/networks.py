@@ -199,6 +199,11 @@ class Networks:
         return ConvBase(self.image_size, tuple(self.conv_channels), channels_last=self.channels_last,
                         bottleneck=self.bottleneck, feature_norm=self.feature_norm)
 
+    def feature_directions(self) -> int:
+        """How many directions the base's features can vary in (layer norm fixes their mean)."""
+        features = self.bottleneck or self.conv_channels[-1] * (self.image_size // 8) ** 2
+        return features - (self.feature_norm == "layer")
+
     def head(self, in_features: int, num_classes: int, hidden: Sequence[int] | None = None,
              standardise: bool = False) -> ClassifierHead:
         """A head of the configured shape (or of ``hidden`` widths) on ``in_features`` inputs."""
