@@ -47,7 +47,7 @@ paper-yale: install
 paper-jaffe: install
 	$(BIN)/python -m anonemo.train $(SWEEP) experiment=paper_jaffe $(ARGS)
 
-bench: install  # throughput against a plain PyTorch loop, and fold 0 of each model on Yale, timed
+bench: install  # throughput against a plain PyTorch loop, fold 0 of each model on Yale, hybrid_standardised per round (docs/performance.md)
 	$(BIN)/python -m anonemo.bench dataset=yale $(ARGS)
 
 report: install

@@ -13,7 +13,13 @@ Each measurement is one warm epoch (the epoch before it warms kernels and alloca
 the medians, peak memory and a line ``ratio anonemo/plain <path>: <ratio>`` per path, and writes
 everything as JSON. On a machine with a GPU the same is measured there too (detected, not
 configured). With ``bench.full_folds`` it then runs fold 0 of each model through the real
-training job and reports where its wall time went (see :mod:`anonemo.timing`).
+training job and reports where its wall time went (see :mod:`anonemo.timing`). With
+``bench.rounds.enabled`` it runs the recommended recipe on a JAFFE-sized synthetic set and reports
+its seconds per adversarial round by part (training, feature extraction, identity re-fit, scoring).
+
+``bench.contention=N`` measures the throughput and the rounds twice: alone, and beside N busy
+single-threaded processes that the benchmark starts and stops itself (another user's jobs on a
+shared machine), and reports the slowdown.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ import logging
 import platform
 import resource
 import statistics
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -34,6 +42,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from torch import nn
 
@@ -44,10 +53,12 @@ from anonemo.data.features import is_bf16
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError
 from anonemo.job import run
+from anonemo.metrics import ROUND_TIMES
 from anonemo.models.classifiers import SingleTaskModule
 from anonemo.models.hybrid import PAPER_ADAM, HybridModule, HybridSchedule
 from anonemo.models.networks import ClassifierHead, ConvBase, Networks, adam
 from anonemo.threads import configure_threads
+from anonemo.tracking.store import tracking_uri
 
 log = logging.getLogger(__name__)
 PATHS = ("single_task", "adversarial")
@@ -217,15 +228,52 @@ def measure_throughput(cfg: DictConfig, data: GroupedFoldDataModule, device: tor
     return {"device": str(device), "train_images": images, "paths": summary}
 
 
+@contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """``count`` CPU-bound single-threaded processes running for the duration (none for 0)."""
+    processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def load_conditions(cfg: DictConfig) -> list[tuple[str, int]]:
+    """(label, busy processes): alone, and beside ``bench.contention`` busy processes if set."""
+    return [("alone", 0)] + ([(f"beside {cfg.bench.contention} busy", cfg.bench.contention)] if cfg.bench.contention else [])
+
+
+def job_overrides(own: list[str]) -> list[str]:
+    """This command's overrides that a job it runs keeps (not the benchmark's, and not the ones
+    the job sets itself: ``own``)."""
+    keys = tuple(o.split("=", 1)[0] for o in own)
+    return [o for o in HydraConfig.get().overrides.task if not o.startswith(("bench.", "model=", "fold=", *keys))]
+
+
+def time_rounds(cfg: DictConfig) -> dict[str, list[float]]:
+    """The recommended recipe (``bench.rounds.model``) through the real job on
+    ``bench.rounds.overrides`` (a JAFFE-sized synthetic set, T as for JAFFE): seconds of each
+    adversarial round by part (``round/time/*``, round 0, the initialisation, left out)."""
+    own = [*cfg.bench.rounds.overrides, f"model={cfg.bench.rounds.model}", "fold=0"]
+    job = hydra.compose("train", overrides=[*job_overrides(own), *own])
+    run(job)
+    client = MlflowClient(tracking_uri(job))
+    (logged,) = client.search_runs([client.get_experiment_by_name(job.logger.experiment_name).experiment_id],
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+    return {key: [m.value for m in sorted(client.get_metric_history(logged.info.run_id, key), key=lambda m: m.step)
+                  if m.step > 0] for key in ROUND_TIMES}
+
+
 def time_full_folds(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Fold 0 of each of ``bench.fold_models`` through the real job: wall time and its phases.
 
     Each job is the training config composed with this command's own overrides (dataset, ...).
     """
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("bench.", "model=", "fold="))]
     folds = {}
     for model in cfg.bench.fold_models:
-        job = hydra.compose("train", overrides=[*overrides, f"model={model}", "fold=0"])
+        job = hydra.compose("train", overrides=[*job_overrides([]), f"model={model}", "fold=0"])
         metrics = run(job)
         folds[model] = {k: v for k, v in metrics.items() if k.startswith("time/") or k == "wall_time_s"}
     return folds
@@ -233,17 +281,25 @@ def time_full_folds(cfg: DictConfig) -> dict[str, dict[str, float]]:
 
 def report(results: dict) -> list[str]:
     lines = []
-    for device_result in results["throughput"]:
-        device = device_result["device"]
-        suffix = "" if device == "cpu" else f"@{device}"
-        lines.append(f"{device}: {device_result['train_images']} training images per epoch, "
-                     f"batch {results['batch_size']}, precision {results['precision']}")
-        for path, r in device_result["paths"].items():
-            m = r["median_images_per_s"]
-            lines.append(f"  {path:12s} plain {m['plain']:7.0f} img/s   anonemo {m['anonemo']:7.0f} img/s   "
-                         f"peak memory {r['peak_memory_mb']['plain']:.0f} / {r['peak_memory_mb']['anonemo']:.0f} MB")
-        for path, r in device_result["paths"].items():
-            lines.append(f"ratio anonemo/plain {path}{suffix}: {r['ratio_anonemo_over_plain']:.2f}")
+    for condition, device_results in results["throughput"].items():
+        for device_result in device_results:
+            device = device_result["device"]
+            suffix = ("" if device == "cpu" else f"@{device}") + ("" if condition == "alone" else f" {condition}")
+            lines.append(f"{device}{'' if condition == 'alone' else ', ' + condition}: {device_result['train_images']} "
+                         f"training images per epoch, batch {results['batch_size']}, precision {results['precision']}, "
+                         f"{results['torch_threads']} torch thread(s)")
+            for path, r in device_result["paths"].items():
+                m = r["median_images_per_s"]
+                lines.append(f"  {path:12s} plain {m['plain']:7.0f} img/s   anonemo {m['anonemo']:7.0f} img/s   "
+                             f"peak memory {r['peak_memory_mb']['plain']:.0f} / {r['peak_memory_mb']['anonemo']:.0f} MB")
+            for path, r in device_result["paths"].items():
+                lines.append(f"ratio anonemo/plain {path}{suffix}: {r['ratio_anonemo_over_plain']:.2f}")
+    alone = results["throughput"]["alone"][0]["paths"]
+    for condition, device_results in results["throughput"].items():
+        if condition != "alone":
+            for path, r in device_results[0]["paths"].items():
+                lines.append(f"slowdown {condition} {path} anonemo: "
+                             f"{alone[path]['median_images_per_s']['anonemo'] / r['median_images_per_s']['anonemo']:.2f}x")
     for model, t in results.get("full_folds", {}).items():
         lines.append(
             f"fold 0 of {model}: {t['wall_time_s']:.1f} s; base training {t['time/base_training_s']:.1f} s, "
@@ -251,6 +307,12 @@ def report(results: dict) -> list[str]:
             f"({100 * t['time/frozen_base_share']:.1f}%), evaluation {t['time/evaluation_s']:.1f} s, "
             f"other {t['time/other_s']:.1f} s; outside base training {100 * t['time/outside_base_training_share']:.1f}%"
         )
+    for condition, parts in results.get("rounds", {}).items():
+        medians = {key.split("/")[-1].removesuffix("_s"): statistics.median(values) for key, values in parts.items()}
+        total = sum(medians.values())
+        lines.append(f"{results['rounds_model']} per adversarial round ({len(parts[ROUND_TIMES[0]])} rounds, {condition}): "
+                     f"{total:.2f} s median; " + ", ".join(f"{part} {s:.2f} s ({100 * s / total:.0f}%)"
+                                                          for part, s in medians.items()))
     return lines
 
 
@@ -259,6 +321,8 @@ def main(cfg: DictConfig) -> None:
     with user_errors_reported():
         if cfg.bench.repeats < 1:
             raise ConfigError(f"bench.repeats={cfg.bench.repeats} must be at least 1.")
+        if cfg.bench.contention < 0:
+            raise ConfigError(f"bench.contention={cfg.bench.contention} must be 0 (alone only) or a number of busy processes.")
         torch.set_flush_denormal(True)
         threads = configure_threads(cfg.threads)
         pl.seed_everything(cfg.seed, verbose=False)
@@ -272,10 +336,19 @@ def main(cfg: DictConfig) -> None:
             "torch_threads": threads,
             "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(),
-            "throughput": [measure_throughput(cfg, data, device) for device in devices],
+            "throughput": {},
         }
+        for condition, busy in load_conditions(cfg):
+            with busy_processes(busy):
+                results["throughput"][condition] = [measure_throughput(cfg, data, device) for device in devices]
         if cfg.bench.full_folds:
             results["full_folds"] = time_full_folds(cfg)
+        if cfg.bench.rounds.enabled:
+            results["rounds_model"] = cfg.bench.rounds.model
+            results["rounds"] = {}
+            for condition, busy in load_conditions(cfg):
+                with busy_processes(busy):
+                    results["rounds"][condition] = time_rounds(cfg)
         output = Path(cfg.bench.output)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2))

@@ -66,6 +66,8 @@ ROUND_CURVES = tuple(
     f"round/{curve}/{side}" for curve in ("emotion_acc", "identity_acc", "refit_identity_acc") for side in ("train", "val")
 )
 ROUND_BETA = "round/beta"
+# Where a round's time goes: its training (adversarial epochs), then the round end's parts.
+ROUND_TIMES = tuple(f"round/time/{part}_s" for part in ("training", "features", "refit", "scoring"))
 ROUND_FEATURE_SCALE = "round/feature_scale"
 WALL_TIME = "wall_time_s"
 

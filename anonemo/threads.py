@@ -9,6 +9,15 @@ from hydra.core.hydra_config import HydraConfig
 from anonemo.cli import in_multirun
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (set by taskset, cgroups, SLURM), not
+    every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
 def parallel_jobs() -> int:
     """How many jobs of this sweep share the machine's cores (1 outside a parallel launcher)."""
     if not in_multirun():
@@ -16,7 +25,7 @@ def parallel_jobs() -> int:
     launcher = HydraConfig.get().launcher
     n_jobs = launcher.get("n_jobs")  # joblib
     if n_jobs is not None:
-        return os.cpu_count() or 1 if n_jobs < 0 else max(1, int(n_jobs))
+        return usable_cores() if n_jobs < 0 else max(1, int(n_jobs))
     return 1
 
 
@@ -27,6 +36,6 @@ def configure_threads(threads: int | None) -> int:
 
     if threads is None:
         launcher = HydraConfig.get().launcher if in_multirun() else {}
-        threads = launcher.get("cpus_per_task") or max(1, (os.cpu_count() or 1) // parallel_jobs())
+        threads = launcher.get("cpus_per_task") or max(1, usable_cores() // parallel_jobs())
     torch.set_num_threads(int(threads))
     return int(threads)

@@ -19,6 +19,7 @@ from anonemo.data.synthetic import SyntheticFaces
 from anonemo.errors import ConfigError
 from anonemo.models.adversary import Adversary, head_widths
 from anonemo.models.classifiers import SingleTaskModule, TransferModule
+from anonemo.metrics import ROUND_TIMES
 from anonemo.models.hybrid import PAPER_ADAM, HybridModule, HybridSchedule, TrainingDivergedError, guarded_beta
 from anonemo.models.networks import ClassifierHead, Networks, adam, load_base, load_network
 from anonemo.models.rounds import RoundEnd
@@ -142,6 +143,9 @@ def test_algorithm_1_alternates(data):
         assert changed == expected, kind
     assert [row["round"] for row in history] == [0, 1, 2]
     assert "round/refit_identity_acc/val" in history[1]
+    # each round's time by part; round 0 (the initialisation) has no re-fit
+    assert all(row[key] > 0 for row in history for key in ROUND_TIMES if key != "round/time/refit_s")
+    assert [row["round/time/refit_s"] > 0 for row in history] == [False, True, True]
 
 
 def base_gradient(module, loss_of_batch, batch):
@@ -500,7 +504,7 @@ def test_emotion_guard_backs_the_adversary_off_while_emotion_is_lost_and_is_othe
         torch.manual_seed(0)
         module = hybrid(HybridSchedule(init_epochs=10, rounds=4, refit_epochs=1), beta=20.0,
                         optimizer=functools.partial(adam, lr=0.01, weight_decay=1e-4), emotion_guard=guard)
-        return fit_with_rounds(module, data)
+        return [{k: v for k, v in row.items() if k not in ROUND_TIMES} for row in fit_with_rounds(module, data)]
 
     fixed, inert, guarded = fit(0), fit(100), fit(1)
     assert inert == fixed and [h["round/beta"] for h in fixed[1:]] == [20.0] * 4

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 
 from anonemo.data.datamodule import TensorBatches
 from anonemo.data.features import extract_features, is_bf16
-from anonemo.metrics import ROUND_BETA, ROUND_FEATURE_SCALE
+from anonemo.metrics import ROUND_BETA, ROUND_FEATURE_SCALE, ROUND_TIMES
 from anonemo.models.hybrid import HybridModule
 from anonemo.timing import PhaseClock
 
@@ -28,8 +28,9 @@ class RoundEnd(pl.Callback):
     - for t >= 1, has the module re-fit W_i on the training features (step 6 of Algorithm 1) and
       scores the re-fitted heads (``round/refit_identity_acc/<side>``);
     - hands the module the feature scale and emotion accuracy it keeps (:meth:`HybridModule.end_round`);
-    - logs it all with the round as the MLflow step and keeps it in ``history`` (checkpointed, for
-      resume), and books its time as frozen-base work on ``clock``.
+    - logs it all with the round as the MLflow step, with the seconds of the round's adversarial
+      epoch and of the round end's parts (``round/time/*``), keeps it in ``history``
+      (checkpointed, for resume), and books the round end's time as frozen-base work on ``clock``.
     """
 
     def __init__(self, train: TensorBatches, val: TensorBatches, clock: PhaseClock | None = None,
@@ -38,6 +39,10 @@ class RoundEnd(pl.Callback):
         self.identity_sides = ("train", "val") if identity_on_val else ("train",)
         self.clock = clock
         self.history: list[dict[str, float]] = []
+        self.round_started = time.perf_counter()
+
+    def on_train_start(self, trainer: pl.Trainer, hybrid: HybridModule) -> None:
+        self.round_started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, hybrid: HybridModule) -> None:
         phase = hybrid.schedule.phase(trainer.current_epoch)
@@ -46,9 +51,11 @@ class RoundEnd(pl.Callback):
         if not phase.ends_round:
             return
         started = time.perf_counter()
+        training_s = started - self.round_started
         bf16 = is_bf16(trainer.precision)
         sides = {name: (extract_features(hybrid.base, side.tensors["image"], bf16), side.tensors)
                  for name, side in self.sides.items()}
+        extracted = time.perf_counter()
         metrics = {}
         for name, (features, labels) in sides.items():
             accuracies = hybrid.round_accuracies(features, labels, name)
@@ -57,17 +64,23 @@ class RoundEnd(pl.Callback):
             metrics |= accuracies
         train_features, train_labels = sides["train"]
         metrics[ROUND_FEATURE_SCALE] = train_features.abs().mean().item()
+        refit_s = 0.0
         if phase.kind == "adversarial":
+            refit_started = time.perf_counter()
             hybrid.refit_identity_heads(train_features, train_labels["identity"], phase.round)
+            refit_s = time.perf_counter() - refit_started
             for name in self.identity_sides:
                 features, labels = sides[name]
                 refitted = hybrid.round_accuracies(features, labels, name)[f"round/identity_acc/{name}"]
                 metrics[f"round/refit_identity_acc/{name}"] = refitted
             metrics[ROUND_BETA] = hybrid.round_beta
+        ended = time.perf_counter()
+        metrics |= dict(zip(ROUND_TIMES, (training_s, extracted - started, refit_s, ended - extracted - refit_s)))
         hybrid.end_round(phase.round, metrics[ROUND_FEATURE_SCALE], metrics["round/emotion_acc/train"])
         self.history.append({"round": phase.round, **metrics})
+        self.round_started = time.perf_counter()
         if self.clock is not None:
-            self.clock.move(time.perf_counter() - started, "base_training", "frozen_base")
+            self.clock.move(self.round_started - started, "base_training", "frozen_base")
         identity_side = self.identity_sides[-1]
         log.info(
             "round %d/%d: emotion head %.1f%% val, identity %.1f%% %s (strongest head%s), feature scale %.3g",
