@@ -57,6 +57,19 @@ def test_inlp_projects_until_its_linear_probe_is_at_chance_on_validation():
     assert accuracy(fresh.predict(erasure(test.features)), test.labels) <= chance_bound(test.labels)
 
 
+def test_inlp_on_features_without_linear_identity_erases_nothing_and_the_base_stays_as_it_was():
+    """The Hybrid's base on Yale: the first probe is at chance on validation, so the erasure has
+    rank 0 and the erased base is the base (it once failed to build)."""
+    train, val = identity_features(6, 100, 16, 0, code_scale=0.0), identity_features(6, 40, 16, 1, code_scale=0.0)
+    inlp = Inlp()
+    erasure = inlp.fit(train, val, 6, seed=0)
+    assert (inlp.iterations, erasure.rank) == (0, 0) and torch.equal(erasure(val.features), val.features)
+    base = ConvBase(32, (4, 8, 8)).eval()
+    erased = base.with_erasure(erasure)
+    images = torch.rand(3, 1, 32, 32)
+    assert not erased.erases and erased is not base and torch.equal(erased(images), base(images))
+
+
 @pytest.mark.parametrize("scrambled", ["val", "test"])
 def test_leace_is_fitted_on_the_training_side_only(tiny_config, scrambled):
     data = fold_data(tiny_config())

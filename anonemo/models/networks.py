@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,8 @@ class ConvBase(nn.Module):
         """A copy of this base (without an erasure) whose features leave through ``erasure``."""
         if self.erases:
             raise ValueError("this base erases already; fit the erasure on the features of the base without it")
+        if erasure.rank == 0:  # nothing to erase (INLP's first probe was at chance already)
+            return copy.deepcopy(self)
         erased = ConvBase(**{**self.architecture, "erasure_rank": erasure.rank}, channels_last=self.channels_last)
         erased.load_state_dict({**self.state_dict(), "erasure_center": erasure.center, "erasure_left": erasure.left,
                                 "erasure_right": erasure.right})
