@@ -24,15 +24,14 @@ from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule
 from anonemo.errors import ConfigError
 from anonemo.metrics import ERASURE_RANK
-from anonemo.models.networks import ConvBase, Standardiser
+from anonemo.models.networks import ConvBase, Standardiser, erase_affine
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class AffineErasure:
-    """``x - ((x - center) @ right.T) @ left.T``: identity minus a rank-``k`` map, with ``left``
-    of shape (d, k) and ``right`` (k, d), as LEACE writes its eraser."""
+    """The erasure's parameters; applied by :func:`~anonemo.models.networks.erase_affine`."""
 
     center: torch.Tensor
     left: torch.Tensor
@@ -52,7 +51,7 @@ class AffineErasure:
                    (right.double() / std[None, :]).float())
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        return features - ((features - self.center) @ self.right.T) @ self.left.T
+        return erase_affine(features, self.center, self.left, self.right)
 
 
 class Erasure(ABC):

@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 FEATURE_NORMS = ("none", "layer")
 
 
+def erase_affine(features: torch.Tensor, center: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``features - ((features - center) @ right.T) @ left.T``: identity minus a rank-k map, with
+    ``left`` (d, k) and ``right`` (k, d), as LEACE writes its eraser."""
+    return features - ((features - center) @ right.T) @ left.T
+
+
 def check_base_shape(channels: Sequence[int], bottleneck: int, feature_norm: str) -> None:
     if len(channels) != 3:
         raise ConfigError(f"network.conv_channels={list(channels)}: the base has three convolutional layers; give three widths.")
@@ -97,7 +103,7 @@ class ConvBase(nn.Module):
             images = images.contiguous(memory_format=torch.channels_last)
         features = self.layers(images)
         if self.erases:
-            features = features - ((features - self.erasure_center) @ self.erasure_right.T) @ self.erasure_left.T
+            features = erase_affine(features, self.erasure_center, self.erasure_left, self.erasure_right)
         return features
 
     @torch.no_grad()
