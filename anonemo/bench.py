@@ -58,6 +58,7 @@ from anonemo.models.classifiers import SingleTaskModule
 from anonemo.models.hybrid import PAPER_ADAM, HybridModule, HybridSchedule
 from anonemo.models.networks import ClassifierHead, ConvBase, Networks, adam
 from anonemo.threads import configure_threads
+from anonemo.tracking.identity import finished_run
 from anonemo.tracking.store import tracking_uri
 
 log = logging.getLogger(__name__)
@@ -259,9 +260,8 @@ def time_rounds(cfg: DictConfig) -> dict[str, list[float]]:
     own = [*cfg.bench.rounds.overrides, f"model={cfg.bench.rounds.model}", "fold=0"]
     job = hydra.compose("train", overrides=[*job_overrides(own), *own])
     run(job)
+    logged = finished_run(job)  # found by the job's config hash, whatever else the experiment holds
     client = MlflowClient(tracking_uri(job))
-    (logged,) = client.search_runs([client.get_experiment_by_name(job.logger.experiment_name).experiment_id],
-                                   order_by=["attributes.start_time DESC"], max_results=1)
     return {key: [m.value for m in sorted(client.get_metric_history(logged.info.run_id, key), key=lambda m: m.step)
                   if m.step > 0] for key in ROUND_TIMES}
 
