@@ -15,6 +15,7 @@ validation leakage (ties: more emotion).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,13 @@ class Setting:
     @property
     def mean_leakage(self) -> float:
         return statistics.fmean(self.leakage)
+
+    def emotion_loss(self, reference: Setting) -> tuple[float, float]:
+        """Points of validation emotion lost against ``reference``: the mean over folds of the
+        per-fold difference and its standard error (nan with one fold)."""
+        losses = [r - e for r, e in zip(reference.emotion, self.emotion)]
+        spread = statistics.stdev(losses) / math.sqrt(len(losses)) if len(losses) > 1 else math.nan
+        return statistics.fmean(losses), spread
 
 
 def job_overrides(cfg: DictConfig, overrides: list[str], beta: str | None, folds: str) -> list[str]:
@@ -139,15 +147,20 @@ def choose(settings: list[Setting], max_emotion_loss: float) -> Setting:
 
 
 def table(settings: list[Setting], chosen: Setting, max_emotion_loss: float, leakage: Leakage) -> str:
-    """The grid as Markdown: validation emotion and leakage, mean over folds, and the verdict."""
+    """The grid as Markdown: validation emotion and leakage, mean over folds, the emotion lost
+    against the reference (± its standard error over folds), and the verdict. A setting ruled out
+    by less than one standard error is flagged: more ``calibrate.folds`` would be needed to tell."""
     reference = settings[0]
-    lines = [f"| setting | folds | validation emotion (%) | {leakage.label} | |",
-             "|---|---|---|---|---|"]
+    lines = [f"| setting | folds | validation emotion (%) | emotion lost (points ± s.e.) | {leakage.label} | |",
+             "|---|---|---|---|---|---|"]
     for s in settings:
-        loss = reference.mean_emotion - s.mean_emotion
+        loss, spread = s.emotion_loss(reference)
         verdict = ("" if s.beta is None else "**chosen**" if s is chosen
                    else f"loses {loss:.1f} points of emotion" if loss > max_emotion_loss else "")
-        lines.append(f"| {s.label} | {len(s.emotion)} | {s.mean_emotion:.2f} | {s.mean_leakage:.2f} | {verdict} |")
+        if verdict.startswith("loses") and loss - spread <= max_emotion_loss:
+            verdict += f" (within one standard error of calibrate.max_emotion_loss={max_emotion_loss:g})"
+        lost = "" if s.beta is None else f"{loss:.2f}" if math.isnan(spread) else f"{loss:.2f} ± {spread:.2f}"
+        lines.append(f"| {s.label} | {len(s.emotion)} | {s.mean_emotion:.2f} | {lost} | {s.mean_leakage:.2f} | {verdict} |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """python -m anonemo.calibrate: β chosen from validation sides only."""
 
 import re
+import statistics
 
 import pytest
 from conftest import CONF, TINY_SYNTHETIC
@@ -30,6 +31,25 @@ def test_the_rule_keeps_emotion_then_minimises_validation_leakage():
     assert choose(settings, max_emotion_loss=5).beta == 0.3
     with pytest.raises(ConfigError, match="Every β loses more than calibrate.max_emotion_loss=0"):
         choose([reference, *settings[2:]], max_emotion_loss=0)
+
+
+def test_the_table_shows_the_emotion_lost_with_its_noise_and_flags_a_verdict_within_it():
+    """The synthetic 40-person calibration: β=0.1 lost 2.5 points against a 2-point margin, with
+    validation sides too small to tell (docs/algorithm.md, "Choosing β")."""
+    reference = Setting(None, (66.25, 70.89, 66.87), (0.90, 0.96, 0.98))
+    close = Setting(0.1, (60.62, 62.91, 73.12), (0.50, 0.56, 0.57))
+    far = Setting(0.3, (58.0, 60.0, 57.0), (0.51, 0.67, 0.55))  # about 10 points lost on every fold
+    kept = Setting(0.0, (61.87, 71.83, 76.88), (0.72, 0.80, 0.90))
+    settings = [reference, kept, close, far]
+    loss, spread = close.emotion_loss(reference)
+    assert loss == pytest.approx(2.4533, abs=1e-3)
+    assert spread == pytest.approx(statistics.stdev([5.63, 7.98, -6.25]) / 3 ** 0.5, abs=1e-2)
+    rows = table(settings, choose(settings, 2), 2, LINKAGE_LEAKAGE).splitlines()
+    assert rows[0].startswith("| setting | folds | validation emotion (%) | emotion lost (points ± s.e.) |")
+    assert "loses 2.5 points of emotion (within one standard error of calibrate.max_emotion_loss=2)" in rows[4]
+    assert rows[4].split(" | ")[3] == f"{loss:.2f} ± {spread:.2f}"
+    assert "within one standard error" not in table(settings, choose(settings, 2), 2, LINKAGE_LEAKAGE).splitlines()[5]
+    assert choose(settings, 2).beta == 0.0
 
 
 def validation_metrics(validation, leakage_metric, test_side):
