@@ -114,10 +114,9 @@ class Adversary:
 
     def linkage_penalty(self, logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
         """The objective's term for the pair head's logits (pairs, 2: different, same person)."""
-        log_p = F.log_softmax(logits.float(), dim=1)
         if self.objective == "grl":
-            return balanced(F.nll_loss, log_p, same)  # reversed before the pair head
-        return balanced(self.posterior_penalty, log_p, same)
+            return pair_cross_entropy(logits, same)  # reversed before the pair head
+        return balanced(self.posterior_penalty, F.log_softmax(logits.float(), dim=1), same)
 
     def posterior_penalty(self, log_p: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
         """The objective's term for identity log-posteriors ``log_p`` (batch, classes)."""
@@ -151,6 +150,11 @@ def balanced(loss, log_p: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
     then over the two: a batch holds far more pairs of different people."""
     parts = [loss(log_p[same == kind], same[same == kind]) for kind in (0, 1) if bool((same == kind).any())]
     return torch.stack(parts).mean() if parts else log_p.sum() * 0
+
+
+def pair_cross_entropy(logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """The pair head's own loss: cross-entropy of same person or not, the two kinds weighted equally."""
+    return balanced(F.nll_loss, F.log_softmax(logits.float(), dim=1), same)
 
 
 class _ReverseGradient(torch.autograd.Function):

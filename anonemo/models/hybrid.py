@@ -14,7 +14,7 @@ from torch import nn
 
 from anonemo.errors import AnonemoError, ConfigError
 from anonemo.evaluation import accuracy
-from anonemo.models.adversary import Adversary, balanced, batch_pairs, pair_inputs, reverse_gradient
+from anonemo.models.adversary import Adversary, batch_pairs, pair_cross_entropy, pair_inputs, reverse_gradient
 from anonemo.models.classifiers import EpochMean
 from anonemo.models.networks import ClassifierHead, ConvBase, adam
 
@@ -86,9 +86,9 @@ class HybridModule(pl.LightningModule):
     """Shared base W_c, emotion head W_e and identity head(s) W_i, trained by Algorithm 1.
 
     Manual optimisation with two optimizers: ``main`` over W_c and W_e (built by ``optimizer``),
-    ``identity`` over W_i and the linkage adversary's pair head, if any (``identity_optimizer``). The identity heads are "frozen" during
-    adversarial steps by toggling the ``main`` optimizer, which stops their weights from changing
-    while they still pass gradients back to W_c. What the base is trained against is
+    ``identity`` over W_i and the linkage adversary's pair head, if any (``identity_optimizer``).
+    The identity heads are "frozen" during adversarial steps by toggling the ``main`` optimizer,
+    which stops their weights from changing while they still pass gradients back to W_c. What the base is trained against is
     :class:`~anonemo.models.adversary.Adversary`; its defaults are the paper's (one head,
     ``Le - beta * Li``). With ``objective="grl"`` the adversarial epochs update both optimizers
     in one pass instead.
@@ -157,14 +157,13 @@ class HybridModule(pl.LightningModule):
         first, second, same = batch_pairs(sources, identities)
         return self.pair_head(pair_inputs(features, first, second)), same
 
-    def identity_loss(self, features: torch.Tensor, identities: torch.Tensor,
-                      sources: torch.Tensor | None = None) -> torch.Tensor:
+    def identity_loss(self, features: torch.Tensor, identities: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         """Li: the identity heads' mean cross-entropy, plus the pair head's (same- and
         different-person pairs weighted equally) where there is one."""
         loss = torch.stack([F.cross_entropy(logits, identities) for logits in self.identity_logits(features)]).mean()
         if self.pair_head is not None:
             logits, same = self.pair_logits(features, sources, identities)
-            loss = loss + balanced(F.nll_loss, F.log_softmax(logits.float(), dim=1), same)
+            loss = loss + pair_cross_entropy(logits, same)
         return loss
 
     def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
