@@ -97,16 +97,20 @@ def refuse_oversized(data: bytes, location: str, max_pixels: int, advice: str) -
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
-    except Image.DecompressionBombError:  # Pillow's own refusal, at twice its warning limit
-        width = height = None
+    except Image.DecompressionBombError as refusal:  # Pillow's own refusal, at twice its warning limit
+        # Pillow keeps the width and height to itself here; its message carries their product.
+        declared = re.search(r"\((\d+) pixels\)", str(refusal))
+        size = f"{int(declared[1]):,} pixels" if declared else f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):  # not an image Pillow reads
         return
-    if width is None or width * height > max_pixels:
-        size = f"{width} x {height} pixels" if width else f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
-        raise ImageTooLargeError(
-            f"{location} declares {size}, over the limit of {max_pixels:,}: it may be a decompression "
-            f"bomb (a small file that decodes to gigabytes), so it is not decoded. {advice}"
-        )
+    else:
+        if width * height <= max_pixels:
+            return
+        size = f"{width} x {height} pixels"
+    raise ImageTooLargeError(
+        f"{location} declares {size}, over the limit of {max_pixels:,}: it may be a decompression "
+        f"bomb (a small file that decodes to gigabytes), so it is not decoded. {advice}"
+    )
 
 
 def decode_grayscale(data: bytes, location: str, advice: str = DATASET_FILE_ADVICE,
