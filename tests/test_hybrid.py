@@ -17,7 +17,7 @@ from anonemo.data.features import FeatureDataModule, extract_features
 from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.synthetic import SyntheticFaces
 from anonemo.errors import ConfigError
-from anonemo.models.adversary import Adversary, balanced, batch_pairs, head_widths
+from anonemo.models.adversary import Adversary, head_widths
 from anonemo.models.classifiers import SingleTaskModule, TransferModule
 from anonemo.metrics import ROUND_TIMES
 from anonemo.models.hybrid import PAPER_ADAM, HybridModule, HybridSchedule, TrainingDivergedError, guarded_beta
@@ -44,8 +44,7 @@ def hybrid(schedule, adversary=Adversary(), **kwargs):
     emotion_head = SMALL_NET.head(base.out_features, 3)
     identity_heads = [SMALL_NET.head(base.out_features, 4, hidden=head_widths(name, SMALL_NET.fc_hidden),
                                      standardise=adversary.standardise) for name in adversary.heads]
-    pair_head = SMALL_NET.head(2 * base.out_features, 2, standardise=adversary.standardise) if adversary.linkage else None
-    return HybridModule(base, emotion_head, identity_heads, schedule, adversary, pair_head=pair_head, **kwargs)
+    return HybridModule(base, emotion_head, identity_heads, schedule, adversary, **kwargs)
 
 
 def fit_with_rounds(module, data, callbacks=()):
@@ -100,8 +99,7 @@ class PhaseSnapshots(pl.Callback):
 
     @staticmethod
     def state(module):
-        parts = ("base", "emotion_head", "identity_heads") + (("pair_head",) if module.pair_head else ())
-        return {part: copy.deepcopy(getattr(module, part).state_dict()) for part in parts}
+        return {part: copy.deepcopy(getattr(module, part).state_dict()) for part in ("base", "emotion_head", "identity_heads")}
 
     @staticmethod
     def changed(before, after):
@@ -127,13 +125,11 @@ class PhaseSnapshots(pl.Callback):
         self.pending_refit = None
 
 
-@pytest.mark.parametrize("adversary", [Adversary(), Adversary(objective="confusion", linkage=1.0, standardise=True)])
-def test_algorithm_1_alternates(data, adversary):
-    """Adversarial steps never touch W_i (nor the linkage adversary's pair head); re-fits never
-    touch W_c or W_e; the init trains all."""
+def test_algorithm_1_alternates(data):
+    """Adversarial steps never touch W_i; re-fits never touch W_c or W_e; the init trains all."""
     torch.manual_seed(0)
     snapshots = PhaseSnapshots()
-    module = hybrid(HybridSchedule(init_epochs=1, rounds=2, adversarial_epochs=1, refit_epochs=1), adversary)
+    module = hybrid(HybridSchedule(init_epochs=1, rounds=2, adversarial_epochs=1, refit_epochs=1))
     history = fit_with_rounds(module, data, [snapshots])
     assert [(kind, t) for kind, t, _ in snapshots.changes] == [
         ("init", 0), ("adversarial", 1), ("refit", 1), ("adversarial", 2), ("refit", 2),
@@ -144,8 +140,6 @@ def test_algorithm_1_alternates(data, adversary):
             "adversarial": {"base": True, "emotion_head": True, "identity_heads": False},
             "refit": {"base": False, "emotion_head": False, "identity_heads": True},
         }[kind]
-        if adversary.linkage:
-            expected["pair_head"] = expected["identity_heads"]
         assert changed == expected, kind
     assert [row["round"] for row in history] == [0, 1, 2]
     assert "round/refit_identity_acc/val" in history[1]
@@ -304,52 +298,6 @@ def test_restart_gives_every_identity_head_fresh_weights_and_optimizer_state(mul
     assert module.losses(batch)[1].item() > start.losses(batch)[1].item() + 0.5  # forgot who is who
 
 
-def test_pairs_never_join_two_copies_of_one_original_and_say_whether_one_person_is_shown():
-    sources, identities = torch.tensor([0, 0, 1, 2]), torch.tensor([5, 5, 5, 6])
-    first, second, same = batch_pairs(sources, identities)
-    assert list(zip(first.tolist(), second.tolist())) == [(0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
-    assert same.tolist() == [1, 0, 1, 0, 0]
-
-
-def test_pair_losses_weigh_the_few_same_person_pairs_as_much_as_the_many_others():
-    log_p = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.9, 0.1], [0.9, 0.1]]))
-    same = torch.tensor([1, 0, 0, 0])
-    expected = (-torch.log(torch.tensor(0.5)) - torch.log(torch.tensor(0.9))) / 2
-    assert balanced(F.nll_loss, log_p, same).item() == pytest.approx(expected.item())
-
-
-def pair_confidence(module, batch):
-    """How far the pair head's posterior is from a coin toss on the batch's pairs (0: unsure)."""
-    with torch.no_grad():
-        logits, same = module.pair_logits(module.base(batch["image"]), batch["source"], batch["identity"])
-        return Adversary(objective="confusion").linkage_penalty(logits, same).item()
-
-
-def test_linkage_adversary_leaves_the_frozen_pair_head_unsure_who_is_who(multitask_start):
-    """A pair head fitted on the multi-task base links the batch's people. Adversarial steps with
-    ``linkage`` make it unsure faster than the identity heads' steps alone, and end near a coin
-    toss; emotion-only steps (beta 0) leave it sure. The pair head itself stays frozen."""
-    start, batch = multitask_start
-    torch.manual_seed(0)
-    linked = copy.deepcopy(start)
-    linked.pair_head = SMALL_NET.head(2 * start.base.out_features, 2)
-    pair_optimizer = torch.optim.Adam(linked.pair_head.parameters(), lr=1e-2)
-    for _ in range(100):
-        pair_optimizer.zero_grad()
-        logits, same = linked.pair_logits(linked.base(batch["image"]).detach(), batch["source"], batch["identity"])
-        balanced(F.nll_loss, F.log_softmax(logits, 1), same).backward()
-        pair_optimizer.step()
-    assert pair_confidence(linked, batch) > 3.0
-    with_pairs = after_adversarial_steps(linked, batch, 5, objective="confusion", linkage=1.0)
-    identity_only = after_adversarial_steps(linked, batch, 5, objective="confusion")
-    assert pair_confidence(with_pairs, batch) < 0.5 * pair_confidence(identity_only, batch)
-    assert pair_confidence(after_adversarial_steps(linked, batch, 20, objective="confusion", linkage=1.0), batch) < 0.1
-    assert all(torch.equal(a, b) for a, b in zip(with_pairs.pair_head.state_dict().values(),
-                                                 linked.pair_head.state_dict().values()))
-    linked.round_beta = 0.0
-    assert pair_confidence(after_adversarial_steps(linked, batch, 20, objective="confusion", linkage=1.0), batch) > 1.0
-
-
 @pytest.mark.parametrize(
     ("option", "message"),
     [
@@ -357,7 +305,6 @@ def test_linkage_adversary_leaves_the_frozen_pair_head_unsure_who_is_who(multita
         ({"target": "weakest"}, "model.adversary.target='weakest' is not known"),
         ({"heads": ()}, "model.adversary.heads is empty"),
         ({"restart_every": -1}, "model.adversary.restart_every=-1 must be 0"),
-        ({"linkage": -0.5}, "model.adversary.linkage=-0.5 must be 0"),
     ],
 )
 def test_bad_adversary_options_are_named(option, message):

@@ -22,13 +22,6 @@ objective      the identity term the base minimises (weighted by beta)
 every identity head before the re-fit of each r-th round, so the base must fool attackers
 that did not co-adapt with it.
 
-``linkage`` > 0 adds a linkage adversary: a pair head that scores whether two images of a batch
-(from different originals) show one person, from ``(|a - b|, a * b)`` of their features. Unlike
-the identity heads it is defined for anyone, not only the training people, so the base is trained
-against the threat that unseen people face (docs/audit.md, "Linkage"); its term, weighted by
-``linkage`` and with same- and different-person pairs weighted equally, is added to the identity
-heads' before beta.
-
 ``standardise`` feeds the identity heads the features standardised per feature with the training
 side's statistics, refreshed at every re-fit: the audit's attackers standardise, so a direction of
 small spread that an unstandardised head overlooks is one they read.
@@ -72,7 +65,6 @@ class Adversary:
     target: str = "all"
     restart_every: int = 0
     standardise: bool = False
-    linkage: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))  # from a config list
@@ -88,8 +80,6 @@ class Adversary:
             check_head(name)
         if self.restart_every < 0:
             raise ConfigError(f"model.adversary.restart_every={self.restart_every} must be 0 (never) or a number of rounds.")
-        if self.linkage < 0:
-            raise ConfigError(f"model.adversary.linkage={self.linkage} must be 0 (no pair head) or a positive weight.")
 
     def restarts_before_refit(self, round_: int) -> bool:
         return self.restart_every > 0 and round_ % self.restart_every == 0
@@ -112,12 +102,6 @@ class Adversary:
             return F.nll_loss(log_p, identities)  # reversed before the heads
         return self.posterior_penalty(log_p, identities)
 
-    def linkage_penalty(self, logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
-        """The objective's term for the pair head's logits (pairs, 2: different, same person)."""
-        if self.objective == "grl":
-            return pair_cross_entropy(logits, same)  # reversed before the pair head
-        return balanced(self.posterior_penalty, F.log_softmax(logits.float(), dim=1), same)
-
     def posterior_penalty(self, log_p: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
         """The objective's term for identity log-posteriors ``log_p`` (batch, classes)."""
         if self.objective in ("confusion", "entropy"):
@@ -127,34 +111,6 @@ class Adversary:
             entropy = -(log_p.exp() * log_p).sum(1)
             return (classes.log() - entropy).mean()
         return F.nll_loss(log_p, identities).neg()
-
-
-def batch_pairs(sources: torch.Tensor, identities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every pair ``(first, second)`` of a batch's images from different originals, and whether
-    the pair shows one person (``same``, 0 or 1): two copies of one photograph say nothing about
-    linking a person's different pictures."""
-    first, second = torch.triu_indices(len(sources), len(sources), offset=1, device=sources.device)
-    kept = sources[first] != sources[second]
-    first, second = first[kept], second[kept]
-    return first, second, (identities[first] == identities[second]).long()
-
-
-def pair_inputs(features: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """What the pair head reads: ``(|a - b|, a * b)``, symmetric in the two images."""
-    a, b = features[first], features[second]
-    return torch.cat([(a - b).abs(), a * b], dim=1)
-
-
-def balanced(loss, log_p: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
-    """``loss(log_p, labels)`` averaged over same-person and different-person pairs separately,
-    then over the two: a batch holds far more pairs of different people."""
-    parts = [loss(log_p[same == kind], same[same == kind]) for kind in (0, 1) if bool((same == kind).any())]
-    return torch.stack(parts).mean() if parts else log_p.sum() * 0
-
-
-def pair_cross_entropy(logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
-    """The pair head's own loss: cross-entropy of same person or not, the two kinds weighted equally."""
-    return balanced(F.nll_loss, F.log_softmax(logits.float(), dim=1), same)
 
 
 class _ReverseGradient(torch.autograd.Function):

@@ -14,7 +14,7 @@ from torch import nn
 
 from anonemo.errors import AnonemoError, ConfigError
 from anonemo.evaluation import accuracy
-from anonemo.models.adversary import Adversary, batch_pairs, pair_cross_entropy, pair_inputs, reverse_gradient
+from anonemo.models.adversary import Adversary, reverse_gradient
 from anonemo.models.classifiers import EpochMean
 from anonemo.models.networks import ClassifierHead, ConvBase, adam
 
@@ -78,7 +78,6 @@ def guarded_beta(beta: float, ceiling: float, emotion_acc: float, floor: float) 
 
 
 Optimizer = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-PAIR_STATISTICS_SAMPLE = 4096  # random training pairs whose pair inputs standardise the pair head
 PAPER_ADAM = partial(adam, lr=1e-3, weight_decay=1e-4)
 
 
@@ -86,9 +85,9 @@ class HybridModule(pl.LightningModule):
     """Shared base W_c, emotion head W_e and identity head(s) W_i, trained by Algorithm 1.
 
     Manual optimisation with two optimizers: ``main`` over W_c and W_e (built by ``optimizer``),
-    ``identity`` over W_i and the linkage adversary's pair head, if any (``identity_optimizer``).
-    The identity heads are "frozen" during adversarial steps by toggling the ``main`` optimizer,
-    which stops their weights from changing while they still pass gradients back to W_c. What the base is trained against is
+    ``identity`` over W_i (``identity_optimizer``). The identity heads are "frozen" during
+    adversarial steps by toggling the ``main`` optimizer, which stops their weights from changing
+    while they still pass gradients back to W_c. What the base is trained against is
     :class:`~anonemo.models.adversary.Adversary`; its defaults are the paper's (one head,
     ``Le - beta * Li``). With ``objective="grl"`` the adversarial epochs update both optimizers
     in one pass instead.
@@ -118,13 +117,11 @@ class HybridModule(pl.LightningModule):
         max_feature_growth: float = 1000.0,
         refit_batch_size: int = 64,
         seed: int = 0,
-        pair_head: ClassifierHead | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
         self.base, self.emotion_head = base, emotion_head
         self.identity_heads = nn.ModuleList(identity_heads)
-        self.pair_head = pair_head  # the linkage adversary (adversary.linkage > 0)
         self.schedule, self.adversary = schedule, adversary
         self.make_optimizer, self.make_identity_optimizer = optimizer, identity_optimizer
         self.alpha, self.beta = alpha, beta
@@ -138,11 +135,7 @@ class HybridModule(pl.LightningModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         main = self.make_optimizer([*self.base.parameters(), *self.emotion_head.parameters()])
-        return [main, self.make_identity_optimizer(self.attacker_parameters())]
-
-    def attacker_parameters(self) -> list[nn.Parameter]:
-        """W_i's and the pair head's: what the re-fit trains and adversarial steps freeze."""
-        return [*self.identity_heads.parameters(), *(self.pair_head.parameters() if self.pair_head else ())]
+        return [main, self.make_identity_optimizer(self.identity_heads.parameters())]
 
     def identity_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
         """Every identity head's logits. With ``adversary.standardise`` the heads read the features
@@ -150,36 +143,15 @@ class HybridModule(pl.LightningModule):
         audit's attackers read them; the base's gradient passes through the standardisation."""
         return [head(features) for head in self.identity_heads]
 
-    def pair_logits(self, features: torch.Tensor, sources: torch.Tensor,
-                    identities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pair head's logits on every pair of the batch from different originals, and whether
-        each pair shows one person."""
-        first, second, same = batch_pairs(sources, identities)
-        return self.pair_head(pair_inputs(features, first, second)), same
-
-    def identity_loss(self, features: torch.Tensor, identities: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-        """Li: the identity heads' mean cross-entropy, plus the pair head's (same- and
-        different-person pairs weighted equally) where there is one."""
-        loss = torch.stack([F.cross_entropy(logits, identities) for logits in self.identity_logits(features)]).mean()
-        if self.pair_head is not None:
-            logits, same = self.pair_logits(features, sources, identities)
-            loss = loss + pair_cross_entropy(logits, same)
-        return loss
+    def identity_loss(self, features: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
+        """Li: the identity heads' mean cross-entropy."""
+        return torch.stack([F.cross_entropy(logits, identities) for logits in self.identity_logits(features)]).mean()
 
     def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Le, Li, features) of one batch through the current W_c, W_e and W_i."""
         features = self.base(batch["image"])
         emotion_loss = F.cross_entropy(self.emotion_head(features), batch["emotion"])
-        return emotion_loss, self.identity_loss(features, batch["identity"], batch["source"]), features
-
-    def identity_penalty(self, features: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The adversary's term on the identity heads, plus ``adversary.linkage`` times its term
-        on the pair head."""
-        penalty = self.adversary.penalty(self.identity_logits(features), batch["identity"])
-        if self.pair_head is not None:
-            logits, same = self.pair_logits(features, batch["source"], batch["identity"])
-            penalty = penalty + self.adversary.linkage * self.adversary.linkage_penalty(logits, same)
-        return penalty
+        return emotion_loss, self.identity_loss(features, batch["identity"]), features
 
     def adversarial_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, Le, features) of an adversarial step: eq. (2) with the configured adversary.
@@ -189,10 +161,12 @@ class HybridModule(pl.LightningModule):
         """
         features = self.base(batch["image"])
         emotion_loss = F.cross_entropy(self.emotion_head(features), batch["emotion"])
-        if self.adversary.objective == "grl":
-            loss = emotion_loss + self.identity_penalty(reverse_gradient(features, self.round_beta), batch)
+        adversary, identities = self.adversary, batch["identity"]
+        if adversary.objective == "grl":
+            reversed_features = reverse_gradient(features, self.round_beta)
+            loss = emotion_loss + adversary.penalty(self.identity_logits(reversed_features), identities)
         else:
-            loss = emotion_loss + self.round_beta * self.identity_penalty(features, batch)
+            loss = emotion_loss + self.round_beta * adversary.penalty(self.identity_logits(features), identities)
         return loss, emotion_loss, features
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -222,16 +196,15 @@ class HybridModule(pl.LightningModule):
             optimizer.step()
 
     def restart_identity_heads(self, optimizer: torch.optim.Optimizer) -> None:
-        """Fresh weights for every identity head and the pair head, and a fresh state in their ``optimizer``."""
-        for module in [*self.identity_heads.modules(), *(self.pair_head.modules() if self.pair_head else ())]:
+        """Fresh weights for every identity head, and a fresh state in their ``optimizer``."""
+        for module in self.identity_heads.modules():
             if isinstance(module, nn.Linear):
                 module.reset_parameters()
         optimizer.state.clear()
 
-    def refit_identity_heads(self, features: torch.Tensor, identities: torch.Tensor, sources: torch.Tensor,
-                             round_: int) -> None:
-        """Step 6 of Algorithm 1: W_c and W_e frozen, W_i (and the pair head) fitted to Li on the
-        training side's cached ``features`` of originals ``sources``, under the Trainer's precision (its autocast, as in the training steps); first
+    def refit_identity_heads(self, features: torch.Tensor, identities: torch.Tensor, round_: int) -> None:
+        """Step 6 of Algorithm 1: W_c and W_e frozen, W_i fitted to Li on the training side's cached
+        ``features``, under the Trainer's precision (its autocast, as in the training steps); first
         restarted (``adversary.restart_every``) and given the features' statistics
         (``adversary.standardise``)."""
         _, identity = self.optimizers()
@@ -241,15 +214,12 @@ class HybridModule(pl.LightningModule):
             for head in self.identity_heads:
                 head.set_input_statistics(features)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + round_)
-        identities, sources = identities.to(self.device), sources.to(self.device)
-        if self.pair_head is not None and self.adversary.standardise:
-            sampled = torch.randint(len(features), (2, PAIR_STATISTICS_SAMPLE), generator=generator).to(self.device)
-            self.pair_head.set_input_statistics(pair_inputs(features, *sampled))
+        identities = identities.to(self.device)
         with self.toggled_optimizer(identity):
             for _ in range(self.schedule.refit_epochs):
                 for batch in torch.randperm(len(features), generator=generator).split(self.refit_batch_size):
                     with self.trainer.precision_plugin.forward_context():
-                        loss = self.identity_loss(features[batch], identities[batch], sources[batch])
+                        loss = self.identity_loss(features[batch], identities[batch])
                     self._step(loss, identity)
 
     def end_round(self, round_: int, feature_scale: float, emotion_acc: float) -> None:

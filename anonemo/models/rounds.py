@@ -67,8 +67,7 @@ class RoundEnd(pl.Callback):
         refit_s = 0.0
         if phase.kind == "adversarial":
             refit_started = time.perf_counter()
-            hybrid.refit_identity_heads(train_features, train_labels["identity"], train_labels["source"],
-                                          phase.round)
+            hybrid.refit_identity_heads(train_features, train_labels["identity"], phase.round)
             refit_s = time.perf_counter() - refit_started
             for name in self.identity_sides:
                 features, labels = sides[name]

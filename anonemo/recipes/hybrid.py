@@ -75,14 +75,10 @@ class Hybrid(Recipe):
                           standardise=self.adversary.standardise)
             for name in self.adversary.heads
         ]
-        # The linkage adversary scores pairs: (|a - b|, a * b) of two feature vectors, same person or not.
-        pair_head = (networks.head(2 * base.out_features, 2, standardise=self.adversary.standardise)
-                     if self.adversary.linkage else None)
         return HybridModule(
             base, emotion_head, identity_heads, self.schedule, self.adversary, self.optimizer, self.identity_optimizer,
             alpha=self.alpha, beta=self.beta, emotion_guard=self.emotion_guard,
             max_feature_growth=self.max_feature_growth, refit_batch_size=data.batch_size, seed=job.cfg.seed,
-            pair_head=pair_head,
         )
 
     def train(self, job: Job) -> Trained:
