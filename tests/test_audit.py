@@ -202,11 +202,16 @@ def test_reaudit_with_every_part_switched_off_says_so_before_any_work(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_saved_base_round_trips_and_bad_files_are_named(tmp_path):
-    base = ConvBase(32, (4, 8, 8), bottleneck=6, feature_norm="layer")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_saved_base_round_trips_and_bad_files_are_named(tmp_path, channels_last):
+    """A loaded base computes its saved self's features bit for bit (in the same memory layout:
+    the other one runs other conv kernels), so a re-audit and an export see the job's features."""
+    torch.manual_seed(0)
+    base = ConvBase(32, (4, 8, 8), bottleneck=6, feature_norm="layer", channels_last=channels_last)
     save_network(base, tmp_path / "base.pt")
     loaded = load_base(tmp_path / "base.pt")
-    images = torch.rand(3, 1, 32, 32)
+    assert loaded.channels_last == channels_last
+    images = torch.rand(64, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(images), base.eval()(images))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

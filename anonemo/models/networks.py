@@ -71,6 +71,9 @@ class ConvBase(nn.Module):
             "bottleneck": bottleneck,
             "feature_norm": feature_norm,
             "erasure_rank": erasure_rank,
+            # A saved base is rebuilt in the layout it ran in: the other layout picks other conv
+            # kernels, whose features differ in the last bits.
+            "channels_last": channels_last,
         }
         check_base_shape(channels, bottleneck, feature_norm)
         layers: list[nn.Module] = []
@@ -113,7 +116,7 @@ class ConvBase(nn.Module):
             raise ValueError("this base erases already; fit the erasure on the features of the base without it")
         if erasure.rank == 0:  # nothing to erase (INLP's first probe was at chance already)
             return copy.deepcopy(self)
-        erased = ConvBase(**{**self.architecture, "erasure_rank": erasure.rank}, channels_last=self.channels_last)
+        erased = ConvBase(**{**self.architecture, "erasure_rank": erasure.rank})
         erased.load_state_dict({**self.state_dict(), "erasure_center": erasure.center, "erasure_left": erasure.left,
                                 "erasure_right": erasure.right})
         return erased.train(self.training)
