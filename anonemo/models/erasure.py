@@ -135,7 +135,6 @@ class Inlp(Erasure):
                  self.iterations, basis.shape[1], self.val_accuracy, bound)
         return AffineErasure.of_standardised(standardiser, torch.zeros(x.shape[1]), basis, basis.T)
 
-
     def fit_metrics(self) -> dict[str, float]:
         return {"erasure/iterations": float(self.iterations), "erasure/probe/val": self.val_accuracy}
 
@@ -148,8 +147,18 @@ def erase(erasure: Erasure, base: ConvBase, features: FeatureDataModule,
                   for side in ("train", "val"))
     affine = erasure.fit(train, val, data.num_classes("identity"), data.seed)
     log.info("Erasure %s: rank %d removed from the base's %d features", erasure.name, affine.rank, base.out_features)
-    return base.with_erasure(affine), features.mapped(affine), {ERASURE_RANK: float(affine.rank),
-                                                                **erasure.fit_metrics()}
+    erased = features.mapped(affine)
+    if leaves_nothing(train.features, erased.sides["train"].tensors["features"]):
+        # One INLP probe removes a direction per class: on a base with fewer directions, all of them.
+        log.warning("erasure=%s removed every direction the base's %d features vary in (rank %d): the erased "
+                    "base carries nothing, emotion included, so its fresh heads are at chance. Use a base with "
+                    "more features than identities, or no erasure.", erasure.name, base.out_features, affine.rank)
+    return base.with_erasure(affine), erased, {ERASURE_RANK: float(affine.rank), **erasure.fit_metrics()}
+
+
+def leaves_nothing(before: torch.Tensor, after: torch.Tensor) -> bool:
+    """Whether the erased features ``after`` no longer vary (against the spread of ``before``)."""
+    return bool(after.std(0).max() <= 1e-4 * before.std(0).max())
 
 
 def project_out(features: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
