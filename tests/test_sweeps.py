@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from test_bad_input import cli
 
-from anonemo.report.collect import collect_groups
+from anonemo.report.collect import collect_groups, settings_labels
 from anonemo.report.render import BELOW_CHANCE_NOTE, HEADER, build_report, print_tables, tradeoff_figure
 from anonemo.tracking.store import tracking_uri
 from anonemo.job import run
@@ -149,6 +149,18 @@ def test_erased_bases_stand_on_the_front_beside_the_hybrids(store, tmp_path):
     tables, _ = build_report(client, [experiment], "", tmp_path / "report")
     (leace,) = [row for row in tables["yale"] if row[0] == "emotion_leace"]
     assert leace[HEADER.index("Erased2Emotion")] == "70.00 ± 0.00 (2)"
+
+
+def test_groups_are_labelled_by_the_settings_a_command_line_chose(store):
+    """An erasure is named as `erasure=inlp` chose it (not by its class path), its absence as
+    `erasure=none`, and the options of an absent erasure are left out."""
+    client, experiment = store
+    inlp = {"erasure._target_": "anonemo.models.erasure.Inlp", "erasure.max_iterations": "30"}
+    for params in ({}, inlp, {**inlp, "erasure.max_iterations": "100"}):
+        make_run(client, experiment, {"model.name": "hybrid_standardised", "fold": 0, **params}, {"Hybrid2Emotion": 60.0})
+    groups = collect_groups(client, [experiment])
+    assert sorted(settings_labels(groups).values()) == [
+        "erasure=inlp erasure.max_iterations=100", "erasure=inlp erasure.max_iterations=30", "erasure=none"]
 
 
 def test_report_draws_the_linkage_front(store, tmp_path):

@@ -92,8 +92,19 @@ def settings_labels(groups: list[RunGroup]) -> dict[int, str]:
         siblings = [g for g in groups if g.model == group.model and g.experiment == group.experiment]
         varying = sorted({k for g in siblings for k in set(g.params) | set(group.params)
                           if g.params.get(k) != group.params.get(k)})
-        labels[id(group)] = " ".join(f"{k}={group.params.get(k)}" for k in varying)
+        labels[id(group)] = " ".join(filter(None, (setting_label(k, group.params) for k in varying)))
     return labels
+
+
+def setting_label(key: str, params: dict[str, str]) -> str:
+    """``key``'s setting as a command line would choose it: ``erasure=inlp`` (a config group, from
+    its ``_target_``), ``erasure=none``, ``model.beta=0.3``; "" for an option of an absent group."""
+    value, group = params.get(key), key.rsplit(".", 1)[0]
+    if key.endswith("._target_"):
+        return f"{group}={'none' if value in (None, 'None') else value.rsplit('.', 1)[-1].lower()}"
+    if value in (None, "None") and f"{group}._target_" not in params:
+        return ""
+    return f"{key}={value}"
 
 
 def mean_round_history(client: MlflowClient, group: RunGroup) -> list[dict[str, float]]:

@@ -112,7 +112,10 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
     top = 1 if leakage == names.LINKAGE_AUC else 100  # an AUC, or an accuracy in %
     number = ".2f" if top == 1 else ".1f"
     labels = settings_labels(groups)
-    figure, axes = plt.subplots(figsize=(10, 5) if by_experiment else (6.5, 5))
+    # Points named in a legend beside the axes, with their values: across sweeps, and wherever
+    # there are enough of them to lie close together (erasure baselines beside the Hybrids).
+    in_legend = by_experiment or len(hybrids) > 3
+    figure, axes = plt.subplots(figsize=(10, 5) if in_legend else (6.5, 5))
     for g in hybrids:
         (x, dx, _), (y, dy, n) = g.summary(leakage), g.summary(utility_of(g))
         below = g.below_chance_folds(leakage) if leakage in CHANCE_BOUNDED_AUDITS else 0
@@ -120,7 +123,7 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
                  + f" ({n} fold{'s' * (n > 1)}{f', {below} below chance' if below else ''})")
         # A point with folds below chance is drawn hollow: below chance is not privacy.
         style = {"fmt": "o", "capsize": 3, "mfc": "none" if below else None}
-        if by_experiment:  # a front's points lie close together: named in the legend, with their values
+        if in_legend:
             axes.errorbar(x, y, xerr=dx, yerr=dy, label=f"{label}: {x:{number}}, {y:.1f}", **style)
         else:
             axes.errorbar(x, y, xerr=dx, yerr=dy, **style)
@@ -149,7 +152,7 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
     axes.set_xlim(-0.02 * top, 1.02 * top)  # lines at 0 or 100% stay off the frame
     axes.set_ylim(-2, 102)
     axes.set_title(title)
-    if by_experiment:
+    if in_legend:
         axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     elif axes.get_legend_handles_labels()[0]:  # reference lines, where the groups have them
         axes.legend(fontsize=7, loc="lower right")
@@ -181,7 +184,7 @@ def build_report(
     def save(figure: plt.Figure | None, name: str) -> None:
         if figure is not None:
             files.append(output_dir / name)
-            figure.savefig(files[-1], dpi=110)
+            figure.savefig(files[-1], dpi=110, bbox_inches="tight")  # a legend beside the axes stays whole
             plt.close(figure)
 
     for name, members in by_experiment.items():
