@@ -73,20 +73,27 @@ def test_inlp_on_features_without_linear_identity_erases_nothing_and_the_base_st
     assert not erased.erases and erased is not base and torch.equal(erased(images), base(images))
 
 
+def feature_sides(train: Split, val: Split) -> FeatureDataModule:
+    """A fold's feature sides without a base to extract them (``val`` doubles as the test side)."""
+    features = FeatureDataModule.__new__(FeatureDataModule)
+    features.sides = {name: TensorBatches(features=side.features, identity=side.labels)
+                      for name, side in (("train", train), ("val", val), ("test", val))}
+    return features
+
+
 def test_an_erasure_that_removes_every_direction_of_a_small_base_says_so(caplog):
     """One INLP probe of 6 identities removes up to 6 directions: on a 4-feature base (the Hybrid's
     compact base has 8, and the synthetic set 10 people) that is all of them, and the job warns."""
-    train, val = identity_features(6, 100, 4, 0), identity_features(6, 40, 4, 1)
-    features = FeatureDataModule.__new__(FeatureDataModule)  # the sides alone, without a base to extract them
-    features.sides = {name: TensorBatches(features=side.features, identity=side.labels)
-                      for name, side in (("train", train), ("val", val), ("test", val))}
     fold = SimpleNamespace(num_classes=lambda task: 6, seed=0)
+    features = feature_sides(identity_features(6, 100, 4, 0), identity_features(6, 40, 4, 1))
     _, erased, metrics = erase(Inlp(), ConvBase(32, (4, 8, 8), bottleneck=4), features, fold)
     assert metrics["erasure/rank"] == 4 and erased.sides["test"].tensors["features"].std(0).max() < 1e-4
     assert "erasure=inlp removed every direction the base's 4 features vary in (rank 4)" in caplog.text
     caplog.clear()
-    erase(Inlp(), ConvBase(32, (4, 8, 8), bottleneck=4), features.mapped(lambda x: 0 * x + torch.randn(x.shape)), fold)
-    assert "removed every direction" not in caplog.text  # no identity in the features: nothing erased, no warning
+    without_identity = feature_sides(identity_features(6, 100, 4, 0, code_scale=0.0),
+                                     identity_features(6, 40, 4, 1, code_scale=0.0))
+    _, _, metrics = erase(Inlp(), ConvBase(32, (4, 8, 8), bottleneck=4), without_identity, fold)
+    assert metrics["erasure/rank"] == 0 and "removed every direction" not in caplog.text  # nothing erased, no warning
 
 
 @pytest.mark.parametrize("scrambled", ["val", "test"])
