@@ -68,10 +68,49 @@ def discard_hydra_run_dir() -> None:
 _received_signal: str | None = None  # set by _interrupt: the job was stopped, not broken
 
 
+# Code a signal must not cut short: an interrupt inside an MLflow store write can leave the SQLite
+# file locked, so that closing the run as KILLED fails after the store's 20 s busy timeout.
+UNINTERRUPTIBLE_MODULES = ("sqlalchemy.", "mlflow.store.")
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     global _received_signal
     _received_signal = signal.Signals(signum).name
-    raise KeyboardInterrupt(f"terminated by signal {_received_signal}")
+    caller = first_caller_outside(frame, UNINTERRUPTIBLE_MODULES)
+    if caller is frame:
+        raise KeyboardInterrupt(f"terminated by signal {_received_signal}")
+    interrupt_on_return_to(caller, f"terminated by signal {_received_signal}")
+
+
+def first_caller_outside(frame: Any, prefixes: tuple[str, ...]) -> Any:
+    """``frame`` itself if no frame on its stack runs code of a module named ``prefixes``; else the
+    frame that called the outermost such code."""
+    caller, current = frame, frame
+    while current is not None:
+        if str(current.f_globals.get("__name__", "")).startswith(prefixes):
+            caller = current.f_back
+        current = current.f_back
+    return caller
+
+
+def interrupt_on_return_to(frame: Any, reason: str) -> None:
+    """Raise KeyboardInterrupt in ``frame`` at its next line, that is once the call it is waiting
+    on has returned, by tracing that one frame (as a debugger's quit does)."""
+    previous = sys.gettrace()
+
+    def raise_interrupt(traced: Any, event: str, arg: Any) -> None:
+        traced.f_trace = None
+        sys.settrace(previous)
+        raise KeyboardInterrupt(reason)
+
+    frame.f_trace_lines = True
+    frame.f_trace = raise_interrupt
+    sys.settrace(previous or untraced)
+
+
+def untraced(frame: Any, event: str, arg: Any) -> None:
+    """A global trace function that traces no new frame: it only turns on tracing of one frame."""
+    return None
 
 
 def received_signal() -> str | None:

@@ -206,6 +206,29 @@ def test_preview_writes_a_contact_sheet(yale_root, tmp_path):
     assert sheet.width < sheet.height  # 15 subject rows, 4 emotion columns
 
 
+def test_a_signal_during_a_store_write_interrupts_once_the_write_returns(monkeypatch):
+    """An interrupt cut into SQLAlchemy's code can leave the MLflow store locked: it must land
+    in the caller, after the write."""
+    from anonemo import cli
+
+    events = []
+    store_module = {"__name__": "sqlalchemy.orm.session", "signal": signal, "events": events}
+    exec("def write():\n    signal.raise_signal(signal.SIGTERM)\n    events.append('write finished')\n", store_module)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    trace = sys.gettrace()
+    monkeypatch.setattr(cli, "_received_signal", None)
+    cli.terminate_as_interrupt()
+    try:
+        with pytest.raises(KeyboardInterrupt, match="terminated by signal SIGTERM"):
+            store_module["write"]()
+            events.append("caller went on")
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert events == ["write finished"]
+    assert sys.gettrace() is trace  # tracing was on only until the interrupt
+
+
 def test_terminated_job_is_marked_killed_not_left_running(tmp_path):
     """SIGTERM (kill, a scheduler's pre-emption) mid-training: the run ends KILLED, exit 130."""
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
