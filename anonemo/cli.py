@@ -87,7 +87,7 @@ def first_caller_outside(frame: Any, prefixes: tuple[str, ...]) -> Any:
     frame that called the outermost such code."""
     caller, current = frame, frame
     while current is not None:
-        if str(current.f_globals.get("__name__", "")).startswith(prefixes):
+        if current.f_globals.get("__name__", "").startswith(prefixes):
             caller = current.f_back
         current = current.f_back
     return caller

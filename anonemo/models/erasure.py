@@ -156,9 +156,14 @@ def erase(erasure: Erasure, base: ConvBase, features: FeatureDataModule,
     return base.with_erasure(affine), erased, {ERASURE_RANK: float(affine.rank), **erasure.fit_metrics()}
 
 
+# Spread left after an erasure, relative to the spread before, under which nothing is left but
+# floating-point error (a numerical tolerance, not a tuned threshold).
+VANISHED_SPREAD = 1e-4
+
+
 def leaves_nothing(before: torch.Tensor, after: torch.Tensor) -> bool:
     """Whether the erased features ``after`` no longer vary (against the spread of ``before``)."""
-    return bool(after.std(0).max() <= 1e-4 * before.std(0).max())
+    return bool(after.std(0).max() <= VANISHED_SPREAD * before.std(0).max())
 
 
 def project_out(features: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
