@@ -211,3 +211,24 @@ def gif_declaring(width, height):
     """A GIF whose screen and one image declare ``width`` x ``height`` pixels, in 29 bytes."""
     return (b"GIF89a" + struct.pack("<HHBBB", width, height, 0, 0, 0) + b"\x2c"
             + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x44\x01\x00\x3b")
+
+
+@pytest.fixture(scope="session")
+def ckplus48_shaped_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from real_shapes import write_ckplus48_shaped
+
+    return write_ckplus48_shaped(tmp_path_factory.mktemp("ckplus48_shaped"))
+
+
+@pytest.fixture(scope="session")
+def kdef_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from real_shapes import write_kdef_shaped
+
+    return write_kdef_shaped(tmp_path_factory.mktemp("kdef"))
+
+
+@pytest.fixture(scope="session")
+def rafd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from real_shapes import write_rafd_shaped
+
+    return write_rafd_shaped(tmp_path_factory.mktemp("rafd"))

@@ -12,6 +12,7 @@ from conftest import (CKPLUS_LONE_SUBJECT, CKPLUS_SUBJECTS, TINY_SYNTHETIC, YALE
 from mlflow.tracking import MlflowClient
 from test_bad_input import cli
 
+from anonemo.data.check import check_job_data
 from anonemo.data.ckplus import CKPlus
 from anonemo.data.folder import FolderDataset
 from anonemo.data.pipeline import fold_data
@@ -79,13 +80,29 @@ def test_a_group_never_straddles_a_split(yale_root, tmp_path):
 
 
 def test_subjects_with_too_few_groups_are_left_out_and_counted(yale_root, tmp_path, caplog):
+    """Under the paper's protocol a person needs two groups (one for a test fold, one for its
+    training side); under subject_disjoint one. The log says whom each keeps; the job's data hold
+    exactly those people."""
     root, manifest = yale_as_own_folder(tmp_path, yale_root,
                                 manifest_rows=lambda rows: [r for r in rows if not r.startswith("people/subject07/") or "happy" in r])
-    with caplog.at_level(logging.WARNING):
-        labels = FolderDataset(root, manifest=str(manifest)).labels()
-    assert "1 of 15 subjects have fewer than dataset.min_groups_per_subject=2 groups and are left out: subject07" in caplog.text
-    assert len(labels.subject_names) == 14 and "subject07" not in labels.subject_names
-    assert len(FolderDataset(root, manifest=str(manifest), min_groups_per_subject=1).labels().subject_names) == 15
+    assert len(FolderDataset(root, manifest=str(manifest)).labels().subject_names) == 15  # the loader keeps everyone
+    folder = ("dataset=folder", f"dataset.root={root}", f"dataset.manifest={manifest}", "dataset.image_size=16",
+              "augment.total=120", "cv.n_splits=4")
+    for protocol, kept in (("paper", 14), ("subject_disjoint", 15)):
+        cfg = make_config(tmp_path / protocol, *folder, f"cv.protocol={protocol}")
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            check_job_data(cfg)
+        data = fold_data(cfg)
+        assert data.summary()["data.subjects"] == kept and data.summary()["data.originals"] == 56 + kept - 14
+        assert ("subject07" in data.subject_names) == (protocol == "subject_disjoint")
+        first, second = ("paper", "subject_disjoint") if protocol == "paper" else ("subject_disjoint", "paper")
+        assert f"folder: cv.protocol={first} keeps" in caplog.text and f"; cv.protocol={second} keeps" in caplog.text
+        assert ("cv.protocol=paper keeps the 14 of 15 people with 2 groups or more (56 of 57 images)" in caplog.text
+                and "cv.protocol=subject_disjoint keeps all 15 people (57 images)" in caplog.text)
+        assert ("Left out: subject07" in caplog.text) == (protocol == "paper")
+    override = make_config(tmp_path / "one", *folder, "dataset.min_groups_per_subject=1", "cv.protocol=subject_disjoint")
+    assert fold_data(override).summary()["data.subjects"] == 15
 
 
 def test_a_manifest_job_trains_end_to_end_from_the_command_line(yale_root, tmp_path):
@@ -104,23 +121,23 @@ def test_a_manifest_job_trains_end_to_end_from_the_command_line(yale_root, tmp_p
 def test_ckplus_official_layout(ckplus_root, caplog):
     with caplog.at_level(logging.INFO):
         plain = CKPlus(ckplus_root).labels()
-    assert f"left out: {CKPLUS_LONE_SUBJECT}" in caplog.text  # one sequence only
-    assert plain.subject_names == CKPLUS_SUBJECTS and plain.emotion_names == ("anger", "happy", "surprise")
-    assert len(plain.subjects) == 5 * 3 * 3  # the last 3 frames of each labelled sequence; 009 has no label
+    assert plain.subject_names == (*CKPLUS_SUBJECTS, CKPLUS_LONE_SUBJECT)  # one sequence: kept until a protocol decides
+    assert plain.emotion_names == ("anger", "happy", "surprise")
+    assert len(plain.subjects) == 16 * 3  # the last 3 frames of each labelled sequence; 009 has no label
     assert not any("_009_" in name for name in plain.source_names)
     assert all(name.endswith(("_00000003.png", "_00000004.png", "_00000005.png")) for name in plain.source_names)
-    assert len(np.unique(plain.groups)) == 15  # a sequence is a group
+    assert len(np.unique(plain.groups)) == 16  # a sequence is a group
     with_neutral = CKPlus(ckplus_root, frames_per_sequence=2, neutral_first_frame=True).labels()
     assert with_neutral.emotion_names == ("neutral", "anger", "happy", "surprise")
     neutral = [n for n, e in zip(with_neutral.source_names, with_neutral.emotions) if e == 0]
-    assert len(neutral) == 15 and all(n.endswith("_00000001.png") for n in neutral)
-    assert len(with_neutral.subjects) == 15 * 3
+    assert len(neutral) == 16 and all(n.endswith("_00000001.png") for n in neutral)
+    assert len(with_neutral.subjects) == 16 * 3
 
 
 def test_ckplus48_layout_and_its_defaults(ckplus_root, ckplus48_root, tmp_path):
     labels = CKPlus(ckplus48_root).labels()
-    assert labels.emotion_names == ("anger", "happy", "surprise") and len(labels.subjects) == 45
-    assert len(np.unique(labels.groups)) == 15
+    assert labels.emotion_names == ("anger", "happy", "surprise") and len(labels.subjects) == 48
+    assert len(np.unique(labels.groups)) == 16
     cropped = make_config(tmp_path, "dataset=ckplus", f"dataset.root={ckplus48_root}").dataset
     official = make_config(tmp_path, "dataset=ckplus", f"dataset.root={ckplus_root}").dataset
     assert (cropped.image_size, cropped.face_crop.method) == (48, "none")

@@ -25,7 +25,7 @@ def test_batches_are_dicts_of_scaled_images_and_both_labels(faces):
     assert (dm.num_classes("identity"), dm.num_emotions) == (4, 3)
     assert dm.emotion_names == ("neutral", "happy", "sad")
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"image", "emotion", "identity", "source", "original"}
+    assert set(batch) == {"image", "emotion", "identity", "source", "group", "original"}
     assert batch["image"].shape == (16, 1, 32, 32) and batch["image"].dtype == torch.float32
     assert 0 <= batch["image"].min() and batch["image"].max() <= 1
     test = torch.cat([b["image"] for b in dm.test_dataloader()])
@@ -34,6 +34,8 @@ def test_batches_are_dicts_of_scaled_images_and_both_labels(faces):
     assert torch.equal(dm.labels("test", "identity"), torch.as_tensor(faces.subjects[dm.split.test]))
     sources = torch.cat([b["source"] for b in dm.test_dataloader()])
     assert torch.equal(sources, torch.as_tensor(faces.sources[dm.split.test]))
+    groups = torch.cat([b["group"] for b in dm.test_dataloader()])
+    assert torch.equal(groups, torch.as_tensor(faces.source_groups[faces.sources[dm.split.test]]))
     # an original is the photograph itself, not a copy: the originals come first in the records
     original = torch.cat([b["original"] for b in dm.test_dataloader()])
     assert torch.equal(original, torch.as_tensor(dm.split.test < len(faces.source_names)))

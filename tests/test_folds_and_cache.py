@@ -59,7 +59,7 @@ def test_folds_are_identical_for_a_seed_and_differ_across_seeds(yale_faces):
     [
         ({"fold": 10}, "fold=10 is out of range for cv.n_splits=10: use fold=0..9"),
         ({"fold": -1}, "fold=-1 is out of range"),
-        ({"n_splits": 61}, "cv.n_splits=61 is larger than the number of groups of original images (60)"),
+        ({"n_splits": 61}, "cv.n_splits=61 is larger than the number of groups (60): use at most 60 folds"),
         ({"val_fraction": 0.0}, "cv.val_fraction=0.0 must be in (0, 0.5]"),
         ({"n_splits": 1}, "cv.n_splits=1 must be at least 2"),
     ],
@@ -75,7 +75,7 @@ def test_bad_fold_settings_are_named(yale_faces, kwargs, message):
 def test_a_subject_with_one_original_cannot_be_on_every_training_side():
     subjects = np.array([0, 0, 0, 1, 1, 1, 2])
     emotions = np.array([0, 1, 0, 1, 0, 1, 0])
-    with pytest.raises(ConfigError, match="subject 2 has only 1 original image or group"):
+    with pytest.raises(ConfigError, match="the data has 1 with fewer: subject 2 \\(only in group 6\\)"):
         fold_split(subjects, emotions, np.arange(7), 0, n_splits=2)
 
 

@@ -25,7 +25,7 @@ def side(subjects, originals_per_subject, identity_signal, seed, copies=0):
     original = torch.zeros(len(repeat), dtype=torch.bool)
     original[torch.arange(len(identity)) * (1 + copies)] = True
     return TensorBatches(features=features[repeat], identity=identity[repeat], emotion=identity[repeat] % 2,
-                         source=source[repeat], original=original)
+                         source=source[repeat], group=source[repeat], original=original)
 
 
 def sides(train_subjects, test_subjects, signal, copies=0):

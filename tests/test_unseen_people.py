@@ -86,7 +86,7 @@ def test_too_few_people_for_the_folds_are_named(n_subjects, n_splits, message):
 
 def test_an_emotion_shown_by_one_person_is_named():
     subjects, emotions = np.repeat(np.arange(4), 3), np.array([0, 1, 2] + [0, 1, 0] * 3)
-    with pytest.raises(ConfigError, match="emotion happy is shown by one subject only \\(S0\\)"):
+    with pytest.raises(ConfigError, match="the data has 1 with fewer: emotion happy \\(only in S0\\)"):
         fold_split(subjects, emotions, np.arange(12), 0, 2, protocol="subject_disjoint",
                    names={"subject": ("S0", "S1", "S2", "S3"), "emotion": ("neutral", "sad", "happy")})
 

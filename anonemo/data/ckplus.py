@@ -50,9 +50,9 @@ class CKPlus(ImageFileSource):
         "fear, happy, sadness, surprise)."
     )
 
-    def __init__(self, root: str | Path | None, emotions: list[str] | None = None, min_groups_per_subject: int = 2,
-                 frames_per_sequence: int = 3, neutral_first_frame: bool = False):
-        super().__init__(root, emotions, min_groups_per_subject)
+    def __init__(self, root: str | Path | None, emotions: list[str] | None = None, frames_per_sequence: int = 3,
+                 neutral_first_frame: bool = False):
+        super().__init__(root, emotions)
         if frames_per_sequence < 1:
             raise ConfigError(f"dataset.frames_per_sequence={frames_per_sequence} must be at least 1: the last "
                               "frames of a sequence carry its emotion.")

@@ -36,14 +36,16 @@ class TensorBatches(Dataset):
 
 def face_tensors(faces: FaceRecords, indices: np.ndarray) -> TensorBatches:
     """``image`` scaled to [0, 1] as ``(N, 1, S, S)`` float, with ``emotion``, ``identity``,
-    ``source`` (the original photograph an image is a copy of) and ``original`` (it is that
-    photograph, not an augmented copy: the originals come first in ``faces``)."""
+    ``source`` (the original photograph an image is a copy of), ``group`` (the source's group: the
+    frames of one sequence are near-duplicates) and ``original`` (it is that photograph, not an
+    augmented copy: the originals come first in ``faces``)."""
     index = torch.as_tensor(indices, dtype=torch.long)
     return TensorBatches(
         image=torch.as_tensor(np.asarray(faces.images))[index].unsqueeze(1).float().div_(255),
         emotion=torch.as_tensor(faces.emotions)[index],
         identity=torch.as_tensor(faces.subjects)[index],
         source=torch.as_tensor(faces.sources)[index],
+        group=torch.as_tensor(faces.groups)[index],
         original=index < len(faces.source_names),
     )
 
@@ -66,7 +68,7 @@ class GroupedFoldDataModule(pl.LightningDataModule):
     """Fold ``fold`` of a grouped, stratified ``n_splits``-fold split of ``faces`` under ``protocol``
     (:mod:`anonemo.data.folds`).
 
-    Batches are dicts with ``image``, ``emotion``, ``identity``, ``source`` and ``original``. The split is computed once and
+    Batches are dicts with ``image``, ``emotion``, ``identity``, ``source``, ``group`` and ``original``. The split is computed once and
     is the same for every model given the same data and seed; the test side is served only by
     ``test_dataloader`` and is never used for any choice. Under ``subject_disjoint`` the subjects are
     renumbered so that the training side's are the identity classes 0..k-1, the only ones a model

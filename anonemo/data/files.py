@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from anonemo.data.records import FaceRecords, OriginalLabels
-from anonemo.errors import ConfigError, DatasetError, ImageReadError, ImageTooLargeError
+from anonemo.errors import DatasetError, ImageReadError, ImageTooLargeError
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,8 @@ class ImageFileSource:
 
     Subclasses say how a file's labels are found (``listing``); this class keeps the emotions asked
     for (``emotions``: code -> class name in class order, a list of codes that are the names, or
-    None for every emotion found, sorted), drops subjects with fewer than
-    ``min_groups_per_subject`` groups, and loads, fingerprints and labels what is left.
+    None for every emotion found, sorted), and loads, fingerprints and labels them. Which people a
+    protocol keeps is decided later, for every dataset alike (:mod:`anonemo.data.check`).
     """
 
     title: str  # human-readable dataset name
@@ -168,14 +168,10 @@ class ImageFileSource:
     how_to_get: str  # where the data comes from and which override to set
     emotion_order: tuple[str, ...] = ()  # the class order of the emotions found, when none are asked for
 
-    def __init__(self, root: str | Path | None, emotions: Mapping[str, str] | Sequence[str] | None = None,
-                 min_groups_per_subject: int = 1):
-        if min_groups_per_subject < 1:
-            raise ConfigError(f"dataset.min_groups_per_subject={min_groups_per_subject} must be at least 1.")
+    def __init__(self, root: str | Path | None, emotions: Mapping[str, str] | Sequence[str] | None = None):
         self.root = root
         self.emotions = None if emotions is None else (
             dict(emotions) if isinstance(emotions, Mapping) else {str(e): str(e) for e in emotions})
-        self.min_groups_per_subject = min_groups_per_subject
         self._selected: tuple[list[LabelledFile], dict[str, str]] | None = None
 
     def listing(self) -> Listing:
@@ -205,28 +201,10 @@ class ImageFileSource:
                 f"there, {len(listing.unlabelled)} {listing.unlabelled_as} and {left_out} of emotions "
                 f"other than {', '.join(classes)}. {self.how_to_get}"
             )
-        kept = self._drop_subjects_with_few_groups(kept)
         log.info("%s: %d images kept from %s (%d of other emotions left out, %d unlabelled)",
                  self.title, len(kept), self.root, left_out, len(listing.unlabelled))
         self._selected = kept, classes
         return self._selected
-
-    def _drop_subjects_with_few_groups(self, files: list[LabelledFile]) -> list[LabelledFile]:
-        groups: dict[str, set[str]] = {}
-        for f in files:
-            groups.setdefault(f.subject, set()).add(f.group)
-        dropped = sorted(s for s, g in groups.items() if len(g) < self.min_groups_per_subject)
-        if not dropped:
-            return files
-        if len(dropped) == len(groups):
-            raise DatasetError(
-                f"Every subject of {self.title} in dataset.root={self.root} has fewer than "
-                f"dataset.min_groups_per_subject={self.min_groups_per_subject} groups of images: lower it."
-            )
-        log.warning("%s: %d of %d subjects have fewer than dataset.min_groups_per_subject=%d groups and "
-                    "are left out: %s", self.title, len(dropped), len(groups), self.min_groups_per_subject,
-                    ", ".join(dropped[:20]) + (" ..." if len(dropped) > 20 else ""))
-        return [f for f in files if f.subject not in set(dropped)]
 
     def labels(self) -> OriginalLabels:
         files, classes = self.selected()

@@ -35,8 +35,8 @@ class FolderDataset(ImageFileSource):
     )
 
     def __init__(self, root: str | Path | None, manifest: str | None = None, pattern: str | None = None,
-                 emotions: Sequence[str] | None = None, min_groups_per_subject: int = 2):
-        super().__init__(root, emotions, min_groups_per_subject)
+                 emotions: Sequence[str] | None = None):
+        super().__init__(root, emotions)
         self.manifest = manifest
         self.pattern = None if pattern is None else compile_label_pattern(pattern)
 

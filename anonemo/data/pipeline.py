@@ -20,7 +20,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from anonemo.data.augment import Augmentation
-from anonemo.data.check import check_image_size, dataset_source
+from anonemo.data.check import check_image_size, dataset_source, kept_originals, min_groups_per_subject
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.records import FaceRecords
@@ -42,10 +42,12 @@ def load_originals(dataset: DictConfig) -> FaceRecords:
     return preprocess(dataset_source(dataset).load(), face_cropper(dataset), dataset.image_size)
 
 
-def load_faces(dataset: DictConfig, augment: DictConfig, cache_dir: str | Path) -> FaceRecords:
-    """Originals plus augmented copies (``augment.total`` images in all), from cache if possible."""
+def load_faces(dataset: DictConfig, augment: DictConfig, cache_dir: str | Path, min_groups_per_subject: int = 1) -> FaceRecords:
+    """The originals of people with at least ``min_groups_per_subject`` groups, plus augmented
+    copies (``augment.total`` images in all), from cache if possible."""
     check_image_size(dataset.image_size)
     source = dataset_source(dataset)
+    keep = kept_originals(source.labels(), min_groups_per_subject)
     augmentation = Augmentation(
         total=augment.total,
         rotation_limit=augment.rotation_limit,
@@ -59,18 +61,22 @@ def load_faces(dataset: DictConfig, augment: DictConfig, cache_dir: str | Path) 
         crop=repr(face_cropper(dataset)),
         image_size=dataset.image_size,
         augmentation=repr(augmentation),
+        # only where someone is left out, so that the caches of complete datasets stay valid
+        **({"left_out": sorted(np.flatnonzero(~keep).tolist())} if not keep.all() else {}),
     )
     path = Path(cache_dir) / f"{dataset.name}-{key[:20]}.npz"
     if path.exists():
         log.info("Using cached %s images from %s", dataset.name, path)
         return _read_cache(path)
     started = time.perf_counter()
-    originals = preprocess(source.load(), face_cropper(dataset), dataset.image_size)
-    faces = augmentation.apply(originals)
+    originals = source.load()
+    if not keep.all():
+        originals = originals.originals_where(keep)
+    faces = augmentation.apply(preprocess(originals, face_cropper(dataset), dataset.image_size))
     _write_cache(path, faces)
     log.info(
         "Prepared %d %s images (%d originals) in %.1f s; cached at %s",
-        len(faces), dataset.name, len(originals), time.perf_counter() - started, path,
+        len(faces), dataset.name, len(originals.source_names), time.perf_counter() - started, path,
     )
     return faces
 
@@ -119,7 +125,7 @@ def _read_cache(path: Path) -> FaceRecords:
 def fold_data(cfg: DictConfig) -> GroupedFoldDataModule:
     """Fold ``cfg.fold`` of the configured dataset, augmented and split as ``cfg.cv`` says."""
     return GroupedFoldDataModule(
-        load_faces(cfg.dataset, cfg.augment, cfg.paths.cache_dir),
+        load_faces(cfg.dataset, cfg.augment, cfg.paths.cache_dir, min_groups_per_subject(cfg)),
         fold=cfg.fold,
         n_splits=cfg.cv.n_splits,
         val_fraction=cfg.cv.val_fraction,

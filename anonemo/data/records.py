@@ -69,6 +69,13 @@ class FaceRecords:
     def num_emotions(self) -> int:
         return len(self.emotion_names)
 
+    def originals_where(self, keep: np.ndarray) -> FaceRecords:
+        """The originals ``keep`` marks (records not yet augmented), subjects and groups renumbered
+        in their order."""
+        labels = OriginalLabels(self.subjects, self.emotions, self.source_groups, self.subject_names,
+                                self.emotion_names, self.source_names).where(keep)
+        return labels.with_images([self.images[i] for i in np.flatnonzero(keep)])
+
     def with_subjects_first(self, first: Sequence[int]) -> FaceRecords:
         """The same records with subjects renumbered so that ``first`` (in order) are 0..k-1 and
         the others follow in their order: the identity classes of a fold's training people."""
@@ -111,6 +118,21 @@ class OriginalLabels:
     def fold_names(self) -> dict[str, tuple[str, ...]]:
         return {"subject": self.subject_names, "emotion": self.emotion_names,
                 "group": group_names(self.groups, self.source_names)}
+
+    def where(self, keep: np.ndarray) -> OriginalLabels:
+        """The originals ``keep`` marks, subjects and groups renumbered in their order (emotion
+        classes stay: a class the kept originals no longer show is named by the folds' check)."""
+        kept_subjects, subjects = np.unique(self.subjects[keep], return_inverse=True)
+        _, groups = np.unique(self.groups[keep], return_inverse=True)
+        return OriginalLabels(subjects.reshape(-1), self.emotions[keep], groups.reshape(-1),
+                              tuple(self.subject_names[s] for s in kept_subjects), self.emotion_names,
+                              tuple(name for name, k in zip(self.source_names, keep) if k))
+
+    def without_emotion(self, emotion: int) -> OriginalLabels:
+        """These labels without the originals of one emotion class, nor the class."""
+        kept = self.where(self.emotions != emotion)
+        return dataclasses.replace(kept, emotions=kept.emotions - (kept.emotions > emotion),
+                                   emotion_names=tuple(n for e, n in enumerate(self.emotion_names) if e != emotion))
 
     def with_images(self, images: Sequence[np.ndarray]) -> FaceRecords:
         """The records of these originals, once decoded or drawn, in the same order."""
