@@ -5,10 +5,11 @@ that would work, and the linkage audit never counts two frames of one group as e
 
 import itertools
 import logging
+import re
 
 import numpy as np
 import pytest
-from conftest import make_config
+from conftest import REPO, make_config
 from real_shapes import (CKPLUS48_SEQUENCES_PER_EMOTION, CKPLUS48_SEQUENCES_PER_PERSON, KDEF_PATTERN, RAFD_PATTERN,
                          ckplus48_sequences)
 
@@ -243,3 +244,8 @@ def test_an_impossible_dataset_is_answered_before_any_work_with_the_settings_tha
     assert ("Settings that would work: dataset.min_groups_per_subject=2 keeps the 97 of 118 people with 2 groups or "
             "more (918 of 981 images); cv.protocol=subject_disjoint keeps all 118 people (981 images)") in message
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_the_kdef_and_rafd_patterns_in_the_docs_are_the_tested_ones():
+    documented = re.findall(r"dataset\.pattern='([^']+)'", (REPO / "docs" / "data.md").read_text())
+    assert KDEF_PATTERN in documented and RAFD_PATTERN in documented

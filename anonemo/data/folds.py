@@ -99,9 +99,8 @@ class Units:
     of_item: np.ndarray  # the unit of every item (image or original)
     covers: tuple[np.ndarray, ...]
     label_names: tuple[str, ...]  # "subject S005", "emotion contempt"
-    label_kinds: tuple[str, ...]  # "subject" or "emotion"
     groups: np.ndarray  # how many groups each unit holds
-    unit_names: tuple[str, ...]
+    unit_names: tuple[str, ...]  # for messages
 
     @property
     def count(self) -> int:
@@ -117,28 +116,29 @@ class Units:
 
 def fold_units(subjects: np.ndarray, emotions: np.ndarray, groups: np.ndarray, rules: Protocol,
                names: Mapping[str, Sequence[str]]) -> Units:
+    """The units ``rules`` places on one side of every split (groups, or subjects) of these items'
+    labels; ``names``: label index -> name, for ``subject``, ``emotion`` and ``group``."""
     labels = {"subject": np.asarray(subjects), "emotion": np.asarray(emotions), "group": np.asarray(groups)}
     unit_ids, of_item = np.unique(labels[rules.unit], return_inverse=True)
     of_item = of_item.reshape(-1)
-    label_names, label_kinds, offsets = [], [], {}
+    label_names, offsets = [], {}
     for kind in rules.covers:
         values = int(labels[kind].max()) + 1 if len(labels[kind]) else 0
         # Every class counts, also one the data no longer holds: it then blocks the folds by name.
         values = max(values, len(names.get(kind, ())))
         offsets[kind] = len(label_names)
         label_names += [f"{kind} {names[kind][v] if kind in names else v}" for v in range(values)]
-        label_kinds += [kind] * values
     ids = np.stack([labels[kind] + offsets[kind] for kind in rules.covers], axis=1)
     order = np.argsort(of_item, kind="stable")
     starts = np.searchsorted(of_item[order], np.arange(of_item.max() + 1 if len(of_item) else 0))
     covers = tuple(np.unique(part) for part in np.split(ids[order], starts[1:]))
     group_count = np.array([len(np.unique(part)) for part in np.split(labels["group"][order], starts[1:])])
     unit_names = tuple(str(names[rules.unit][u]) if rules.unit in names else f"{rules.unit} {u}" for u in unit_ids)
-    return Units(of_item, covers, tuple(label_names), tuple(label_kinds), group_count, unit_names)
+    return Units(of_item, covers, tuple(label_names), group_count, unit_names)
 
 
 def plan_folds(units: Units, n_splits: int, seed: int, rules: Protocol) -> np.ndarray:
-    """The test fold of every unit (:func:`fold_units`) of folds that satisfy ``protocol``, found
+    """The test fold of every unit (:func:`fold_units`) of folds that satisfy ``rules``, found
     whenever they exist, or :class:`FoldsImpossible` naming what prevents them.
 
     A unit's labels must not all leave a training side: every fold keeps, outside its test units,
