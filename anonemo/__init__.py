@@ -10,10 +10,12 @@ import warnings
 
 # albumentations checks the network for a newer release on import; runs must work offline.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-# OpenMP threads that spin while they wait take a shared core's time from the thread they wait
-# for: beside one busy process, 2-thread jobs ran 3-4x slower, slower than with 1 thread (docs/performance.md,
-# "Shared machines"). Read when torch loads, so only where anonemo is imported before torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads spin about 10 us at a barrier, then sleep: as fast as spinning on a quiet machine,
+# and no collapse beside a busy process, where spinning threads take the core of the thread they
+# wait for (docs/performance.md, "Shared machines"). A user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+# Read when torch loads, so only where anonemo is imported before torch.
+if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
+    os.environ["GOMP_SPINCOUNT"] = "1000"
 # MLflow draws a progress bar per artifact fetched (re-audit and export fetch a few small files).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # Third-party messages a user cannot act on: Lightning's notes on every Trainer (devices, precision,

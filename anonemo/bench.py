@@ -9,29 +9,31 @@ precision, it alternates ``bench.repeats`` times between
   the Hybrid's adversarial epochs (:class:`~anonemo.models.hybrid.HybridModule`, manual
   optimisation) under the Trainer.
 
-Each measurement is one warm epoch (the epoch before it warms kernels and allocators). It prints
+Each measurement is ``bench.epochs`` warm epochs (the epoch before them warms kernels and allocators). It prints
 the medians, peak memory and a line ``ratio anonemo/plain <path>: <ratio>`` per path, and writes
 everything as JSON. On a machine with a GPU the same is measured there too (detected, not
 configured). With ``bench.full_folds`` it then runs fold 0 of each model through the real
 training job and reports where its wall time went (see :mod:`anonemo.timing`). With
-``bench.rounds.enabled`` it runs the recommended recipe on a JAFFE-sized synthetic set and reports
-its seconds per adversarial round by part (training, feature extraction, identity re-fit, scoring).
+``bench.rounds.enabled`` it runs the recommended recipe on a JAFFE-sized synthetic set as whole
+commands, under the default OpenMP waiting and under ``OMP_WAIT_POLICY=ACTIVE`` in alternated pairs
+and once beside a busy process, and reports their wall times and the seconds per adversarial round
+by part (training, feature extraction, identity re-fit, scoring).
 
-``bench.contention=N`` measures the throughput and the rounds twice: alone, and beside N busy
-single-threaded processes that the benchmark starts and stops itself (another user's jobs on a
-shared machine), and reports the slowdown.
+``bench.contention=N`` measures the throughput twice: alone, and beside N busy single-threaded
+processes that the benchmark starts and stops itself (another user's jobs on a shared machine),
+and reports the slowdown.
 """
 
 from __future__ import annotations
 
-import sys
-
 import json
 import logging
+import os
 import platform
 import resource
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -213,10 +215,12 @@ def measure_throughput(cfg: DictConfig, data: GroupedFoldDataModule, device: tor
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 torch.manual_seed(repeat)
-                seconds = RUNNERS[path][implementation](w, 2)[-1]  # the first epoch warms up
-                results[path][implementation].append(images / seconds)
+                # the first epoch warms up; several timed epochs average out a shared machine's swings
+                seconds = sum(RUNNERS[path][implementation](w, 1 + cfg.bench.epochs)[1:])
+                results[path][implementation].append(images * cfg.bench.epochs / seconds)
                 memory[path][implementation] = max(memory[path][implementation], peak_memory_mb(device))
-                log.info("repeat %d, %s, %s: %.0f images/s", repeat + 1, path, implementation, images / seconds)
+                log.info("repeat %d, %s, %s: %.0f images/s", repeat + 1, path, implementation,
+                         results[path][implementation][-1])
     summary = {}
     for path in PATHS:
         medians = {impl: statistics.median(values) for impl, values in results[path].items()}
@@ -225,6 +229,8 @@ def measure_throughput(cfg: DictConfig, data: GroupedFoldDataModule, device: tor
             "median_images_per_s": medians,
             "peak_memory_mb": memory[path],
             "ratio_anonemo_over_plain": medians["anonemo"] / medians["plain"],
+            # each repeat's pair, measured back to back: the spread a single ratio hides
+            "ratio_per_repeat": [a / p for a, p in zip(results[path]["anonemo"], results[path]["plain"])],
         }
     return {"device": str(device), "train_images": images, "paths": summary}
 
@@ -253,17 +259,45 @@ def job_overrides(own: list[str]) -> list[str]:
     return [o for o in HydraConfig.get().overrides.task if not o.startswith(("bench.", "model=", "fold=", *keys))]
 
 
-def time_rounds(cfg: DictConfig) -> dict[str, list[float]]:
-    """The recommended recipe (``bench.rounds.model``) through the real job on
-    ``bench.rounds.overrides`` (a JAFFE-sized synthetic set, T as for JAFFE): seconds of each
-    adversarial round by part (``round/time/*``, round 0, the initialisation, left out)."""
-    own = [*cfg.bench.rounds.overrides, f"model={cfg.bench.rounds.model}", "fold=0"]
-    job = hydra.compose("train", overrides=[*job_overrides(own), *own])
-    run(job)
-    logged = finished_run(job)  # found by the job's config hash, whatever else the experiment holds
-    client = MlflowClient(tracking_uri(job))
-    return {key: [m.value for m in sorted(client.get_metric_history(logged.info.run_id, key), key=lambda m: m.step)
-                  if m.step > 0] for key in ROUND_TIMES}
+# The OpenMP waiting the recipe's job is timed under, each run a whole command: this process's (what
+# anonemo sets unless the user did) and libgomp spinning (docs/performance.md, "Shared machines").
+WAITING = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+POLICIES = {"default": {}, "OMP_WAIT_POLICY=ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"}}
+BESIDE_BUSY = "default, beside 1 busy process"
+
+
+def policy_environment(label: str) -> dict[str, str]:
+    changed = POLICIES.get(label, {})
+    return {k: v for k, v in os.environ.items() if not (changed and k in WAITING)} | changed
+
+
+def time_rounds(cfg: DictConfig) -> dict[str, list[dict]]:
+    """The recommended recipe (``bench.rounds.model``) on ``bench.rounds.overrides`` (a JAFFE-sized
+    synthetic set) as whole commands: ``bench.rounds.pairs`` alternated runs under the default
+    OpenMP waiting and under ``OMP_WAIT_POLICY=ACTIVE`` on a quiet machine, then one default run
+    beside a busy process. Per run: its wall seconds, and its adversarial rounds' seconds by part
+    from the run's ``round/time/*`` (round 0, the initialisation, left out)."""
+    own = [*cfg.bench.rounds.overrides, f"model={cfg.bench.rounds.model}", "fold=0", "trainer.enable_progress_bar=false"]
+    overrides = [*job_overrides(own), *own]
+    job = hydra.compose("train", overrides=overrides)
+    runs: dict[str, list[dict]] = {label: [] for label in (*POLICIES, BESIDE_BUSY)}
+    order = [label for _ in range(cfg.bench.rounds.pairs) for label in POLICIES] + [BESIDE_BUSY]
+    for label in order:
+        environment = policy_environment(label)
+        with busy_processes(1 if label == BESIDE_BUSY else 0):
+            started = time.perf_counter()
+            finished = subprocess.run([sys.executable, "-m", "anonemo.train", *overrides], env=environment,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            wall = time.perf_counter() - started
+        if finished.returncode:
+            raise RuntimeError(f"The timed job ({label}) failed:\n{finished.stderr[-3000:]}")
+        logged = finished_run(job)  # the newest run of this job: the one just finished
+        client = MlflowClient(tracking_uri(job))
+        parts = {key: [m.value for m in sorted(client.get_metric_history(logged.info.run_id, key), key=lambda m: m.step)
+                       if m.step > 0] for key in ROUND_TIMES}
+        runs[label].append({"wall_s": wall, "rounds": parts})
+        log.info("%s: %.1f s", label, wall)
+    return runs
 
 
 def time_full_folds(cfg: DictConfig) -> dict[str, dict[str, float]]:
@@ -293,7 +327,8 @@ def report(results: dict) -> list[str]:
                 lines.append(f"  {path:12s} plain {m['plain']:7.0f} img/s   anonemo {m['anonemo']:7.0f} img/s   "
                              f"peak memory {r['peak_memory_mb']['plain']:.0f} / {r['peak_memory_mb']['anonemo']:.0f} MB")
             for path, r in device_result["paths"].items():
-                lines.append(f"ratio anonemo/plain {path}{suffix}: {r['ratio_anonemo_over_plain']:.2f}")
+                lines.append(f"ratio anonemo/plain {path}{suffix}: {r['ratio_anonemo_over_plain']:.2f} "
+                             f"(repeats {min(r['ratio_per_repeat']):.2f}-{max(r['ratio_per_repeat']):.2f})")
     alone = results["throughput"]["alone"][0]["paths"]
     for condition, device_results in results["throughput"].items():
         if condition != "alone":
@@ -307,20 +342,32 @@ def report(results: dict) -> list[str]:
             f"({100 * t['time/frozen_base_share']:.1f}%), evaluation {t['time/evaluation_s']:.1f} s, "
             f"other {t['time/other_s']:.1f} s; outside base training {100 * t['time/outside_base_training_share']:.1f}%"
         )
-    for condition, parts in results.get("rounds", {}).items():
+    runs = results.get("rounds")
+    if runs:
+        parts = {key: [t for run in runs["default"] for t in run["rounds"][key]] for key in ROUND_TIMES}
         medians = {key.split("/")[-1].removesuffix("_s"): statistics.median(values) for key, values in parts.items()}
         total = sum(medians.values())
-        lines.append(f"{results['rounds_model']} per adversarial round ({len(parts[ROUND_TIMES[0]])} rounds, {condition}): "
-                     f"{total:.2f} s median; " + ", ".join(f"{part} {s:.2f} s ({100 * s / total:.0f}%)"
-                                                          for part, s in medians.items()))
+        lines.append(f"{results['rounds_model']} per adversarial round ({len(parts[ROUND_TIMES[0]])} rounds of "
+                     f"{len(runs['default'])} runs, default waiting, alone): {total:.2f} s median; "
+                     + ", ".join(f"{part} {s:.2f} s ({100 * s / total:.0f}%)" for part, s in medians.items()))
+        walls = {label: [run["wall_s"] for run in measured] for label, measured in runs.items()}
+        alone = statistics.median(walls["default"])
+        pairs = [d / a for d, a in zip(walls["default"], walls["OMP_WAIT_POLICY=ACTIVE"])]
+        lines.append(f"{results['rounds_model']} whole job alone: default {alone:.1f} s, OMP_WAIT_POLICY=ACTIVE "
+                     f"{statistics.median(walls['OMP_WAIT_POLICY=ACTIVE']):.1f} s (medians of {len(pairs)} alternated "
+                     f"pairs); ratio default/ACTIVE: {statistics.median(pairs):.2f} (pairs {min(pairs):.2f}-{max(pairs):.2f})")
+        busy = statistics.median(walls[BESIDE_BUSY])
+        lines.append(f"{results['rounds_model']} whole job beside 1 busy process: {busy:.1f} s, slowdown "
+                     f"{busy / alone:.2f}x its time alone")
     return lines
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
     with user_errors_reported():
-        if cfg.bench.repeats < 1:
-            raise ConfigError(f"bench.repeats={cfg.bench.repeats} must be at least 1.")
+        for option in ("repeats", "epochs"):
+            if cfg.bench[option] < 1:
+                raise ConfigError(f"bench.{option}={cfg.bench[option]} must be at least 1.")
         if cfg.bench.contention < 0:
             raise ConfigError(f"bench.contention={cfg.bench.contention} must be 0 (alone only) or a number of busy processes.")
         torch.set_flush_denormal(True)
@@ -344,11 +391,10 @@ def main(cfg: DictConfig) -> None:
         if cfg.bench.full_folds:
             results["full_folds"] = time_full_folds(cfg)
         if cfg.bench.rounds.enabled:
+            if cfg.bench.rounds.pairs < 1:
+                raise ConfigError(f"bench.rounds.pairs={cfg.bench.rounds.pairs} must be at least 1.")
             results["rounds_model"] = cfg.bench.rounds.model
-            results["rounds"] = {}
-            for condition, busy in load_conditions(cfg):
-                with busy_processes(busy):
-                    results["rounds"][condition] = time_rounds(cfg)
+            results["rounds"] = time_rounds(cfg)
         output = Path(cfg.bench.output)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2))

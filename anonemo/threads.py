@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from hydra.core.hydra_config import HydraConfig
 
@@ -39,3 +41,18 @@ def configure_threads(threads: int | None) -> int:
         threads = launcher.get("cpus_per_task") or max(1, usable_cores() // parallel_jobs())
     torch.set_num_threads(int(threads))
     return int(threads)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread inside, the job's count again after. For heads trained and scored on
+    cached features: their small kernels each open a parallel region, and waking a second thread
+    for each costs more than it saves (docs/performance.md, "Frozen-feature phases")."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -11,7 +11,8 @@ import pytorch_lightning as pl
 from anonemo.data.datamodule import TensorBatches
 from anonemo.data.features import extract_features, is_bf16
 from anonemo.metrics import ROUND_BETA, ROUND_FEATURE_SCALE, ROUND_TIMES
-from anonemo.models.hybrid import HybridModule
+from anonemo.models.hybrid import HybridModule, Phase
+from anonemo.threads import one_thread
 from anonemo.timing import PhaseClock
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,28 @@ class RoundEnd(pl.Callback):
         sides = {name: (extract_features(hybrid.base, side.tensors["image"], bf16), side.tensors)
                  for name, side in self.sides.items()}
         extracted = time.perf_counter()
+        with one_thread():
+            metrics, refit_s = self._score_and_refit(hybrid, phase, sides)
+        ended = time.perf_counter()
+        metrics |= dict(zip(ROUND_TIMES, (training_s, extracted - started, refit_s, ended - extracted - refit_s)))
+        hybrid.end_round(phase.round, metrics[ROUND_FEATURE_SCALE], metrics["round/emotion_acc/train"])
+        self.history.append({"round": phase.round, **metrics})
+        self.round_started = time.perf_counter()
+        if self.clock is not None:
+            self.clock.move(self.round_started - started, "base_training", "frozen_base")
+        identity_side = self.identity_sides[-1]
+        log.info(
+            "round %d/%d: emotion head %.1f%% val, identity %.1f%% %s (strongest head%s), feature scale %.3g",
+            phase.round, hybrid.schedule.rounds, metrics["round/emotion_acc/val"],
+            metrics.get(f"round/refit_identity_acc/{identity_side}", metrics[f"round/identity_acc/{identity_side}"]),
+            identity_side, ", re-fitted" if phase.round else "", metrics[ROUND_FEATURE_SCALE],
+        )
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(metrics, step=phase.round)
+
+    def _score_and_refit(self, hybrid: HybridModule, phase: Phase, sides: dict) -> tuple[dict[str, float], float]:
+        """The round's scores on both sides, and after an adversarial round the re-fit of W_i with
+        the re-fitted heads' scores; the re-fit's seconds."""
         metrics = {}
         for name, (features, labels) in sides.items():
             accuracies = hybrid.round_accuracies(features, labels, name)
@@ -74,22 +97,7 @@ class RoundEnd(pl.Callback):
                 refitted = hybrid.round_accuracies(features, labels, name)[f"round/identity_acc/{name}"]
                 metrics[f"round/refit_identity_acc/{name}"] = refitted
             metrics[ROUND_BETA] = hybrid.round_beta
-        ended = time.perf_counter()
-        metrics |= dict(zip(ROUND_TIMES, (training_s, extracted - started, refit_s, ended - extracted - refit_s)))
-        hybrid.end_round(phase.round, metrics[ROUND_FEATURE_SCALE], metrics["round/emotion_acc/train"])
-        self.history.append({"round": phase.round, **metrics})
-        self.round_started = time.perf_counter()
-        if self.clock is not None:
-            self.clock.move(self.round_started - started, "base_training", "frozen_base")
-        identity_side = self.identity_sides[-1]
-        log.info(
-            "round %d/%d: emotion head %.1f%% val, identity %.1f%% %s (strongest head%s), feature scale %.3g",
-            phase.round, hybrid.schedule.rounds, metrics["round/emotion_acc/val"],
-            metrics.get(f"round/refit_identity_acc/{identity_side}", metrics[f"round/identity_acc/{identity_side}"]),
-            identity_side, ", re-fitted" if phase.round else "", metrics[ROUND_FEATURE_SCALE],
-        )
-        if trainer.logger is not None:
-            trainer.logger.log_metrics(metrics, step=phase.round)
+        return metrics, refit_s
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}

@@ -15,6 +15,7 @@ from anonemo.models.classifiers import TransferModule
 from anonemo.models.erasure import Erasure
 from anonemo.models.networks import ClassifierHead, ConvBase
 from anonemo.recipes.base import Job, Recipe
+from anonemo.threads import one_thread
 
 
 def final_base_heads(recipe: Recipe, erasure: Erasure | None) -> list[tuple[str, str]]:
@@ -55,6 +56,8 @@ def fit_fresh_head(
     module = TransferModule(base, head, task, instantiate(transfer.optimizer), metric_prefix=f"{name}/")
     trainer = job.selecting_trainer(phase=name, monitor=f"{name}/val/acc", patience=transfer.patience,
                                     max_epochs=transfer.max_epochs)
-    trainer.fit(module, datamodule=features)
-    result = job.test_once(trainer, module, features.test_dataloader(), task, trainer.checkpoint_callback.best_model_path)
+    with one_thread():
+        trainer.fit(module, datamodule=features)
+        result = job.test_once(trainer, module, features.test_dataloader(), task,
+                               trainer.checkpoint_callback.best_model_path)
     return job.log_result(result, name, trainer), module.head
