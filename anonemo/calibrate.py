@@ -75,14 +75,17 @@ def report(cfg: DictConfig, settings: list[Setting]) -> None:
     chosen = choose(settings, cfg.calibrate.max_emotion_loss)
     leakage = leakage_measure(cfg)
     rows = table(settings, chosen, cfg.calibrate.max_emotion_loss, leakage)
-    override = f"dataset.adversarial_beta={chosen.beta:g}"
+    override = f"model.beta={chosen.beta:g}"
     folder = Path(cfg.paths.output_dir) / "calibration"
     folder.mkdir(parents=True, exist_ok=True)
-    written = folder / f"{cfg.dataset.name}_{cfg.model.name}.yaml"
+    # an experiment config: copied into conf/experiment/, experiment=<its name> applies the choice
+    written = folder / f"calibrated_{cfg.dataset.name}_{cfg.model.name}.yaml"
     written.write_text(
-        f"# python -m anonemo.calibrate on the validation sides of folds {list(cfg.calibrate.folds)}; train with\n"
+        f"# @package _global_\n# python -m anonemo.calibrate on the validation sides of folds "
+        f"{list(cfg.calibrate.folds)}; train with\n"
         f"#   python -m anonemo.train dataset={cfg.dataset.name} model={cfg.model.name} {override}\n"
-        f"dataset:\n  adversarial_beta: {chosen.beta:g}\n"
+        f"defaults:\n  - override /dataset: {cfg.dataset.name}\n  - override /model: {cfg.model.name}\n\n"
+        f"model:\n  beta: {chosen.beta:g}\n"
     )
     uri = tracking_uri(cfg)
     client = MlflowClient(uri)

@@ -1,6 +1,7 @@
 """python -m anonemo.calibrate: β chosen from validation sides only."""
 
 import re
+import shutil
 import statistics
 
 import pytest
@@ -81,8 +82,17 @@ def test_calibrate_runs_the_grid_and_writes_the_choice(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| reference (Emotion CNN) | 2 |" in result.stdout and "| β=0.3 | 2 |" in result.stdout
     chosen = float(re.search(r"Chosen: β=([\d.]+?)\. ", result.stdout).group(1))
-    written = tmp_path / "calibration" / "synthetic_hybrid_standardised.yaml"
-    assert f"adversarial_beta: {chosen:g}" in written.read_text()
+    assert f"Train with: model.beta={chosen:g}" in result.stdout
+    # what it writes is an experiment config that composes to the chosen beta
+    written = tmp_path / "calibration" / "calibrated_synthetic_hybrid_standardised.yaml"
+    experiments = tmp_path / "conf" / "experiment"
+    experiments.mkdir(parents=True)
+    shutil.copy(written, experiments / written.name)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        composed = compose("train", overrides=[f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+                                               f"experiment={written.stem}"])
+    assert (composed.model.name, composed.model.beta, composed.dataset.name) == ("hybrid_standardised", chosen,
+                                                                                 "synthetic")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("calibrate_synthetic").experiment_id
     runs = client.search_runs([experiment])
@@ -111,3 +121,19 @@ def test_unseen_people_are_calibrated_on_validation_linkage():
     assert "| validation linkage AUC (chance 0.5) |" in table(settings, chosen, 10, LINKAGE_LEAKAGE)
     with pytest.raises(ConfigError, match="did not finish with audit/linkage/auc/val"):
         collect(cfg, validation_metrics(validation, CLOSED_SET_LEAKAGE.metric, lambda b, f: {}))
+
+
+def test_beta_is_a_model_option_only():
+    """β is set in one place, the model: the paper's recipe keeps its own on every dataset, the
+    recommended one its own, and a dataset's calibrated value comes through an experiment config."""
+    def composed(*overrides):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("train", overrides=list(overrides))
+
+    for dataset in ("synthetic", "yale", "jaffe", "ckplus", "folder"):
+        assert "adversarial_beta" not in composed(f"dataset={dataset}").dataset
+        assert composed(f"dataset={dataset}", "model=hybrid").model.beta == 1.0
+        assert composed(f"dataset={dataset}", "model=hybrid_standardised").model.beta == 0.3
+    yale = composed("experiment=calibrated_yale")
+    assert (yale.dataset.name, yale.model.name, yale.model.beta) == ("yale", "hybrid_standardised", 0.1)
+    assert composed("experiment=calibrated_yale", "model.beta=0.6").model.beta == 0.6  # the command line wins

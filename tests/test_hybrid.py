@@ -453,19 +453,6 @@ def test_recommended_hybrid_runs_and_saves_its_bottleneck_base_and_standardising
     assert set(again) >= {"audit/emotion_output/identity/max", "audit/emotion_output/identity/chance"}
 
 
-def test_recommended_hybrid_takes_its_beta_from_the_dataset(tmp_path):
-    """As the paper's T, hybrid_standardised's beta is set per dataset; the paper's recipe keeps
-    beta=1 everywhere, and a command-line beta wins."""
-    def beta(*overrides):
-        return make_config(tmp_path, *overrides).model.beta
-
-    assert {name: beta(f"dataset={name}", "model=hybrid_standardised") for name in ("synthetic", "yale", "jaffe")} == {
-        "synthetic": 0.3, "yale": 0.1, "jaffe": 0.3  # the first two chosen by python -m anonemo.calibrate
-    }
-    assert beta("dataset=synthetic", "model=hybrid") == beta("dataset=yale", "model=hybrid") == 1.0
-    assert beta("dataset=yale", "model=hybrid_standardised", "model.beta=0.6") == 0.6
-
-
 def test_restarts_fall_on_every_rth_round():
     assert [t for t in range(1, 7) if Adversary(restart_every=2).restarts_before_refit(t)] == [2, 4, 6]
     assert not any(Adversary().restarts_before_refit(t) for t in range(1, 7))
