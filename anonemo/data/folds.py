@@ -29,6 +29,9 @@ from anonemo.errors import ConfigError
 MAX_ATTEMPTS = 50  # stratified reshuffles tried before the constructive assignment takes over
 MAX_SEARCH_STEPS = 2_000  # backtracking steps of the fast search before an exact solver decides
 SHOWN = 8  # names listed in a message before "and N more"
+# Salt of the constructive search's random streams, so that they never repeat the shuffle's
+# (SeedSequence([seed, attempt])).
+STREAM = 2026
 
 
 @dataclass(frozen=True)
@@ -106,12 +109,17 @@ class Units:
     def count(self) -> int:
         return len(self.covers)
 
-    def holders(self) -> np.ndarray:
-        """How many units hold each label."""
+    def holders(self, inside: np.ndarray | None = None) -> np.ndarray:
+        """How many units (of those ``inside`` marks, default all) hold each label."""
         held = np.zeros(len(self.label_names), dtype=np.int64)
-        for cover in self.covers:
-            held[cover] += 1
+        for u in range(self.count) if inside is None else np.flatnonzero(inside):
+            held[self.covers[u]] += 1
         return held
+
+    def removable(self, inside: np.ndarray, held: np.ndarray) -> list[int]:
+        """The units ``inside`` marks that validation can take from a training side whose label
+        counts are ``held`` without taking a label's last unit."""
+        return [u for u in np.flatnonzero(inside) if (held[self.covers[u]] >= 2).all()]
 
 
 def fold_units(subjects: np.ndarray, emotions: np.ndarray, groups: np.ndarray, rules: Protocol,
@@ -147,7 +155,7 @@ def plan_folds(units: Units, n_splits: int, seed: int, rules: Protocol) -> np.nd
     fold that holds the least of their labels, folds balanced in units, with backtracking where a
     placement leaves no valid completion; ties are broken by ``seed``."""
     _refuse_the_evidently_impossible(units, rules, n_splits)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, n_splits, 2026]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, n_splits, STREAM]))
     try:
         test_fold = _assign(units, n_splits, rng)
     except _SearchTooLong:
@@ -306,11 +314,8 @@ def _placements(cover, in_fold, unplaced, held, size, capacity, remaining, tie) 
 
 
 def _every_fold_leaves_a_validation_unit(units: Units, fold_of, in_fold, held) -> bool:
-    outside = held[:, None] - in_fold  # holders of each label on each fold's training side
-    for fold in range(in_fold.shape[1]):
-        if not any(fold_of[u] != fold and (outside[cover, fold] >= 2).all() for u, cover in enumerate(units.covers)):
-            return False
-    return True
+    # held - in_fold: the holders of each label on each fold's training side
+    return all(units.removable(fold_of != fold, held - in_fold[:, fold]) for fold in range(in_fold.shape[1]))
 
 
 def _carve(units: Units, train_val: np.ndarray, val_fraction: float, rules: Protocol,
@@ -319,15 +324,12 @@ def _carve(units: Units, train_val: np.ndarray, val_fraction: float, rules: Prot
     ``val_fraction`` of the units, at least ``rules.min_val_units`` where there are enough; units of
     several groups first (linkage needs same-person pairs from two groups), then the labels held
     most often, ties by ``rng``."""
-    candidates = np.flatnonzero(train_val)
-    held = np.zeros(len(units.label_names), dtype=np.int64)
-    for u in candidates:
-        held[units.covers[u]] += 1
-    target = max(1, rules.min_val_units, round(val_fraction * len(candidates)))
+    held = units.holders(train_val)
+    target = max(1, rules.min_val_units, round(val_fraction * int(train_val.sum())))
     taken = np.zeros(units.count, dtype=bool)
     tie = rng.random(units.count)
     for _ in range(target):
-        free = [u for u in candidates if not taken[u] and (held[units.covers[u]] >= 2).all()]
+        free = units.removable(train_val & ~taken, held)
         if not free:
             break
         best = max(free, key=lambda u: (units.groups[u] > 1, held[units.covers[u]].min(), tie[u]))
@@ -374,7 +376,7 @@ def fold_split(
     if carved is not None:
         train, val = carved[0]
     else:
-        rng = np.random.default_rng(np.random.SeedSequence([seed, fold, 2026]))
+        rng = np.random.default_rng(np.random.SeedSequence([seed, fold, STREAM]))
         in_train_val = np.zeros(units.count, dtype=bool)
         in_train_val[units.of_item[train_val]] = True
         in_val = _carve(units, in_train_val, val_fraction, rules, rng)[units.of_item[train_val]]
@@ -413,10 +415,7 @@ def _covering_folds(labels, rules: Protocol, indices, n_splits, seed, units: Uni
 def _leaves_a_validation_unit(units: Units, train_val: np.ndarray) -> bool:
     inside = np.zeros(units.count, dtype=bool)
     inside[units.of_item[train_val]] = True
-    held = np.zeros(len(units.label_names), dtype=np.int64)
-    for u in np.flatnonzero(inside):
-        held[units.covers[u]] += 1
-    return any((held[units.covers[u]] >= 2).all() for u in np.flatnonzero(inside))
+    return bool(units.removable(inside, units.holders(inside)))
 
 
 def check_fold_protocol(subjects: np.ndarray, emotions: np.ndarray, groups: np.ndarray, n_splits: int,
