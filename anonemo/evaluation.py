@@ -18,6 +18,14 @@ from torchmetrics.functional.classification import (  # noqa: E402
     multiclass_f1_score,
 )
 
+from anonemo.metrics import (  # noqa: E402
+    ROUND_BETA,
+    ROUND_BUDGET_REFERENCE,
+    ROUND_BUDGET_SIGNAL,
+    ROUND_BUDGET_SLACK,
+    ROUND_EXPECTED_EMOTION,
+)
+
 
 @dataclass(frozen=True)
 class ClassificationResult:
@@ -72,28 +80,55 @@ def confusion_figure(result: ClassificationResult, title: str) -> plt.Figure:
 
 def round_curves_figure(history: list[dict[str, float]], title: str) -> plt.Figure:
     """Per-round accuracies of the Hybrid's heads (Algorithm 1), training and validation sides.
+    With an emotion budget (``round/budget/*`` in the rows), a second panel shows each round's beta,
+    the reference, the smoothed validation emotion the budget compares with it, and the slack.
 
     ``history`` rows hold ``round`` and ``round/<curve>/<side>`` percentages.
     """
-    figure, axes = plt.subplots(figsize=(8, 4.5))
+    budget = any(ROUND_BUDGET_SLACK in row for row in history)
+    figure, panels = plt.subplots(2 if budget else 1, figsize=(8, 8 if budget else 4.5), squeeze=False)
+    axes = panels[0, 0]
     rounds = [row["round"] for row in history]
+
+    def curve(key: str) -> list[tuple[float, float]]:
+        return [(r, row[key]) for r, row in zip(rounds, history) if key in row]
+
     styles = {"train": "--", "val": "-"}
     curves = {
         "emotion_acc": ("emotion head", "tab:blue"),
         "identity_acc": ("identity head, after the adversarial step", "tab:red"),
         "refit_identity_acc": ("identity head, re-fitted", "tab:orange"),
     }
-    for curve, (label, color) in curves.items():
+    for name, (label, color) in curves.items():
         for side, style in styles.items():
-            key = f"round/{curve}/{side}"
-            points = [(r, row[key]) for r, row in zip(rounds, history) if key in row]
+            points = curve(f"round/{name}/{side}")
             if points:
                 axes.plot(*zip(*points), style, color=color, marker=".", label=f"{label} ({side})")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("round t (0: after multi-task initialisation)")
+    axes.set_xlabel("round t (0: after the initialisation)")
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0, 100)
     axes.set_title(title)
     axes.legend(fontsize=7, loc="best")
+    if budget:
+        constraint = panels[1, 0]
+        reference = curve(ROUND_BUDGET_REFERENCE)[0][1]
+        constraint.plot(*zip(*curve(f"{ROUND_EXPECTED_EMOTION}/val")), ":", color="tab:blue", marker=".",
+                        label="emotion head, expected accuracy (val)")
+        constraint.plot(*zip(*curve(ROUND_BUDGET_SIGNAL)), "-", color="tab:blue", label="same, smoothed: the budget's signal")
+        constraint.axhline(reference, color="black", linewidth=1, label="reference (Emotion CNN, round 0)")
+        slack = curve(ROUND_BUDGET_SLACK)
+        floor = reference - (slack[0][1] if slack else 0.0)
+        constraint.axhline(floor, color="black", linestyle="--", linewidth=1, label="reference - max_emotion_loss")
+        constraint.set_ylabel("validation emotion (%)")
+        constraint.set_xlabel("round t")
+        constraint.xaxis.set_major_locator(MaxNLocator(integer=True))
+        weight = constraint.twinx()
+        weight.step(*zip(*curve(ROUND_BETA)), where="mid", color="tab:green", label="beta of the round")
+        weight.set_yscale("log")
+        weight.set_ylabel("beta", color="tab:green")
+        lines = constraint.get_legend_handles_labels()
+        extra = weight.get_legend_handles_labels()
+        constraint.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=7, loc="best")
     figure.tight_layout()
     return figure

@@ -14,7 +14,9 @@ from torch import nn
 
 from anonemo.errors import AnonemoError, ConfigError
 from anonemo.evaluation import accuracy
+from anonemo.metrics import ROUND_BUDGET_SLACK, ROUND_EXPECTED_EMOTION
 from anonemo.models.adversary import Adversary, reverse_gradient
+from anonemo.models.budget import EmotionBudget, expected_accuracy
 from anonemo.models.classifiers import EpochMean
 from anonemo.models.networks import ClassifierHead, ConvBase, adam
 
@@ -100,6 +102,11 @@ class HybridModule(pl.LightningModule):
     before: it backs off while the emotion head's training-side accuracy is more than
     ``emotion_guard`` points below its value after initialisation (``round/beta`` logs it). Until
     that happens, training is exactly that of a fixed ``beta``.
+
+    With a ``budget`` the base and emotion head start as the reference (the Emotion CNN the recipe
+    trained and copied in): the initialisation fits only the identity heads, on its features, and
+    after each round the budget sets the next round's beta from the validation emotion
+    (:class:`~anonemo.models.budget.EmotionBudget`); ``beta`` is the first round's.
     """
 
     def __init__(
@@ -114,6 +121,7 @@ class HybridModule(pl.LightningModule):
         alpha: float = 0.5,
         beta: float = 1.0,
         emotion_guard: float = 0.0,
+        budget: EmotionBudget | None = None,
         max_feature_growth: float = 1000.0,
         refit_batch_size: int = 64,
         seed: int = 0,
@@ -125,12 +133,14 @@ class HybridModule(pl.LightningModule):
         self.schedule, self.adversary = schedule, adversary
         self.make_optimizer, self.make_identity_optimizer = optimizer, identity_optimizer
         self.alpha, self.beta = alpha, beta
-        self.emotion_guard, self.max_feature_growth = emotion_guard, max_feature_growth
+        self.emotion_guard, self.budget, self.max_feature_growth = emotion_guard, budget, max_feature_growth
         self.refit_batch_size, self.seed = refit_batch_size, seed
         self.round_beta = beta  # the adversarial weight of the current round (see emotion_guard)
         self.train_emotion_loss, self.train_loss = EpochMean(), EpochMean()
         self.reference_scale: float | None = None  # mean |W_c features| after initialisation
         self.initial_emotion_acc: float | None = None  # the emotion head's, after initialisation
+        self.within_budget: tuple[int, dict[str, torch.Tensor]] | None = None  # the last round within it, its weights
+        self.last_slack = 0.0
         self._reset_watch()
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -172,7 +182,11 @@ class HybridModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         phase = self.schedule.phase(self.current_epoch)
         main, identity = self.optimizers()
-        if phase.kind == "init":
+        if phase.kind == "init" and self.budget is not None:  # W_c and W_e are the reference's
+            with self.toggled_optimizer(identity):
+                emotion_loss, loss, features = self.losses(batch)
+                self._step(loss, identity)
+        elif phase.kind == "init":
             emotion_loss, identity_loss, features = self.losses(batch)
             loss = emotion_loss + self.alpha * identity_loss  # eq. (1)
             self._step(loss, main, identity)
@@ -222,15 +236,22 @@ class HybridModule(pl.LightningModule):
                         loss = self.identity_loss(features[batch], identities[batch])
                     self._step(loss, identity)
 
-    def end_round(self, round_: int, feature_scale: float, emotion_acc: float) -> None:
+    def end_round(self, round_: int, feature_scale: float, emotion_acc: float, val_emotion: float) -> dict[str, float]:
         """What the algorithm keeps of a round's measurements: after the initialisation (round 0) the
         base's feature scale (for the divergence check) and the emotion head's training-side
-        accuracy (the guard's reference); after round t >= 1 the guard sets the next round's beta."""
+        accuracy (the guard's reference); after round t >= 1 the guard sets the next round's beta.
+        With a budget, the budget sets it from ``val_emotion`` (the emotion head's expected accuracy
+        on the validation side) after every round; returns what the budget logs of the round."""
         if round_ == 0:
             self.reference_scale, self.initial_emotion_acc = feature_scale, emotion_acc
-            return
-        if not self.emotion_guard:
-            return
+        if self.budget is not None:
+            self.round_beta, constraint = self.budget.step(round_, self.round_beta, val_emotion)
+            self.last_slack = constraint[ROUND_BUDGET_SLACK]
+            if self.last_slack >= 0:
+                self.within_budget = (round_, {k: v.detach().clone() for k, v in self.state_dict().items()})
+            return constraint
+        if round_ == 0 or not self.emotion_guard:
+            return {}
         # At a large beta the adversary can take emotion with identity (docs/results.md, "The emotion guard").
         floor = self.initial_emotion_acc - self.emotion_guard
         beta = guarded_beta(self.round_beta, self.beta, emotion_acc, floor)
@@ -239,6 +260,19 @@ class HybridModule(pl.LightningModule):
                      "(model.emotion_guard=%g): beta %.3g -> %.3g", round_, emotion_acc, floor, self.emotion_guard,
                      self.round_beta, beta)
         self.round_beta = beta
+        return {}
+
+    def restore_within_budget(self) -> int:
+        """With a budget: the round whose weights the model ends with. When the last round overspent
+        the budget, the weights go back to those of the last round within it."""
+        rounds = self.schedule.rounds
+        if self.last_slack >= 0 or self.within_budget is None:
+            return rounds
+        round_, state = self.within_budget
+        self.load_state_dict(state)
+        log.info("The last round overspent the emotion budget (slack %.2f points): the model is that of round %d "
+                 "of %d, the last within it", self.last_slack, round_, rounds)
+        return round_
 
     def on_train_epoch_end(self) -> None:
         self.log_dict({"train/emotion_loss": self.train_emotion_loss.compute(), "train/loss": self.train_loss.compute()})
@@ -249,18 +283,25 @@ class HybridModule(pl.LightningModule):
     # What a resumed run needs besides weights and optimizer states (see anonemo.resume).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hybrid"] = {"reference_scale": self.reference_scale, "initial_emotion_acc": self.initial_emotion_acc,
-                                "round_beta": self.round_beta}
+                                "round_beta": self.round_beta,
+                                "budget": None if self.budget is None else self.budget.state_dict(),
+                                "within_budget": self.within_budget, "last_slack": self.last_slack}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["hybrid"]
         self.reference_scale, self.initial_emotion_acc = state["reference_scale"], state["initial_emotion_acc"]
         self.round_beta = state["round_beta"]
+        if self.budget is not None:
+            self.budget.load_state_dict(state["budget"])
+            self.within_budget, self.last_slack = state["within_budget"], state["last_slack"]
 
     def round_accuracies(self, features: torch.Tensor, labels: dict[str, torch.Tensor], side: str) -> dict[str, float]:
-        """Accuracy of the emotion head and of the strongest identity head on one side."""
+        """Accuracy (and expected accuracy) of the emotion head and accuracy of the strongest identity
+        head on one side."""
         logits = self.head_logits(features)
         return {
             f"round/emotion_acc/{side}": accuracy(logits["emotion"].argmax(1), labels["emotion"]),
+            f"{ROUND_EXPECTED_EMOTION}/{side}": expected_accuracy(logits["emotion"], labels["emotion"]),
             f"round/identity_acc/{side}": max(
                 accuracy(head.argmax(1), labels["identity"]) for head in logits["identity_heads"]
             ),

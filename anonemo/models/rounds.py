@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 
 from anonemo.data.datamodule import TensorBatches
 from anonemo.data.features import extract_features, is_bf16
-from anonemo.metrics import ROUND_BETA, ROUND_FEATURE_SCALE, ROUND_TIMES
+from anonemo.metrics import ROUND_BETA, ROUND_EXPECTED_EMOTION, ROUND_FEATURE_SCALE, ROUND_TIMES
 from anonemo.models.hybrid import HybridModule, Phase
 from anonemo.threads import one_thread
 from anonemo.timing import PhaseClock
@@ -28,7 +28,8 @@ class RoundEnd(pl.Callback):
       the heads never saw);
     - for t >= 1, has the module re-fit W_i on the training features (step 6 of Algorithm 1) and
       scores the re-fitted heads (``round/refit_identity_acc/<side>``);
-    - hands the module the feature scale and emotion accuracy it keeps (:meth:`HybridModule.end_round`);
+    - hands the module the feature scale and emotion accuracies it keeps (:meth:`HybridModule.end_round`),
+      and logs what its emotion budget, if any, says of the round;
     - logs it all with the round as the MLflow step, with the seconds of the round's adversarial
       epoch and of the round end's parts (``round/time/*``), keeps it in ``history``
       (checkpointed, for resume), and books the round end's time as frozen-base work on ``clock``.
@@ -61,7 +62,8 @@ class RoundEnd(pl.Callback):
             metrics, refit_s = self._score_and_refit(hybrid, phase, sides)
         ended = time.perf_counter()
         metrics |= dict(zip(ROUND_TIMES, (training_s, extracted - started, refit_s, ended - extracted - refit_s)))
-        hybrid.end_round(phase.round, metrics[ROUND_FEATURE_SCALE], metrics["round/emotion_acc/train"])
+        metrics |= hybrid.end_round(phase.round, metrics[ROUND_FEATURE_SCALE], metrics["round/emotion_acc/train"],
+                                    metrics[f"{ROUND_EXPECTED_EMOTION}/val"])
         self.history.append({"round": phase.round, **metrics})
         self.round_started = time.perf_counter()
         if self.clock is not None:

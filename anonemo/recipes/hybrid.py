@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 from anonemo.errors import ConfigError
 from anonemo.evaluation import round_curves_figure
-from anonemo.metrics import HYBRID, own_head_metric
+from anonemo.metrics import BUDGET_SHIPPED_ROUND, HYBRID, REFERENCE, own_head_metric
 from anonemo.models.adversary import Adversary, head_widths
-from anonemo.models.classifiers import Optimizer
+from anonemo.models.budget import EmotionBudget
+from anonemo.models.classifiers import MultiTaskModule, Optimizer
 from anonemo.models.hybrid import HybridModule, HybridSchedule
 from anonemo.models.rounds import RoundEnd
 from anonemo.recipes.base import Job, Recipe, Trained
@@ -28,6 +29,11 @@ class Hybrid(Recipe):
     The job then trains fresh emotion and identity heads on the final, frozen base
     (``Hybrid2Emotion``, ``Hybrid2Face``); Hybrid2Emotion's head is the one shipped with the base.
     The Hybrid's own heads are scored too (``Hybrid/emotion_head``, ``Hybrid/identity_head``).
+
+    With ``max_emotion_loss`` (points) the job first trains the Emotion CNN on the same network and
+    fold (``Reference``, scored like ``model=emotion``), starts the Hybrid from it instead of the
+    multi-task initialisation, and sets beta round by round within that emotion budget
+    (:class:`~anonemo.models.budget.EmotionBudget`); ``beta`` is then the first round's.
     """
 
     label = HYBRID
@@ -45,6 +51,7 @@ class Hybrid(Recipe):
         adversarial_epochs: int = 1,
         refit_epochs: int = 5,
         emotion_guard: float = 0.0,
+        max_emotion_loss: float | None = None,
         max_feature_growth: float = 1000.0,
         fresh_heads: Sequence[str] = ("emotion", "identity"),
     ):
@@ -59,6 +66,9 @@ class Hybrid(Recipe):
         self.schedule = HybridSchedule(init_epochs, rounds, adversarial_epochs, refit_epochs)
         self.adversary, self.optimizer, self.identity_optimizer = adversary, optimizer, identity_optimizer
         self.alpha, self.beta, self.emotion_guard, self.max_feature_growth = alpha, beta, emotion_guard, max_feature_growth
+        self.max_emotion_loss = max_emotion_loss
+        if max_emotion_loss is not None:
+            EmotionBudget(max_emotion_loss)  # checks the option before any work
 
     @property
     def hands_on_emotion_head(self) -> bool:
@@ -77,12 +87,35 @@ class Hybrid(Recipe):
         ]
         return HybridModule(
             base, emotion_head, identity_heads, self.schedule, self.adversary, self.optimizer, self.identity_optimizer,
-            alpha=self.alpha, beta=self.beta, emotion_guard=self.emotion_guard,
+            alpha=self.alpha, beta=self.beta, emotion_guard=0.0 if self.max_emotion_loss is not None else self.emotion_guard,
+            budget=None if self.max_emotion_loss is None else EmotionBudget(self.max_emotion_loss),
             max_feature_growth=self.max_feature_growth, refit_batch_size=data.batch_size, seed=job.cfg.seed,
         )
 
+    def start_from_reference(self, job: Job, hybrid: HybridModule) -> dict[str, float]:
+        """Train ``hybrid``'s base, emotion head and W_i by eq. (1) as the Emotion CNN is trained
+        (early stopping and the checkpoint selected on validation emotion) and score the selected
+        one once on the test fold: the reference, ``Reference`` and ``Reference/val_acc``."""
+        log.info("model.max_emotion_loss=%g: the initialisation is trained until its emotion is at its best on "
+                 "validation (Reference); the %d initialisation epochs then fit the identity heads only, and beta "
+                 "starts at %g and is set each round to keep validation emotion within %g points of the Reference's%s",
+                 self.max_emotion_loss, self.schedule.init_epochs, self.beta, self.max_emotion_loss,
+                 f" (model.emotion_guard={self.emotion_guard:g} is not used)" if self.emotion_guard else "")
+        reference = MultiTaskModule(hybrid.base, hybrid.emotion_head, hybrid.identity_heads[0], self.alpha,
+                                    self.optimizer, metric_prefix=f"{REFERENCE}/")
+        trainer = job.selecting_trainer(phase=REFERENCE, monitor=f"{REFERENCE}/val/acc",
+                                        patience=job.cfg.callbacks.patience)
+        with job.clock.phase("base_training"):
+            job.fit(trainer, reference, job.data, REFERENCE)
+        hybrid.budget.reference = reference.continued_level()
+        with job.clock.phase("evaluation"):  # loads the selected checkpoint into the Hybrid's modules
+            result = job.test_once(trainer, reference, job.data.test_dataloader(), "emotion",
+                                   job.checkpoints(REFERENCE) / "best.ckpt")
+        return job.log_result(result, REFERENCE, trainer)
+
     def train(self, job: Job) -> Trained:
         hybrid = self.module(job)
+        metrics = {} if self.max_emotion_loss is None else self.start_from_reference(job, hybrid)
         schedule = self.schedule
         log.info(
             "Algorithm 1: %d epochs of multi-task initialisation, then %d rounds of %d adversarial epoch(s) "
@@ -101,6 +134,9 @@ class Hybrid(Recipe):
                 warnings.filterwarnings("ignore", message=".*no `validation_step`.*")
                 with job.clock.phase("base_training"):
                     job.fit(trainer, hybrid, job.data, "hybrid")
+            if self.max_emotion_loss is not None:
+                metrics[BUDGET_SHIPPED_ROUND] = hybrid.restore_within_budget()
+                job.logger.log_metrics({BUDGET_SHIPPED_ROUND: metrics[BUDGET_SHIPPED_ROUND]})
         finally:
             if rounds.history:  # partial curves too, when training stopped early
                 title = f"Hybrid on {job.cfg.dataset.name}, fold {job.cfg.fold}"
@@ -109,4 +145,4 @@ class Hybrid(Recipe):
             own_head_metric(HYBRID, "emotion"): ("emotion", hybrid.emotion_head),
             own_head_metric(HYBRID, "identity"): ("identity", hybrid.identity_heads[0]),  # W_i
         }
-        return Trained(hybrid.base, emotion_head=hybrid.emotion_head, own_heads=own_heads)
+        return Trained(hybrid.base, metrics, emotion_head=hybrid.emotion_head, own_heads=own_heads)
