@@ -80,8 +80,9 @@ def confusion_figure(result: ClassificationResult, title: str) -> plt.Figure:
 
 def round_curves_figure(history: list[dict[str, float]], title: str) -> plt.Figure:
     """Per-round accuracies of the Hybrid's heads (Algorithm 1), training and validation sides.
-    With an emotion budget (``round/budget/*`` in the rows), a second panel shows each round's beta,
-    the reference, the smoothed validation emotion the budget compares with it, and the slack.
+    With an emotion budget (``round/budget/*`` in the rows), a second panel shows each round's beta
+    and, per side, the emotion head's expected accuracy, its smoothed value, the reference and the
+    floor the budget keeps it above.
 
     ``history`` rows hold ``round`` and ``round/<curve>/<side>`` percentages.
     """
@@ -112,23 +113,22 @@ def round_curves_figure(history: list[dict[str, float]], title: str) -> plt.Figu
     axes.legend(fontsize=7, loc="best")
     if budget:
         constraint = panels[1, 0]
-        reference = curve(ROUND_BUDGET_REFERENCE)[0][1]
-        constraint.plot(*zip(*curve(f"{ROUND_EXPECTED_EMOTION}/val")), ":", color="tab:blue", marker=".",
-                        label="emotion head, expected accuracy (val)")
-        constraint.plot(*zip(*curve(ROUND_BUDGET_SIGNAL)), "-", color="tab:blue", label="same, smoothed: the budget's signal")
-        constraint.axhline(reference, color="black", linewidth=1, label="reference (Emotion CNN, round 0)")
-        slack = curve(ROUND_BUDGET_SLACK)
-        floor = reference - (slack[0][1] if slack else 0.0)
-        constraint.axhline(floor, color="black", linestyle="--", linewidth=1, label="reference - max_emotion_loss")
-        constraint.set_ylabel("validation emotion (%)")
+        for side, color in (("train", "tab:purple"), ("val", "tab:blue")):
+            reference = curve(f"{ROUND_BUDGET_REFERENCE}/{side}")[0][1]
+            floor = reference - curve(f"{ROUND_BUDGET_SLACK}/{side}")[0][1]  # round 0's slack is the whole budget
+            constraint.plot(*zip(*curve(f"{ROUND_EXPECTED_EMOTION}/{side}")), ":", color=color, marker=".",
+                            label=f"emotion head, expected accuracy ({side})")
+            constraint.plot(*zip(*curve(f"{ROUND_BUDGET_SIGNAL}/{side}")), "-", color=color, label=f"same, smoothed ({side})")
+            constraint.axhline(reference, color=color, linewidth=0.8, label=f"reference: the initialisation ({side})")
+            constraint.axhline(floor, color=color, linestyle="--", linewidth=0.8, label=f"reference - max_emotion_loss ({side})")
+        constraint.set_ylabel("emotion, expected accuracy (%)")
         constraint.set_xlabel("round t")
         constraint.xaxis.set_major_locator(MaxNLocator(integer=True))
         weight = constraint.twinx()
         weight.step(*zip(*curve(ROUND_BETA)), where="mid", color="tab:green", label="beta of the round")
         weight.set_yscale("log")
         weight.set_ylabel("beta", color="tab:green")
-        lines = constraint.get_legend_handles_labels()
-        extra = weight.get_legend_handles_labels()
-        constraint.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=7, loc="best")
+        lines, extra = constraint.get_legend_handles_labels(), weight.get_legend_handles_labels()
+        constraint.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=6, loc="best")
     figure.tight_layout()
     return figure

@@ -11,8 +11,6 @@ from __future__ import annotations
 # What a network trained end to end on a task is called in the paper's tables.
 TASK_METRIC = {"emotion": "Emotion", "identity": "Face"}
 HYBRID = "Hybrid"
-# The emotion-only model a constrained Hybrid trains first, on its own network and fold (model.max_emotion_loss).
-REFERENCE = "Reference"
 
 
 def transfer_metric(source: str, task: str) -> str:
@@ -70,10 +68,11 @@ ROUND_CURVES = tuple(
 ROUND_BETA = "round/beta"
 # The emotion head's expected accuracy (mean probability of the true class, %) on one side: round/emotion_expected_acc/val.
 ROUND_EXPECTED_EMOTION = "round/emotion_expected_acc"
-# The emotion budget's state after each round (model.max_emotion_loss): its reference, the smoothed
-# validation emotion it compares with it, and the slack (points left to spend; negative: overspent).
+# The emotion budget's state after each round (model.max_emotion_loss), per side (/train, /val):
+# its reference, the smoothed emotion it compares with it, the slack (points left to spend;
+# negative: overspent); round/budget/slack alone is the tighter side's.
 ROUND_BUDGET_REFERENCE, ROUND_BUDGET_SIGNAL, ROUND_BUDGET_SLACK = (
-    f"round/budget/{name}" for name in ("reference", "val_emotion", "slack"))
+    f"round/budget/{name}" for name in ("reference", "emotion", "slack"))
 # The round whose weights a constrained Hybrid ends with: the last, unless it overspent the budget.
 BUDGET_SHIPPED_ROUND = "budget/shipped_round"
 # Where a round's time goes: its training (adversarial epochs), then the round end's parts.

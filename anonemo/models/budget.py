@@ -3,16 +3,18 @@ within ``max_loss`` points of the reference (docs/algorithm.md, "The emotion bud
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from anonemo.errors import ConfigError
+from anonemo.evaluation import accuracy
 from anonemo.metrics import ROUND_BUDGET_REFERENCE, ROUND_BUDGET_SIGNAL, ROUND_BUDGET_SLACK
 
 # The controller's constants (docs/algorithm.md says why these): the smoothed signal moves half way
 # to each round's value; a slack of STEP_POINTS doubles beta, an overspend of as much halves it;
 # beta grows by at most MAX_GROWTH and falls by at most half per round, within BETA_RANGE.
+REFERENCE_EPOCHS = 5  # the initialisation's last epochs whose validation emotion make the reference
 SMOOTHING = 0.5
 STEP_POINTS = 2.0
 MAX_GROWTH = 2**0.5
@@ -26,46 +28,69 @@ def expected_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100 * probabilities.gather(1, labels.to(logits.device).view(-1, 1)).mean().item()
 
 
+SIDES = ("train", "val")
+
+
+def emotion_reading(side: str, logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """What the budget reads of the emotion head on a side (%): accuracy on the training side, where
+    thousands of faces make it precise and adversarial steps lower the head's confidence long before
+    its answers; the expected accuracy on the validation side, where a few faces make accuracy jump."""
+    return accuracy(logits.argmax(1), labels) if side == "train" else expected_accuracy(logits, labels)
+
+
 @dataclass
 class EmotionBudget:
-    """Dual ascent on the adversarial weight under the constraint
-    ``smoothed validation emotion >= reference - max_loss``.
+    """Dual ascent on the adversarial weight under two constraints, one per side of the fold:
+    ``smoothed emotion >= reference - max_loss``.
 
-    The reference is the validation emotion that the model the Hybrid starts from holds under
-    further training (set by the recipe; round 0's reading when it is not). After every round the
-    signal (the emotion head's
-    expected accuracy on the validation side) is smoothed over rounds, and beta is multiplied by
+    A side's emotion is :func:`emotion_reading`. Its reference is the
+    initialisation's: the mean of the readings after its last ``REFERENCE_EPOCHS`` epochs
+    (``readings``, the last of them round 0's). After every round each side's reading is smoothed
+    over rounds, the slack is that of the tighter side, and beta is multiplied by
     ``2 ** (slack / STEP_POINTS)``, between 1/2 and ``MAX_GROWTH``: up while there is emotion to
-    spend, down faster than up when there is not.
+    spend, down faster than up when there is not. The validation side says what the budget is
+    about, emotion on faces the model did not learn from; the training side, thousands of faces
+    where validation may hold a handful, sees a collapse first.
     """
 
     max_loss: float
-    reference: float | None = None
-    smoothed: float | None = None
+    readings: dict[str, list[float]] = field(default_factory=lambda: {side: [] for side in SIDES})
+    reference: dict[str, float] = field(default_factory=dict)
+    smoothed: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_loss <= 100:
             raise ConfigError(f"model.max_emotion_loss={self.max_loss} must be between 0 and 100 accuracy points, or "
                               "null for a fixed model.beta.")
 
-    def step(self, round_: int, beta: float, val_emotion: float) -> tuple[float, dict[str, float]]:
-        """The next round's beta after round ``round_`` (which used ``beta``) read ``val_emotion``,
-        and what the round logs of the constraint."""
+    def read(self, emotion: dict[str, float]) -> None:
+        """One of the initialisation's readings (emotion by side)."""
+        for side in SIDES:
+            self.readings[side].append(emotion[side])
+
+    def step(self, round_: int, beta: float, emotion: dict[str, float]) -> tuple[float, dict[str, float]]:
+        """The next round's beta after round ``round_`` (which used ``beta``) read ``emotion`` (by
+        side), and what the round logs of the constraint."""
         if round_ == 0:
-            if self.reference is None:
-                self.reference = val_emotion
-            self.smoothed = self.reference
+            self.read(emotion)
+            self.reference = {side: sum(values) / len(values) for side, values in self.readings.items()}
+            self.smoothed = dict(self.reference)
         else:
-            self.smoothed += SMOOTHING * (val_emotion - self.smoothed)
-        slack = self.smoothed - (self.reference - self.max_loss)
+            for side in SIDES:
+                self.smoothed[side] += SMOOTHING * (emotion[side] - self.smoothed[side])
+        slacks = {side: self.smoothed[side] - (self.reference[side] - self.max_loss) for side in SIDES}
+        slack = min(slacks.values())
         if round_ > 0:
             factor = min(max(2 ** (slack / STEP_POINTS), 0.5), MAX_GROWTH)
             beta = min(max(beta * factor, BETA_RANGE[0]), BETA_RANGE[1])
-        return beta, {ROUND_BUDGET_REFERENCE: self.reference, ROUND_BUDGET_SIGNAL: self.smoothed,
-                      ROUND_BUDGET_SLACK: slack}
+        logged = {ROUND_BUDGET_SLACK: slack}
+        for side in SIDES:
+            logged |= {f"{ROUND_BUDGET_REFERENCE}/{side}": self.reference[side],
+                       f"{ROUND_BUDGET_SIGNAL}/{side}": self.smoothed[side], f"{ROUND_BUDGET_SLACK}/{side}": slacks[side]}
+        return beta, logged
 
-    def state_dict(self) -> dict[str, float | None]:
-        return {"reference": self.reference, "smoothed": self.smoothed}
+    def state_dict(self) -> dict:
+        return {"readings": self.readings, "reference": self.reference, "smoothed": self.smoothed}
 
-    def load_state_dict(self, state: dict[str, float | None]) -> None:
-        self.reference, self.smoothed = state["reference"], state["smoothed"]
+    def load_state_dict(self, state: dict) -> None:
+        self.readings, self.reference, self.smoothed = state["readings"], state["reference"], state["smoothed"]

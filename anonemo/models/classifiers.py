@@ -126,63 +126,6 @@ class SingleTaskModule(ClassifierModule):
         return self(batch["image"])
 
 
-class MultiTaskModule(SingleTaskModule):
-    """Algorithm 1's initialisation (eq. 1) trained and selected as the Emotion CNN is: ``base`` and
-    ``head`` learn emotion while ``identity_head`` adds ``alpha`` times its identity loss on the same
-    features; only emotion is scored. The identity term breaks the plateau at chance on which the
-    compact network's emotion-only training can sit for over a dozen epochs (docs/results.md).
-
-    ``val_history`` keeps each epoch's validation accuracy and expected accuracy (%), for
-    :meth:`continued_level`."""
-
-    def __init__(self, base: ConvBase, head: ClassifierHead, identity_head: ClassifierHead, alpha: float,
-                 optimizer: Optimizer, metric_prefix: str = ""):
-        super().__init__(base, head, "emotion", optimizer, metric_prefix)
-        self.identity_head, self.alpha = identity_head, alpha
-        self._features: torch.Tensor | None = None
-        self._logits: torch.Tensor | None = None
-        self.val_expected = EpochMean()
-        self.val_history: list[tuple[float, float]] = []
-
-    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        self._features = self.base(batch["image"])
-        self._logits = self.head(self._features)
-        return self._logits
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        emotion_loss = self._shared_step(batch, "train")
-        return emotion_loss + self.alpha * F.cross_entropy(self.identity_head(self._features), batch["identity"])
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)
-        probabilities = self._logits.detach().float().softmax(dim=1)
-        self.val_expected.update(probabilities.gather(1, batch["emotion"].view(-1, 1)).mean(), len(batch["emotion"]))
-
-    def on_validation_epoch_end(self) -> None:
-        accuracy = 100 * float(self.val_metrics["acc"].compute())
-        expected = 100 * float(self.val_expected.compute())
-        self.val_expected.reset()
-        super().on_validation_epoch_end()
-        if not self.trainer.sanity_checking:
-            self.val_history.append((accuracy, expected))
-
-    def continued_level(self) -> float:
-        """The validation expected accuracy (%) that training holds once past its selected epoch (the
-        first of the best accuracy): the mean from that epoch to the last. The selected epoch's own
-        value is the maximum of noisy epochs, above what further training reads even when nothing
-        else changes."""
-        accuracies = [accuracy for accuracy, _ in self.val_history]
-        selected = accuracies.index(max(accuracies))
-        after = [expected for _, expected in self.val_history[selected:]]
-        return sum(after) / len(after)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["val_history"] = self.val_history
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.val_history = list(checkpoint["val_history"])
-
-
 class TransferModule(ClassifierModule):
     """A frozen, given ``base`` and a fresh ``head`` trained for one task.
 

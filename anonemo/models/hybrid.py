@@ -103,10 +103,9 @@ class HybridModule(pl.LightningModule):
     ``emotion_guard`` points below its value after initialisation (``round/beta`` logs it). Until
     that happens, training is exactly that of a fixed ``beta``.
 
-    With a ``budget`` the base and emotion head start as the reference (the Emotion CNN the recipe
-    trained and copied in): the initialisation fits only the identity heads, on its features, and
-    after each round the budget sets the next round's beta from the validation emotion
-    (:class:`~anonemo.models.budget.EmotionBudget`); ``beta`` is the first round's.
+    With a ``budget``, after each round the budget sets the next round's beta from the validation
+    emotion against the initialisation's (:class:`~anonemo.models.budget.EmotionBudget`); ``beta``
+    is the first round's.
     """
 
     def __init__(
@@ -182,11 +181,7 @@ class HybridModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         phase = self.schedule.phase(self.current_epoch)
         main, identity = self.optimizers()
-        if phase.kind == "init" and self.budget is not None:  # W_c and W_e are the reference's
-            with self.toggled_optimizer(identity):
-                emotion_loss, loss, features = self.losses(batch)
-                self._step(loss, identity)
-        elif phase.kind == "init":
+        if phase.kind == "init":
             emotion_loss, identity_loss, features = self.losses(batch)
             loss = emotion_loss + self.alpha * identity_loss  # eq. (1)
             self._step(loss, main, identity)
@@ -236,16 +231,17 @@ class HybridModule(pl.LightningModule):
                         loss = self.identity_loss(features[batch], identities[batch])
                     self._step(loss, identity)
 
-    def end_round(self, round_: int, feature_scale: float, emotion_acc: float, val_emotion: float) -> dict[str, float]:
+    def end_round(self, round_: int, feature_scale: float, emotion_acc: float,
+                  budget_readings: dict[str, float]) -> dict[str, float]:
         """What the algorithm keeps of a round's measurements: after the initialisation (round 0) the
         base's feature scale (for the divergence check) and the emotion head's training-side
         accuracy (the guard's reference); after round t >= 1 the guard sets the next round's beta.
-        With a budget, the budget sets it from ``val_emotion`` (the emotion head's expected accuracy
-        on the validation side) after every round; returns what the budget logs of the round."""
+        With a budget, the budget sets it from ``budget_readings`` (its reading of the emotion head on
+        each side) after every round; returns what the budget logs of the round."""
         if round_ == 0:
             self.reference_scale, self.initial_emotion_acc = feature_scale, emotion_acc
         if self.budget is not None:
-            self.round_beta, constraint = self.budget.step(round_, self.round_beta, val_emotion)
+            self.round_beta, constraint = self.budget.step(round_, self.round_beta, budget_readings)
             self.last_slack = constraint[ROUND_BUDGET_SLACK]
             if self.last_slack >= 0:
                 self.within_budget = (round_, {k: v.detach().clone() for k, v in self.state_dict().items()})

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 from anonemo.data.datamodule import TensorBatches
 from anonemo.data.features import extract_features, is_bf16
 from anonemo.metrics import ROUND_BETA, ROUND_EXPECTED_EMOTION, ROUND_FEATURE_SCALE, ROUND_TIMES
+from anonemo.models.budget import REFERENCE_EPOCHS, emotion_reading
 from anonemo.models.hybrid import HybridModule, Phase
 from anonemo.threads import one_thread
 from anonemo.timing import PhaseClock
@@ -29,7 +30,8 @@ class RoundEnd(pl.Callback):
     - for t >= 1, has the module re-fit W_i on the training features (step 6 of Algorithm 1) and
       scores the re-fitted heads (``round/refit_identity_acc/<side>``);
     - hands the module the feature scale and emotion accuracies it keeps (:meth:`HybridModule.end_round`),
-      and logs what its emotion budget, if any, says of the round;
+      and logs what its emotion budget, if any, says of the round (the budget also reads the
+      validation emotion after each of the initialisation's last epochs);
     - logs it all with the round as the MLflow step, with the seconds of the round's adversarial
       epoch and of the round end's parts (``round/time/*``), keeps it in ``history``
       (checkpointed, for resume), and books the round end's time as frozen-base work on ``clock``.
@@ -50,6 +52,9 @@ class RoundEnd(pl.Callback):
         phase = hybrid.schedule.phase(trainer.current_epoch)
         # Callbacks' epoch-end hooks run before the module's: a run-away epoch stops here, unscored.
         hybrid.check_divergence(phase)
+        if hybrid.budget is not None and phase.kind == "init" and not phase.ends_round \
+                and trainer.current_epoch >= hybrid.schedule.init_epochs - REFERENCE_EPOCHS:
+            hybrid.budget.read(self._emotion(hybrid, is_bf16(trainer.precision)))
         if not phase.ends_round:
             return
         started = time.perf_counter()
@@ -62,8 +67,9 @@ class RoundEnd(pl.Callback):
             metrics, refit_s = self._score_and_refit(hybrid, phase, sides)
         ended = time.perf_counter()
         metrics |= dict(zip(ROUND_TIMES, (training_s, extracted - started, refit_s, ended - extracted - refit_s)))
+        readings = {"train": metrics["round/emotion_acc/train"], "val": metrics[f"{ROUND_EXPECTED_EMOTION}/val"]}
         metrics |= hybrid.end_round(phase.round, metrics[ROUND_FEATURE_SCALE], metrics["round/emotion_acc/train"],
-                                    metrics[f"{ROUND_EXPECTED_EMOTION}/val"])
+                                    readings)
         self.history.append({"round": phase.round, **metrics})
         self.round_started = time.perf_counter()
         if self.clock is not None:
@@ -77,6 +83,14 @@ class RoundEnd(pl.Callback):
         )
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=phase.round)
+
+    def _emotion(self, hybrid: HybridModule, bf16: bool) -> dict[str, float]:
+        """What the budget reads of the emotion head on each side: one reading of its reference."""
+        readings = {}
+        for name, side in self.sides.items():
+            logits = hybrid.head_logits(extract_features(hybrid.base, side.tensors["image"], bf16))["emotion"]
+            readings[name] = emotion_reading(name, logits, side.tensors["emotion"])
+        return readings
 
     def _score_and_refit(self, hybrid: HybridModule, phase: Phase, sides: dict) -> tuple[dict[str, float], float]:
         """The round's scores on both sides, and after an adversarial round the re-fit of W_i with

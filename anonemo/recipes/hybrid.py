@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 from anonemo.errors import ConfigError
 from anonemo.evaluation import round_curves_figure
-from anonemo.metrics import BUDGET_SHIPPED_ROUND, HYBRID, REFERENCE, own_head_metric
+from anonemo.metrics import BUDGET_SHIPPED_ROUND, HYBRID, own_head_metric
 from anonemo.models.adversary import Adversary, head_widths
 from anonemo.models.budget import EmotionBudget
-from anonemo.models.classifiers import MultiTaskModule, Optimizer
+from anonemo.models.classifiers import Optimizer
 from anonemo.models.hybrid import HybridModule, HybridSchedule
 from anonemo.models.rounds import RoundEnd
 from anonemo.recipes.base import Job, Recipe, Trained
@@ -30,10 +30,9 @@ class Hybrid(Recipe):
     (``Hybrid2Emotion``, ``Hybrid2Face``); Hybrid2Emotion's head is the one shipped with the base.
     The Hybrid's own heads are scored too (``Hybrid/emotion_head``, ``Hybrid/identity_head``).
 
-    With ``max_emotion_loss`` (points) the job first trains the Emotion CNN on the same network and
-    fold (``Reference``, scored like ``model=emotion``), starts the Hybrid from it instead of the
-    multi-task initialisation, and sets beta round by round within that emotion budget
-    (:class:`~anonemo.models.budget.EmotionBudget`); ``beta`` is then the first round's.
+    With ``max_emotion_loss`` (points) beta is set round by round so that validation emotion stays
+    within that many points of the initialisation's (:class:`~anonemo.models.budget.EmotionBudget`),
+    starting at ``beta``; ``emotion_guard`` is then not used.
     """
 
     label = HYBRID
@@ -92,36 +91,18 @@ class Hybrid(Recipe):
             max_feature_growth=self.max_feature_growth, refit_batch_size=data.batch_size, seed=job.cfg.seed,
         )
 
-    def start_from_reference(self, job: Job, hybrid: HybridModule) -> dict[str, float]:
-        """Train ``hybrid``'s base, emotion head and W_i by eq. (1) as the Emotion CNN is trained
-        (early stopping and the checkpoint selected on validation emotion) and score the selected
-        one once on the test fold: the reference, ``Reference`` and ``Reference/val_acc``."""
-        log.info("model.max_emotion_loss=%g: the initialisation is trained until its emotion is at its best on "
-                 "validation (Reference); the %d initialisation epochs then fit the identity heads only, and beta "
-                 "starts at %g and is set each round to keep validation emotion within %g points of the Reference's%s",
-                 self.max_emotion_loss, self.schedule.init_epochs, self.beta, self.max_emotion_loss,
-                 f" (model.emotion_guard={self.emotion_guard:g} is not used)" if self.emotion_guard else "")
-        reference = MultiTaskModule(hybrid.base, hybrid.emotion_head, hybrid.identity_heads[0], self.alpha,
-                                    self.optimizer, metric_prefix=f"{REFERENCE}/")
-        trainer = job.selecting_trainer(phase=REFERENCE, monitor=f"{REFERENCE}/val/acc",
-                                        patience=job.cfg.callbacks.patience)
-        with job.clock.phase("base_training"):
-            job.fit(trainer, reference, job.data, REFERENCE)
-        hybrid.budget.reference = reference.continued_level()
-        with job.clock.phase("evaluation"):  # loads the selected checkpoint into the Hybrid's modules
-            result = job.test_once(trainer, reference, job.data.test_dataloader(), "emotion",
-                                   job.checkpoints(REFERENCE) / "best.ckpt")
-        return job.log_result(result, REFERENCE, trainer)
-
     def train(self, job: Job) -> Trained:
         hybrid = self.module(job)
-        metrics = {} if self.max_emotion_loss is None else self.start_from_reference(job, hybrid)
+        metrics = {}
         schedule = self.schedule
+        unused_guard = f"; model.emotion_guard={self.emotion_guard:g} is not used" if self.emotion_guard else ""
+        weight = (f"beta from {self.beta:g} within an emotion budget of {self.max_emotion_loss:g} points{unused_guard}"
+                  if self.max_emotion_loss is not None else f"beta={self.beta:g}, emotion guard {self.emotion_guard:g}")
         log.info(
-            "Algorithm 1: %d epochs of multi-task initialisation, then %d rounds of %d adversarial epoch(s) "
-            "and a %d-pass identity re-fit (alpha=%g, beta=%g, emotion guard %g, adversary: %s)",
-            schedule.init_epochs, schedule.rounds, schedule.adversarial_epochs, schedule.refit_epochs, self.alpha,
-            self.beta, self.emotion_guard, self.adversary,
+            "Algorithm 1: %d epochs of multi-task initialisation, then %d rounds of %d adversarial epoch(s) and a %d-pass identity re-fit "
+            "(alpha=%g, %s, adversary: %s)",
+            schedule.init_epochs, schedule.rounds, schedule.adversarial_epochs, schedule.refit_epochs,
+            self.alpha, weight, self.adversary,
         )
         rounds = RoundEnd(job.data.side("train"), job.data.side("val"), job.clock,
                           identity_on_val="identity" in job.data.testable_tasks)
