@@ -1,5 +1,6 @@
-"""``python -m anonemo.calibrate dataset=... [model=hybrid_standardised] [calibrate.betas=[...]]
-[calibrate.folds=[...]]``: choose the Hybrid's β for a dataset from validation sides only.
+"""``python -m anonemo.calibrate dataset=... [model=hybrid_standardised] [calibrate.option=beta]
+[calibrate.grid=[...]] [calibrate.folds=[...]]``: choose the Hybrid's β (or, with
+``calibrate.option=max_emotion_loss``, its emotion budget) for a dataset from validation sides only.
 
 Runs the grid as two sweeps of ordinary jobs (with the launcher given, e.g.
 ``hydra/launcher=joblib``), then applies the rule of :mod:`anonemo.calibration`, prints the table
@@ -21,7 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from anonemo.calibration import (Setting, beta_value, check_options, choose, collect, front_figure, grid,
+from anonemo.calibration import (OPTIONS, Setting, check_options, choose, collect, float_value, front_figure, grid,
                                  job_overrides, leakage_measure, table)
 from anonemo.cli import CONF, check_override_keys, user_errors_reported
 from anonemo.data.check import check_job_data
@@ -29,7 +30,8 @@ from anonemo.data.check import check_job_data
 log = logging.getLogger(__name__)
 
 # The grid sets these itself; the user's other overrides (dataset, sizes, seed) go to every job.
-SET_BY_THE_GRID = ("model=", "model.beta=", "fold=", "calibrate.", "logger.experiment_name=")
+SET_BY_THE_GRID = ("model=", *(f"model.{option}=" for option in OPTIONS), "fold=", "calibrate.",
+                   "logger.experiment_name=")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="calibrate")
@@ -47,14 +49,14 @@ def main(cfg: DictConfig) -> None:
                        "sweep.skip_finished=true", "trainer.enable_progress_bar=false"]
             log.info("Calibration sweep: %s", " ".join(command[3:]))
             subprocess.run(command, check=False)  # a failed job is named by collect() below
-        report(cfg, collect(cfg, lambda beta, fold: finished_metrics(shared, cfg, beta, fold)))
+        report(cfg, collect(cfg, lambda value, fold: finished_metrics(shared, cfg, value, fold)))
 
 
-def finished_metrics(shared: list[str], cfg: DictConfig, beta: float | None, fold: int) -> dict[str, float] | None:
+def finished_metrics(shared: list[str], cfg: DictConfig, value: float | None, fold: int) -> dict[str, float] | None:
     """The metrics of the FINISHED run of one grid job, found by its config hash."""
     from anonemo.tracking.identity import finished_run
 
-    overrides = job_overrides(cfg, shared, None if beta is None else beta_value(beta), str(fold))
+    overrides = job_overrides(cfg, shared, None if value is None else float_value(value), str(fold))
     if GlobalHydra.instance().is_initialized():  # inside this command: its conf/ is Hydra's
         job = compose("train", overrides=overrides)
     else:
@@ -75,7 +77,10 @@ def report(cfg: DictConfig, settings: list[Setting]) -> None:
     chosen = choose(settings, cfg.calibrate.max_emotion_loss)
     leakage = leakage_measure(cfg)
     rows = table(settings, chosen, cfg.calibrate.max_emotion_loss, leakage)
-    override = f"model.beta={chosen.beta:g}"
+    option = cfg.calibrate.option
+    # a calibrated beta is a fixed one: the emotion budget is off
+    setting = {option: f"{chosen.value:g}"} | ({"max_emotion_loss": "null"} if option == "beta" else {})
+    override = " ".join(f"model.{key}={value}" for key, value in setting.items())
     folder = Path(cfg.paths.output_dir) / "calibration"
     folder.mkdir(parents=True, exist_ok=True)
     # an experiment config: copied into conf/experiment/, experiment=<its name> applies the choice
@@ -85,16 +90,16 @@ def report(cfg: DictConfig, settings: list[Setting]) -> None:
         f"{list(cfg.calibrate.folds)}; train with\n"
         f"#   python -m anonemo.train dataset={cfg.dataset.name} model={cfg.model.name} {override}\n"
         f"defaults:\n  - override /dataset: {cfg.dataset.name}\n  - override /model: {cfg.model.name}\n\n"
-        f"model:\n  beta: {chosen.beta:g}\n"
+        "model:\n" + "".join(f"  {key}: {value}\n" for key, value in setting.items())
     )
     uri = tracking_uri(cfg)
     client = MlflowClient(uri)
     run = client.create_run(ensure_experiment(client, cfg, uri), run_name=f"calibrate {cfg.model.name} on {cfg.dataset.name}",
                             tags={"anonemo.calibration": "parent", "dataset": cfg.dataset.name})
     run_id = run.info.run_id
-    for key in ("betas", "folds", "max_emotion_loss", "reference_model"):
+    for key in ("option", "grid", "folds", "max_emotion_loss", "reference_model"):
         client.log_param(run_id, f"calibrate.{key}", str(cfg.calibrate[key]))
-    client.log_metric(run_id, "calibrate/beta", chosen.beta)
+    client.log_metric(run_id, f"calibrate/{option}", chosen.value)
     with tempfile.TemporaryDirectory() as scratch:
         figure = front_figure(settings, chosen, f"{cfg.dataset.name}: validation front of {cfg.model.name}", leakage)
         figure.savefig(Path(scratch) / "calibration_front.png", dpi=110)
@@ -106,7 +111,7 @@ def report(cfg: DictConfig, settings: list[Setting]) -> None:
     client.set_terminated(run_id)
     print(f"\nCalibration of {cfg.model.name} on {cfg.dataset.name}, validation sides of folds "
           f"{list(cfg.calibrate.folds)} (rule: docs/algorithm.md, \"Choosing β\"):\n{rows}\n\n"
-          f"Chosen: β={chosen.beta:g}. Train with: {override}\n(written to {written}; MLflow run {run_id})")
+          f"Chosen: {chosen.label}. Train with: {override}\n(written to {written}; MLflow run {run_id})")
 
 
 if __name__ == "__main__":

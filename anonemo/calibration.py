@@ -1,14 +1,16 @@
-"""Choosing the recommended Hybrid's β for a dataset from validation sides only
-(``python -m anonemo.calibrate``).
+"""Choosing the recommended Hybrid's β (or emotion budget) for a dataset from validation sides
+only (``python -m anonemo.calibrate``).
 
 The grid is two sweeps of ordinary jobs on ``calibrate.folds``: the reference model (the Emotion
-CNN) and the Hybrid at every β of ``calibrate.betas``. Each job is found again by its config hash,
+CNN) and the Hybrid at every value of ``calibrate.grid`` of the model option ``calibrate.option``
+(``beta``, a fixed β: the budget is off; or ``max_emotion_loss``, an emotion budget). Each job is
+found again by its config hash,
 so a re-run reuses what finished. The choice reads only validation-side numbers: the Hybrid's
 fresh emotion head (``Hybrid2Emotion/val_acc``), the reference's selected epoch
 (``Emotion/val_acc``) and the validation side's leakage: the strongest audit attacker
 (``audit/identity/max/val``) under the paper's protocol, the linkage audit's AUC
 (``audit/linkage/auc/val``) under ``cv.protocol=subject_disjoint``, whose validation people were
-never trained on. Rule: among the β whose mean validation emotion is at most
+never trained on. Rule: among the settings whose mean validation emotion is at most
 ``calibrate.max_emotion_loss`` points below the reference's, the one with the lowest mean
 validation leakage (ties: more emotion).
 """
@@ -29,6 +31,8 @@ from anonemo.errors import ConfigError
 
 HYBRID_UTILITY = names.val_acc(names.HYBRID2EMOTION)
 REFERENCE_UTILITY = names.val_acc(names.EMOTION)
+# The model options a grid can set, and how a setting of each is named in tables and figures.
+OPTIONS = {"beta": "β", "max_emotion_loss": "E"}
 
 
 @dataclass(frozen=True)
@@ -50,16 +54,17 @@ def leakage_measure(cfg: DictConfig) -> Leakage:
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of the grid: the reference model (``beta`` None) or the Hybrid at ``beta``, with
-    its validation numbers per fold (%)."""
+    """One row of the grid: the reference model (``value`` None) or the Hybrid with ``option`` at
+    ``value``, with its validation numbers per fold (%)."""
 
-    beta: float | None
+    value: float | None
     emotion: tuple[float, ...]
     leakage: tuple[float, ...]
+    option: str = "beta"
 
     @property
     def label(self) -> str:
-        return "reference (Emotion CNN)" if self.beta is None else f"β={self.beta:g}"
+        return "reference (Emotion CNN)" if self.value is None else f"{OPTIONS[self.option]}={self.value:g}"
 
     @property
     def mean_emotion(self) -> float:
@@ -77,56 +82,64 @@ class Setting:
         return statistics.fmean(losses), spread
 
 
-def job_overrides(cfg: DictConfig, overrides: list[str], beta: str | None, folds: str) -> list[str]:
+def job_overrides(cfg: DictConfig, overrides: list[str], value: str | None, folds: str) -> list[str]:
     """The overrides of one grid job (or, with comma lists, of one sweep): the user's, then the
-    reference model (``beta`` None; the user's ``model.*`` options are the Hybrid's and stay out)
-    or the Hybrid at ``beta``."""
-    if beta is None:
+    reference model (``value`` None; the user's ``model.*`` options are the Hybrid's and stay out)
+    or the Hybrid with ``calibrate.option`` at ``value`` (a fixed β turns the emotion budget off)."""
+    if value is None:
         shared = [o for o in overrides if not o.startswith("model.")]
         return [*shared, f"model={cfg.calibrate.reference_model}", f"fold={folds}"]
-    return [*overrides, f"model={cfg.model.name}", f"model.beta={beta}", f"fold={folds}"]
+    setting = [f"model.{cfg.calibrate.option}={value}"]
+    if cfg.calibrate.option == "beta":
+        setting.append("model.max_emotion_loss=null")
+    return [*overrides, f"model={cfg.model.name}", *setting, f"fold={folds}"]
 
 
 def grid(cfg: DictConfig, overrides: list[str]) -> list[list[str]]:
-    """The two sweeps: the reference, then the Hybrid at every β, on every calibration fold."""
+    """The two sweeps: the reference, then the Hybrid at every value, on every calibration fold."""
     folds = ",".join(str(f) for f in cfg.calibrate.folds)
-    betas = ",".join(beta_value(b) for b in cfg.calibrate.betas)
-    return [job_overrides(cfg, overrides, None, folds), job_overrides(cfg, overrides, betas, folds)]
+    values = ",".join(float_value(v) for v in cfg.calibrate.grid)
+    return [job_overrides(cfg, overrides, None, folds), job_overrides(cfg, overrides, values, folds)]
 
 
-def beta_value(beta: float) -> str:
-    """β as an override value that stays a float (``2.0``, not the integer ``2``)."""
-    return repr(float(beta))
+def float_value(value: float) -> str:
+    """A value as an override that stays a float (``2.0``, not the integer ``2``)."""
+    return repr(float(value))
 
 
 def check_options(cfg: DictConfig) -> None:
     options = cfg.calibrate
-    if not options.betas or any(b < 0 for b in options.betas):
-        raise ConfigError(f"calibrate.betas={list(options.betas)} must be a non-empty list of non-negative weights.")
+    if options.option not in OPTIONS:
+        raise ConfigError(f"calibrate.option={options.option} is not an option the grid can set: use "
+                          f"{' or '.join(OPTIONS)}.")
+    if not options.grid or any(v < 0 for v in options.grid):
+        raise ConfigError(f"calibrate.grid={list(options.grid)} must be a non-empty list of non-negative values "
+                          f"of model.{options.option}.")
     if not options.folds or any(not 0 <= f < cfg.cv.n_splits for f in options.folds):
         raise ConfigError(f"calibrate.folds={list(options.folds)} must list folds in 0..{cfg.cv.n_splits - 1}.")
     if options.max_emotion_loss < 0:
         raise ConfigError(f"calibrate.max_emotion_loss={options.max_emotion_loss} must be non-negative (points).")
-    if "beta" not in cfg.model:
+    if "beta" not in cfg.model or "max_emotion_loss" not in cfg.model:
         raise ConfigError(f"model={cfg.model.name} has no β to calibrate: use a Hybrid (model=hybrid_standardised).")
 
 
 def collect(cfg: DictConfig, metrics_of: Callable[[float | None, int], dict[str, float] | None]) -> list[Setting]:
-    """The grid's validation numbers; ``metrics_of(beta, fold)``: the metrics of that FINISHED job,
+    """The grid's validation numbers; ``metrics_of(value, fold)``: the metrics of that FINISHED job,
     or None. Only validation metrics are read."""
     settings, missing = [], []
     leakage_metric = leakage_measure(cfg).metric
-    for beta in [None, *cfg.calibrate.betas]:
-        utility = REFERENCE_UTILITY if beta is None else HYBRID_UTILITY
+    for value in [None, *cfg.calibrate.grid]:
+        utility = REFERENCE_UTILITY if value is None else HYBRID_UTILITY
         emotion, leakage = [], []
+        setting = Setting(value, (), (), cfg.calibrate.option)
         for fold in cfg.calibrate.folds:
-            found = metrics_of(beta, fold)
+            found = metrics_of(value, fold)
             if found is None or utility not in found or leakage_metric not in found:
-                missing.append(f"{'reference' if beta is None else f'β={beta:g}'} fold {fold}")
+                missing.append(f"{setting.label} fold {fold}")
                 continue
             emotion.append(found[utility])
             leakage.append(found[leakage_metric])
-        settings.append(Setting(beta, tuple(emotion), tuple(leakage)))
+        settings.append(Setting(value, tuple(emotion), tuple(leakage), cfg.calibrate.option))
     if missing:
         raise ConfigError(f"The calibration grid is incomplete ({', '.join(missing)} did not finish with "
                           f"{leakage_metric}): see the sweep's log above, fix the cause and run the same command "
@@ -140,8 +153,8 @@ def choose(settings: list[Setting], max_emotion_loss: float) -> Setting:
     kept = [s for s in candidates if reference.mean_emotion - s.mean_emotion <= max_emotion_loss]
     if not kept:
         raise ConfigError(
-            f"Every β loses more than calibrate.max_emotion_loss={max_emotion_loss:g} points of validation emotion "
-            f"against the reference's {reference.mean_emotion:.1f}%: try smaller calibrate.betas."
+            f"Every setting loses more than calibrate.max_emotion_loss={max_emotion_loss:g} points of validation "
+            f"emotion against the reference's {reference.mean_emotion:.1f}%: try other calibrate.grid."
         )
     return min(kept, key=lambda s: (round(s.mean_leakage, 6), -s.mean_emotion))
 
@@ -155,11 +168,11 @@ def table(settings: list[Setting], chosen: Setting, max_emotion_loss: float, lea
              "|---|---|---|---|---|---|"]
     for s in settings:
         loss, spread = s.emotion_loss(reference)
-        verdict = ("" if s.beta is None else "**chosen**" if s is chosen
+        verdict = ("" if s.value is None else "**chosen**" if s is chosen
                    else f"loses {loss:.1f} points of emotion" if loss > max_emotion_loss else "")
         if verdict.startswith("loses") and loss - spread <= max_emotion_loss:
             verdict += f" (within one standard error of calibrate.max_emotion_loss={max_emotion_loss:g})"
-        lost = "" if s.beta is None else f"{loss:.2f}" if math.isnan(spread) else f"{loss:.2f} ± {spread:.2f}"
+        lost = "" if s.value is None else f"{loss:.2f}" if math.isnan(spread) else f"{loss:.2f} ± {spread:.2f}"
         lines.append(f"| {s.label} | {len(s.emotion)} | {s.mean_emotion:.2f} | {lost} | {s.mean_leakage:.2f} | {verdict} |")
     return "\n".join(lines)
 
@@ -168,7 +181,7 @@ def front_figure(settings: list[Setting], chosen: Setting, title: str, leakage: 
     """Validation emotion against validation leakage, one point per setting."""
     figure, axes = plt.subplots(figsize=(6.5, 5))
     for s in settings:
-        marker = "s" if s.beta is None else "*" if s is chosen else "o"
+        marker = "s" if s.value is None else "*" if s is chosen else "o"
         axes.plot(s.mean_leakage, s.mean_emotion, marker, markersize=12 if s is chosen else 7, label=s.label)
         axes.annotate(s.label, (s.mean_leakage, s.mean_emotion), fontsize=7, xytext=(4, 4), textcoords="offset points")
     axes.set_xlabel(f"{leakage.label}  (lower is more private)")

@@ -1,5 +1,6 @@
 """The emotion budget (model.max_emotion_loss): its controller, and a constrained Hybrid's job."""
 
+import copy
 import math
 
 import pytest
@@ -16,6 +17,8 @@ from anonemo.metrics import (
     ROUND_BUDGET_SLACK,
     ROUND_EXPECTED_EMOTION,
 )
+from anonemo.models.hybrid import HybridModule, HybridSchedule
+from anonemo.models.networks import Networks
 from anonemo.models.budget import BETA_RANGE, MAX_GROWTH, SMOOTHING, STEP_POINTS, EmotionBudget, emotion_reading, expected_accuracy
 from anonemo.tracking.store import tracking_uri
 
@@ -108,3 +111,21 @@ def test_constrained_hybrid_starts_from_its_reference_and_sets_each_rounds_beta_
     assert "hybrid_rounds.png" in {a.path for a in client.list_artifacts(logged.info.run_id)}
     assert not math.isnan(metrics["Hybrid2Emotion"])
 
+
+
+def test_a_model_that_overspent_in_its_last_round_ends_with_the_last_round_within_the_budget():
+    net = Networks(image_size=32, conv_channels=(4, 8, 8), fc_hidden=(16,), bottleneck=8, dropout=0.0)
+    base = net.base()
+    module = HybridModule(base, net.head(8, 3), [net.head(8, 4)], HybridSchedule(init_epochs=1, rounds=5),
+                          budget=EmotionBudget(2))
+    module.budget.step(0, 0.3, both(90.0, 60.0))
+    module.last_slack = module.budget.step(1, 0.3, both(90.0, 60.0))[1][ROUND_BUDGET_SLACK]
+    module.within_budget = (1, {k: v.clone() for k, v in module.state_dict().items()})
+    kept = copy.deepcopy(module.state_dict())
+    assert module.restore_within_budget() == 5  # the last round was within it: nothing changes
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(1.0)
+    module.last_slack = -0.5
+    assert module.restore_within_budget() == 1
+    assert all(torch.equal(kept[k], v) for k, v in module.state_dict().items())
