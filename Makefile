@@ -53,8 +53,9 @@ bench: install  # throughput against a plain PyTorch loop, fold 0 of each model 
 report: install
 	$(BIN)/python -m anonemo.report $(ARGS)
 
+# Without MLflow's server-side job runner (GenAI jobs, 8 more processes), which anonemo never uses.
 ui: install
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
 		--backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db \
 		--default-artifact-root $(CURDIR)/outputs/mlartifacts
 

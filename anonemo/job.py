@@ -37,7 +37,8 @@ from anonemo.threads import configure_threads
 from anonemo.timing import PhaseClock
 from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT
 from anonemo.tracking.identity import finished_run, unfinished_run
-from anonemo.tracking.run import mlflow_run, run_url
+from anonemo.tracking.links import run_link
+from anonemo.tracking.run import mlflow_run
 from anonemo.tracking.store import check_reachable, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -148,9 +149,10 @@ def execute(plan: Plan) -> dict[str, float]:
         timings = clock.metrics()
         logger.log_metrics(timings)
         metrics |= timings
+    uri = tracking_uri(cfg)
     log.info("%s\nAll %d metrics: MLflow run %s in %s (make ui, then %s)",
              result_summary(f"{recipe.name} on {cfg.dataset.name} fold {cfg.fold}", metrics),
-             len(metrics), logger.run_id, tracking_uri(cfg), run_url(logger))
+             len(metrics), logger.run_id, uri, run_link(uri, logger.experiment_id, logger.run_id))
     return metrics
 
 

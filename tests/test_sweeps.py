@@ -19,6 +19,7 @@ from test_bad_input import cli
 
 from anonemo.report.collect import collect_groups, settings_labels
 from anonemo.report.render import BELOW_CHANCE_NOTE, HEADER, build_report, print_tables, tradeoff_figure
+from anonemo.report.sweep_summary import fold_means
 from anonemo.tracking.store import tracking_uri
 from anonemo.job import run
 
@@ -213,6 +214,19 @@ def test_settings_that_do_not_change_results_do_not_split_groups(store):
     assert sorted(g.summary("Emotion")[2] for g in groups) == [1, 2]
 
 
+def test_a_parent_of_several_configurations_names_each_configurations_fold_means(store):
+    client, experiment = store
+    for beta, values in (("0.3", (50.0, 70.0)), ("0.8", (40.0, 44.0))):
+        for fold, value in enumerate(values):
+            make_run(client, experiment, {"dataset.name": "yale", "model.name": "hybrid_standardised", "model.beta": beta,
+                                          "fold": fold}, {"Hybrid2Emotion": value, "wall_time_s": 100.0})
+    means = fold_means(collect_groups(client, [experiment]))
+    assert means["hybrid_standardised model.beta:0.3/Hybrid2Emotion/mean"] == 60.0
+    assert means["hybrid_standardised model.beta:0.8/Hybrid2Emotion/std"] == pytest.approx(statistics.stdev([40.0, 44.0]))
+    assert means["hybrid_standardised model.beta:0.8/wall_time_s/n"] == 2
+    assert not any("Emotion2Face" in key for key in means)  # only what the jobs logged
+
+
 def test_latest_run_of_a_fold_wins(store):
     client, experiment = store
     params = {"dataset.name": "yale", "model.name": "face", "fold": 0}
@@ -248,13 +262,20 @@ def test_parallel_sweep_records_every_job_and_survives_a_failing_one(tmp_path):
     assert parent.info.status == "FAILED"
     assert (parent.data.tags["sweep.jobs_finished"], parent.data.tags["sweep.jobs_failed"]) == ("2", "1")
     assert "fold=0,1,9" in parent.data.tags["sweep.overrides"]
+    # the parent sums up the folds that finished, where the UI can sort them, and keeps the report
+    emotion = [by_fold[f].data.metrics["Emotion"] for f in "01"]
+    assert parent.data.metrics["Emotion/mean"] == pytest.approx(statistics.fmean(emotion))
+    assert parent.data.metrics["Emotion/std"] == pytest.approx(statistics.stdev(emotion))
+    assert parent.data.metrics["Emotion/n"] == 2 and parent.data.metrics["audit/identity/max/n"] == 2
+    assert {"report/report.md", "report/report.csv"} <= {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    link = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
+    assert link in result.stdout  # the sweep's last words
 
     report = cli(f"parent_run={parent.info.run_id}", f"paths.output_dir={tmp_path}", f"output_dir={tmp_path}/report",
                  module="anonemo.report")
     assert report.returncode == 0, report.stderr[-2000:]
     assert "(2)" in report.stdout  # the two finished folds, averaged
-    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/report.md", "report/report.csv"} <= logged
+    assert report.stdout.rstrip().endswith(f"The sweep's parent run, with the fold means: http://127.0.0.1:5000/{link}")
 
 
 def test_submitit_local_launcher_runs_a_job(tmp_path):
@@ -337,7 +358,8 @@ def test_parallel_sweep_against_a_real_tracking_server(tmp_path):
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
          "--artifacts-destination", str(tmp_path / "server_artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     try:
         deadline = time.monotonic() + 120
         while not answers(f"{uri}/health"):

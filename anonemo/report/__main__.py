@@ -21,6 +21,8 @@ from omegaconf import DictConfig
 from anonemo.cli import check_override_keys, user_errors_reported
 from anonemo.errors import ConfigError
 from anonemo.report.render import build_report, print_tables
+from anonemo.report.sweep_summary import summarise_sweep
+from anonemo.tracking.links import experiment_link, run_link
 from anonemo.tracking.store import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,20 @@ def main(cfg: DictConfig) -> None:
             experiment_ids = [experiment.experiment_id for experiment in experiments.values()]
         else:
             experiment_ids = [e.experiment_id for e in client.search_experiments()]
-        tables, files = build_report(client, experiment_ids, " and ".join(filters), Path(cfg.output_dir))
+        if cfg.parent_run and not cfg.filter:  # the parent run sums up its folds and keeps the report
+            summary, tables = summarise_sweep(client, cfg.parent_run, Path(cfg.output_dir))
+            if not summary:
+                raise ConfigError(f"parent_run={cfg.parent_run} has no FINISHED job runs to report (runs still RUNNING "
+                                  "or FAILED are not reported).")
+        else:
+            tables, _ = build_report(client, experiment_ids, " and ".join(filters), Path(cfg.output_dir))
         print_tables(tables)
-        if cfg.parent_run:
-            for path in files:
-                client.log_artifact(cfg.parent_run, str(path), "report")
         log.info("Report written to %s", Path(cfg.output_dir).resolve())
+        if cfg.parent_run:
+            print(f"The sweep's parent run, with the fold means: {run_link(uri, experiment_ids[0], cfg.parent_run)}")
+        else:
+            for experiment_id in experiment_ids:
+                print(f"{client.get_experiment(experiment_id).name}: {experiment_link(uri, experiment_id)}")
 
 
 if __name__ == "__main__":

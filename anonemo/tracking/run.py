@@ -125,7 +125,3 @@ def sweep_tags() -> dict[str, str]:
     if os.environ.get(PARENT_RUN_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
     return tags
-
-
-def run_url(logger: RunLogger) -> str:
-    return f"#/experiments/{logger.experiment_id}/runs/{logger.run_id}"

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from anonemo.errors import ConfigError, TrackingError
+from anonemo.tracking.links import headline_view_tags
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
 # MLflow's schema migrations log a page of INFO lines the first time a database is created.
@@ -63,11 +64,14 @@ def ensure_experiment(client: MlflowClient, cfg: DictConfig, uri: str) -> str:
         location = None
         if uri.startswith("sqlite:"):
             location = (Path(cfg.logger.artifact_location).resolve() / name).as_uri()
-        # A model-training experiment, so that the UI opens on its runs rather than on GenAI traces.
-        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: "custom_model_development"})
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND: "custom_model_development", **headline_view_tags()})
     if experiment.lifecycle_stage == "deleted":
         raise ConfigError(
             f"MLflow experiment {name!r} in {uri} is deleted: restore it in the MLflow UI, or pick "
             "another name with logger.experiment_name=..."
         )
+    for key, value in headline_view_tags().items():  # experiments created before the view existed
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id

@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from anonemo.cli import terminate_as_interrupt
+from anonemo.tracking.links import run_link
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,28 @@ class MlflowSweepCallback(Callback):
         statuses = [run.info.status for run in children]
         for status in ("FINISHED", "FAILED", "KILLED", "RUNNING"):
             client.set_tag(parent, f"sweep.jobs_{status.lower()}", str(statuses.count(status)))
+        summarise(client, parent)
         ok = statuses and all(status == "FINISHED" for status in statuses)
         client.set_terminated(parent, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
         failed = len(statuses) - statuses.count("FINISHED")
         log.info(
-            "Sweep done: %d jobs, %d finished, %d failed. Summarise with: python -m anonemo.report parent_run=%s",
-            len(statuses), statuses.count("FINISHED"), failed, parent,
+            "Sweep done: %d jobs, %d finished, %d failed. Fold means on the parent run: %s (make ui); the report "
+            "again with: python -m anonemo.report parent_run=%s",
+            len(statuses), statuses.count("FINISHED"), failed,
+            run_link(self._uri, client.get_run(parent).info.experiment_id, parent), parent,
         )
         return failed
+
+
+def summarise(client, parent: str) -> None:
+    """The fold means and report on the parent run; a failure here is logged, as the parent must
+    still be closed."""
+    from mlflow.exceptions import MlflowException
+
+    from anonemo.errors import AnonemoError
+    from anonemo.report.sweep_summary import summarise_sweep
+
+    try:
+        summarise_sweep(client, parent)
+    except (MlflowException, AnonemoError, OSError) as error:
+        log.warning("The sweep's fold means could not be logged to its parent run %s: %s", parent, error)

@@ -1,0 +1,89 @@
+"""The MLflow UI as a user sees it: `mlflow ui` over a tiny 2-fold sweep, the links anonemo prints
+loaded in headless Chromium, and the page checked after its JavaScript ran (the DOM, not the HTML
+the server sends). With ANONEMO_UI_SCREENSHOTS=<folder> the test also saves what it looked at
+(docs/tracking.md's screenshots)."""
+
+import html
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from test_bad_input import cli
+from test_sweeps import TINY_JOB, answers, free_port
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt-get install chromium); "
+                                                        ".ci/run installs it")
+WINDOW = "1920,1000"  # wide enough that the runs table renders the headline columns
+
+
+def rendered(url: str, screenshot: Path | None = None) -> list[str]:
+    """The page's visible text after its JavaScript ran, one string per text node."""
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={WINDOW}",
+               "--virtual-time-budget=20000"]
+    dom = subprocess.run([*command, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    if screenshot is not None:
+        subprocess.run([*command, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+    text = re.sub(r"<[^>]+>", "\n", re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S))
+    return [line.strip() for line in html.unescape(text).splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    """A 2-fold sweep, and `mlflow ui` over its store as `make ui` starts it; the sweep's output and the UI's address."""
+    folder = tmp_path_factory.mktemp("ui")
+    sweep = cli("-m", *TINY_JOB, f"paths.output_dir={folder}", "fold=0,1")
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    port = free_port()
+    log = (folder / "ui.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
+         f"sqlite:///{folder}/mlflow.db", "--default-artifact-root", str(folder / "mlartifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+             "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"})
+    try:
+        deadline = time.monotonic() + 120
+        while not answers(f"http://127.0.0.1:{port}/health"):
+            assert server.poll() is None, (folder / "ui.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlflow ui did not answer within 120 s"
+            time.sleep(0.5)
+        yield folder, sweep.stdout, f"http://127.0.0.1:{port}/"
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def screenshot(name: str) -> Path | None:
+    folder = os.environ.get("ANONEMO_UI_SCREENSHOTS")
+    return None if folder is None else Path(folder) / name
+
+
+def test_the_printed_run_link_opens_the_run_in_the_model_training_view(ui):
+    _, output, address = ui
+    links = re.findall(r"make ui, then (http://127\.0\.0\.1:5000/\S+)\)", output)
+    assert len(links) == 2  # one per job
+    page = rendered(links[0].replace("http://127.0.0.1:5000/", address), screenshot("ui_run.png"))
+    assert "Model registry" in page and "Evaluation runs" not in page  # the model-training side bar, not GenAI's
+    assert "Model metrics" in page and "Emotion" in page
+
+
+def test_the_experiment_link_opens_the_runs_table_with_the_fold_means_of_the_sweep(ui):
+    folder, output, address = ui
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+                 if r.data.tags.get("anonemo.sweep") == "parent"]
+    assert f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning" in output
+    link = (f"{address}#/experiments/{parent.info.experiment_id}/runs?viewStateShareKey=anonemo-headline"
+            "&workflowType=machine_learning")
+    page = rendered(link, screenshot("ui_runs_table.png"))
+    assert "Model registry" in page and "Traces 0" not in " ".join(page)
+    assert {"Emotion", "Emotion/mean", "audit/identity/max", "audit/identity/max/mean"} <= set(page)  # the columns
+    mean = parent.data.metrics["Emotion/mean"]
+    assert any(cell.startswith(f"{mean:.4f}"[:6]) for cell in page), f"the parent's Emotion/mean {mean} is not shown"
