@@ -81,8 +81,8 @@ def confusion_figure(result: ClassificationResult, title: str) -> plt.Figure:
 def round_curves_figure(history: list[dict[str, float]], title: str) -> plt.Figure:
     """Per-round accuracies of the Hybrid's heads (Algorithm 1), training and validation sides.
     With an emotion budget (``round/budget/*`` in the rows), a second panel shows each round's beta
-    and, per side, the emotion head's expected accuracy, its smoothed value, the reference and the
-    floor the budget keeps it above.
+    and, per side, the budget's reading of the emotion head (accuracy on the training side, expected
+    accuracy on validation), its smoothed value, the reference and the floor the budget keeps it above.
 
     ``history`` rows hold ``round`` and ``round/<curve>/<side>`` percentages.
     """
@@ -113,15 +113,16 @@ def round_curves_figure(history: list[dict[str, float]], title: str) -> plt.Figu
     axes.legend(fontsize=7, loc="best")
     if budget:
         constraint = panels[1, 0]
-        for side, color in (("train", "tab:purple"), ("val", "tab:blue")):
+        readings = {"train": ("round/emotion_acc/train", "accuracy"),
+                    "val": (f"{ROUND_EXPECTED_EMOTION}/val", "expected accuracy")}
+        for (side, (key, reading)), color in zip(readings.items(), ("tab:purple", "tab:blue")):
             reference = curve(f"{ROUND_BUDGET_REFERENCE}/{side}")[0][1]
             floor = reference - curve(f"{ROUND_BUDGET_SLACK}/{side}")[0][1]  # round 0's slack is the whole budget
-            constraint.plot(*zip(*curve(f"{ROUND_EXPECTED_EMOTION}/{side}")), ":", color=color, marker=".",
-                            label=f"emotion head, expected accuracy ({side})")
+            constraint.plot(*zip(*curve(key)), ":", color=color, marker=".", label=f"emotion head, {reading} ({side})")
             constraint.plot(*zip(*curve(f"{ROUND_BUDGET_SIGNAL}/{side}")), "-", color=color, label=f"same, smoothed ({side})")
             constraint.axhline(reference, color=color, linewidth=0.8, label=f"reference: the initialisation ({side})")
             constraint.axhline(floor, color=color, linestyle="--", linewidth=0.8, label=f"reference - max_emotion_loss ({side})")
-        constraint.set_ylabel("emotion, expected accuracy (%)")
+        constraint.set_ylabel("emotion: what the budget reads (%)")
         constraint.set_xlabel("round t")
         constraint.xaxis.set_major_locator(MaxNLocator(integer=True))
         weight = constraint.twinx()

@@ -73,6 +73,7 @@ ROUND_EXPECTED_EMOTION = "round/emotion_expected_acc"
 # negative: overspent); round/budget/slack alone is the tighter side's.
 ROUND_BUDGET_REFERENCE, ROUND_BUDGET_SIGNAL, ROUND_BUDGET_SLACK = (
     f"round/budget/{name}" for name in ("reference", "emotion", "slack"))
+ROUND_BUDGET_CEILING = "round/budget/ceiling"  # the most beta may be after the round (docs/algorithm.md)
 # The round whose weights a constrained Hybrid ends with: the last, unless it overspent the budget.
 BUDGET_SHIPPED_ROUND = "budget/shipped_round"
 # Where a round's time goes: its training (adversarial epochs), then the round end's parts.

@@ -12,6 +12,7 @@ from anonemo.job import run
 from anonemo.metrics import (
     BUDGET_SHIPPED_ROUND,
     ROUND_BETA,
+    ROUND_BUDGET_CEILING,
     ROUND_BUDGET_REFERENCE,
     ROUND_BUDGET_SIGNAL,
     ROUND_BUDGET_SLACK,
@@ -19,7 +20,7 @@ from anonemo.metrics import (
 )
 from anonemo.models.hybrid import HybridModule, HybridSchedule
 from anonemo.models.networks import Networks
-from anonemo.models.budget import BETA_RANGE, MAX_GROWTH, SMOOTHING, STEP_POINTS, EmotionBudget, emotion_reading, expected_accuracy
+from anonemo.models.budget import BETA_RANGE, CEILING_FACTOR, MAX_GROWTH, SMOOTHING, STEP_POINTS, EmotionBudget, emotion_reading, expected_accuracy
 from anonemo.tracking.store import tracking_uri
 
 
@@ -66,6 +67,17 @@ def test_the_tighter_side_sets_beta():
     assert logged[f"{ROUND_BUDGET_SLACK}/val"] == pytest.approx(4.0)
     assert logged[ROUND_BUDGET_SLACK] == logged[f"{ROUND_BUDGET_SLACK}/train"] == pytest.approx(-2.0)
     assert beta == pytest.approx(0.15)
+
+
+def test_a_round_that_cost_training_emotion_caps_beta_for_good():
+    budget = EmotionBudget(max_loss=2)
+    budget.step(0, 0.3, both(90.0, 60.0))
+    beta, logged = budget.step(1, 1.0, both(80.0, 60.0))  # the training side 3 points overspent at beta=1
+    assert beta == 0.5 and logged[ROUND_BUDGET_CEILING] == pytest.approx(CEILING_FACTOR)
+    beta, logged = budget.step(2, beta, both(95.0, 70.0))  # 2 points to spend: it would grow to 0.5 * sqrt(2)
+    assert beta == pytest.approx(CEILING_FACTOR) and CEILING_FACTOR < 0.5 * MAX_GROWTH
+    budget.step(3, beta, both(100.0, 40.0))  # validation overspent, the training side not: no new ceiling
+    assert budget.ceiling == pytest.approx(CEILING_FACTOR)
 
 
 def test_beta_stays_within_its_range():

@@ -9,7 +9,7 @@ import torch
 
 from anonemo.errors import ConfigError
 from anonemo.evaluation import accuracy
-from anonemo.metrics import ROUND_BUDGET_REFERENCE, ROUND_BUDGET_SIGNAL, ROUND_BUDGET_SLACK
+from anonemo.metrics import ROUND_BUDGET_CEILING, ROUND_BUDGET_REFERENCE, ROUND_BUDGET_SIGNAL, ROUND_BUDGET_SLACK
 
 # The controller's constants (docs/algorithm.md says why these): the smoothed signal moves half way
 # to each round's value; a slack of STEP_POINTS doubles beta, an overspend of as much halves it;
@@ -19,6 +19,8 @@ SMOOTHING = 0.5
 STEP_POINTS = 2.0
 MAX_GROWTH = 2**0.5
 BETA_RANGE = (0.01, 2.0)
+# A round that cost training-side emotion caps beta at this fraction of its beta for good.
+CEILING_FACTOR = 0.7
 
 
 def expected_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -50,13 +52,16 @@ class EmotionBudget:
     ``2 ** (slack / STEP_POINTS)``, between 1/2 and ``MAX_GROWTH``: up while there is emotion to
     spend, down faster than up when there is not. The validation side says what the budget is
     about, emotion on faces the model did not learn from; the training side, thousands of faces
-    where validation may hold a handful, sees a collapse first.
+    where validation may hold a handful, sees a collapse first. A round whose β overspent the
+    training side's budget also caps β at ``CEILING_FACTOR`` times that β from then on (``ceiling``),
+    so that β does not climb back to where emotion collapsed.
     """
 
     max_loss: float
     readings: dict[str, list[float]] = field(default_factory=lambda: {side: [] for side in SIDES})
     reference: dict[str, float] = field(default_factory=dict)
     smoothed: dict[str, float] = field(default_factory=dict)
+    ceiling: float = BETA_RANGE[1]
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_loss <= 100:
@@ -81,16 +86,20 @@ class EmotionBudget:
         slacks = {side: self.smoothed[side] - (self.reference[side] - self.max_loss) for side in SIDES}
         slack = min(slacks.values())
         if round_ > 0:
+            if slacks["train"] < 0:
+                self.ceiling = max(min(self.ceiling, beta * CEILING_FACTOR), BETA_RANGE[0])
             factor = min(max(2 ** (slack / STEP_POINTS), 0.5), MAX_GROWTH)
-            beta = min(max(beta * factor, BETA_RANGE[0]), BETA_RANGE[1])
-        logged = {ROUND_BUDGET_SLACK: slack}
+            beta = min(max(beta * factor, BETA_RANGE[0]), self.ceiling)
+        logged = {ROUND_BUDGET_SLACK: slack, ROUND_BUDGET_CEILING: self.ceiling}
         for side in SIDES:
             logged |= {f"{ROUND_BUDGET_REFERENCE}/{side}": self.reference[side],
                        f"{ROUND_BUDGET_SIGNAL}/{side}": self.smoothed[side], f"{ROUND_BUDGET_SLACK}/{side}": slacks[side]}
         return beta, logged
 
     def state_dict(self) -> dict:
-        return {"readings": self.readings, "reference": self.reference, "smoothed": self.smoothed}
+        return {"readings": self.readings, "reference": self.reference, "smoothed": self.smoothed,
+                "ceiling": self.ceiling}
 
     def load_state_dict(self, state: dict) -> None:
         self.readings, self.reference, self.smoothed = state["readings"], state["reference"], state["smoothed"]
+        self.ceiling = state["ceiling"]
