@@ -69,7 +69,7 @@ def test_the_tighter_side_sets_beta():
     assert beta == pytest.approx(0.15)
 
 
-def test_a_round_that_cost_training_emotion_caps_beta_for_good():
+def test_the_round_that_starts_costing_training_emotion_caps_beta_for_good():
     budget = EmotionBudget(max_loss=2)
     budget.step(0, 0.3, both(90.0, 60.0))
     beta, logged = budget.step(1, 1.0, both(80.0, 60.0))  # the training side 3 points overspent at beta=1
@@ -78,6 +78,9 @@ def test_a_round_that_cost_training_emotion_caps_beta_for_good():
     assert beta == pytest.approx(CEILING_FACTOR) and CEILING_FACTOR < 0.5 * MAX_GROWTH
     budget.step(3, beta, both(100.0, 40.0))  # validation overspent, the training side not: no new ceiling
     assert budget.ceiling == pytest.approx(CEILING_FACTOR)
+    budget.step(4, 0.6, both(60.0, 70.0))  # the training side overspent again: the cap falls to 0.7 * 0.6
+    budget.step(5, 0.3, both(70.0, 70.0))  # still overspent while it recovers: the cap stays
+    assert budget.ceiling == pytest.approx(CEILING_FACTOR * 0.6)
 
 
 def test_beta_stays_within_its_range():

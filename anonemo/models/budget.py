@@ -19,7 +19,7 @@ SMOOTHING = 0.5
 STEP_POINTS = 2.0
 MAX_GROWTH = 2**0.5
 BETA_RANGE = (0.01, 2.0)
-# A round that cost training-side emotion caps beta at this fraction of its beta for good.
+# The round that starts overspending the training side's budget caps beta at this fraction of its beta for good.
 CEILING_FACTOR = 0.7
 
 
@@ -52,9 +52,10 @@ class EmotionBudget:
     ``2 ** (slack / STEP_POINTS)``, between 1/2 and ``MAX_GROWTH``: up while there is emotion to
     spend, down faster than up when there is not. The validation side says what the budget is
     about, emotion on faces the model did not learn from; the training side, thousands of faces
-    where validation may hold a handful, sees a collapse first. A round whose β overspent the
-    training side's budget also caps β at ``CEILING_FACTOR`` times that β from then on (``ceiling``),
-    so that β does not climb back to where emotion collapsed.
+    where validation may hold a handful, sees a collapse first. The round that starts overspending
+    the training side's budget also caps β at ``CEILING_FACTOR`` times its β from then on
+    (``ceiling``), so that β does not climb back to where emotion collapsed; the rounds that recover
+    from it do not lower the cap again.
     """
 
     max_loss: float
@@ -62,6 +63,7 @@ class EmotionBudget:
     reference: dict[str, float] = field(default_factory=dict)
     smoothed: dict[str, float] = field(default_factory=dict)
     ceiling: float = BETA_RANGE[1]
+    overspent: bool = False  # the training side's budget, after the last round
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_loss <= 100:
@@ -86,8 +88,9 @@ class EmotionBudget:
         slacks = {side: self.smoothed[side] - (self.reference[side] - self.max_loss) for side in SIDES}
         slack = min(slacks.values())
         if round_ > 0:
-            if slacks["train"] < 0:
+            if slacks["train"] < 0 and not self.overspent:
                 self.ceiling = max(min(self.ceiling, beta * CEILING_FACTOR), BETA_RANGE[0])
+            self.overspent = slacks["train"] < 0
             factor = min(max(2 ** (slack / STEP_POINTS), 0.5), MAX_GROWTH)
             beta = min(max(beta * factor, BETA_RANGE[0]), self.ceiling)
         logged = {ROUND_BUDGET_SLACK: slack, ROUND_BUDGET_CEILING: self.ceiling}
@@ -98,8 +101,8 @@ class EmotionBudget:
 
     def state_dict(self) -> dict:
         return {"readings": self.readings, "reference": self.reference, "smoothed": self.smoothed,
-                "ceiling": self.ceiling}
+                "ceiling": self.ceiling, "overspent": self.overspent}
 
     def load_state_dict(self, state: dict) -> None:
         self.readings, self.reference, self.smoothed = state["readings"], state["reference"], state["smoothed"]
-        self.ceiling = state["ceiling"]
+        self.ceiling, self.overspent = state["ceiling"], state["overspent"]
