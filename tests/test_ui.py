@@ -17,6 +17,8 @@ from mlflow.tracking import MlflowClient
 from test_bad_input import cli
 from test_sweeps import TINY_JOB, answers, free_port
 
+from anonemo.tracking.links import MAKE_UI, experiment_link
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt-get install chromium); "
                                                         ".ci/run installs it")
@@ -36,10 +38,12 @@ def rendered(url: str, screenshot: Path | None = None) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    """A 2-fold sweep, and `mlflow ui` over its store as `make ui` starts it; the sweep's output and the UI's address."""
+    """Two 2-fold sweeps (seeds 0 and 1), and `mlflow ui` over their store as `make ui` starts it;
+    the first sweep's output and the UI's address."""
     folder = tmp_path_factory.mktemp("ui")
-    sweep = cli("-m", *TINY_JOB, f"paths.output_dir={folder}", "fold=0,1")
-    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    for seed in (1, 0):
+        sweep = cli("-m", *TINY_JOB, f"paths.output_dir={folder}", "fold=0,1", f"seed={seed}")
+        assert sweep.returncode == 0, sweep.stderr[-2000:]
     port = free_port()
     log = (folder / "ui.log").open("w")
     server = subprocess.Popen(
@@ -60,6 +64,13 @@ def ui(tmp_path_factory):
         server.wait(timeout=30)
 
 
+def number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
 def screenshot(name: str) -> Path | None:
     folder = os.environ.get("ANONEMO_UI_SCREENSHOTS")
     return None if folder is None else Path(folder) / name
@@ -69,21 +80,36 @@ def test_the_printed_run_link_opens_the_run_in_the_model_training_view(ui):
     _, output, address = ui
     links = re.findall(r"make ui, then (http://127\.0\.0\.1:5000/\S+)\)", output)
     assert len(links) == 2  # one per job
-    page = rendered(links[0].replace("http://127.0.0.1:5000/", address), screenshot("ui_run.png"))
+    page = rendered(links[0].replace(MAKE_UI, address), screenshot("ui_run.png"))
     assert "Model registry" in page and "Evaluation runs" not in page  # the model-training side bar, not GenAI's
     assert "Model metrics" in page and "Emotion" in page
 
 
-def test_the_experiment_link_opens_the_runs_table_with_the_fold_means_of_the_sweep(ui):
-    folder, output, address = ui
+def parents(folder):
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
-    (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
-                 if r.data.tags.get("anonemo.sweep") == "parent"]
-    assert f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning" in output
-    link = (f"{address}#/experiments/{parent.info.experiment_id}/runs?viewStateShareKey=anonemo-headline"
-            "&workflowType=machine_learning")
-    page = rendered(link, screenshot("ui_runs_table.png"))
+    return [r for r in client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+            if r.data.tags.get("anonemo.sweep") == "parent"]
+
+
+def test_the_experiment_link_opens_the_runs_table_with_the_fold_means_of_the_sweeps(ui):
+    folder, output, address = ui
+    sweeps = parents(folder)
+    last = max(sweeps, key=lambda r: r.info.start_time)
+    assert f"#/experiments/{last.info.experiment_id}/runs/{last.info.run_id}?workflowType=machine_learning" in output
+    page = rendered(experiment_link("", last.info.experiment_id).replace(MAKE_UI, address),
+                    screenshot("ui_runs_table.png"))
     assert "Model registry" in page and "Traces 0" not in " ".join(page)
     assert {"Emotion", "Emotion/mean", "audit/identity/max", "audit/identity/max/mean"} <= set(page)  # the columns
-    mean = parent.data.metrics["Emotion/mean"]
-    assert any(cell.startswith(f"{mean:.4f}"[:6]) for cell in page), f"the parent's Emotion/mean {mean} is not shown"
+    for parent in sweeps:
+        mean = parent.data.metrics["Emotion/mean"]
+        assert any(number(cell) == pytest.approx(mean, abs=1e-4) for cell in page), f"Emotion/mean {mean} is not shown"
+
+
+def test_the_chart_link_compares_the_sweeps_by_their_fold_means(ui):
+    folder, _, address = ui
+    sweeps = parents(folder)
+    page = rendered(experiment_link("", sweeps[0].info.experiment_id, charts=True).replace(MAKE_UI, address),
+                    screenshot("ui_sweeps_chart.png"))
+    assert "Emotion/mean" in page and "Emotion/macro_f1" not in page  # the means charted, not the jobs' metrics
+    for parent in sweeps:  # one bar per sweep, labelled with its mean
+        assert f"{parent.data.metrics['Emotion/mean']:.2f}" in page

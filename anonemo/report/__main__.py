@@ -60,7 +60,8 @@ def main(cfg: DictConfig) -> None:
             print(f"The sweep's parent run, with the fold means: {run_link(uri, experiment_ids[0], cfg.parent_run)}")
         else:
             for experiment_id in experiment_ids:
-                print(f"{client.get_experiment(experiment_id).name}: {experiment_link(uri, experiment_id)}")
+                print(f"{client.get_experiment(experiment_id).name}: {experiment_link(uri, experiment_id)} (runs); "
+                      f"{experiment_link(uri, experiment_id, charts=True)} (the sweeps' means, charted)")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ HEADLINE_COLUMNS = tuple(f"metrics.`{name}{suffix}`" for name in (EMOTION, HYBRI
 
 def headline_view_tags() -> dict[str, str]:
     """The experiment tag holding the runs table's headline view."""
-    view = {"selectedColumns": [*HEADLINE_COLUMNS, "attributes.`Duration`"]}
+    # the table's columns; the chart view draws the sweeps' means (one bar per sweep's parent run)
+    view = {"selectedColumns": [*HEADLINE_COLUMNS, "attributes.`Duration`"], "chartsSearchFilter": "/mean"}
     return {f"mlflow.sharedViewState.{HEADLINE_VIEW}": json.dumps(view)}
 
 
@@ -34,6 +35,9 @@ def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"{ui_base(tracking_uri)}#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING}"
 
 
-def experiment_link(tracking_uri: str, experiment_id: str) -> str:
-    """The experiment's runs table, with the headline metrics' columns."""
-    return f"{ui_base(tracking_uri)}#/experiments/{experiment_id}/runs?viewStateShareKey={HEADLINE_VIEW}&{MODEL_TRAINING}"
+def experiment_link(tracking_uri: str, experiment_id: str, charts: bool = False) -> str:
+    """The experiment's runs table, with the headline metrics' columns; or its chart view of the
+    sweeps' fold means."""
+    mode = "&compareRunsMode=CHART" if charts else ""
+    return (f"{ui_base(tracking_uri)}#/experiments/{experiment_id}/runs?viewStateShareKey={HEADLINE_VIEW}{mode}"
+            f"&{MODEL_TRAINING}")
