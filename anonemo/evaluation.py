@@ -19,11 +19,15 @@ from torchmetrics.functional.classification import (  # noqa: E402
 )
 
 from anonemo.metrics import (  # noqa: E402
+    EMOTION_ACC,
+    EXPECTED_EMOTION,
+    IDENTITY_ACC,
+    REFIT_IDENTITY_ACC,
     ROUND_BETA,
     ROUND_BUDGET_REFERENCE,
     ROUND_BUDGET_SIGNAL,
     ROUND_BUDGET_SLACK,
-    ROUND_EXPECTED_EMOTION,
+    round_curve,
 )
 
 
@@ -96,13 +100,13 @@ def round_curves_figure(history: list[dict[str, float]], title: str) -> plt.Figu
 
     styles = {"train": "--", "val": "-"}
     curves = {
-        "emotion_acc": ("emotion head", "tab:blue"),
-        "identity_acc": ("identity head, after the adversarial step", "tab:red"),
-        "refit_identity_acc": ("identity head, re-fitted", "tab:orange"),
+        EMOTION_ACC: ("emotion head", "tab:blue"),
+        IDENTITY_ACC: ("identity head, after the adversarial step", "tab:red"),
+        REFIT_IDENTITY_ACC: ("identity head, re-fitted", "tab:orange"),
     }
     for name, (label, color) in curves.items():
         for side, style in styles.items():
-            points = curve(f"round/{name}/{side}")
+            points = curve(round_curve(name, side))
             if points:
                 axes.plot(*zip(*points), style, color=color, marker=".", label=f"{label} ({side})")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -113,8 +117,8 @@ def round_curves_figure(history: list[dict[str, float]], title: str) -> plt.Figu
     axes.legend(fontsize=7, loc="best")
     if budget:
         constraint = panels[1, 0]
-        readings = {"train": ("round/emotion_acc/train", "accuracy"),
-                    "val": (f"{ROUND_EXPECTED_EMOTION}/val", "expected accuracy")}
+        readings = {"train": (round_curve(EMOTION_ACC, "train"), "accuracy"),
+                    "val": (round_curve(EXPECTED_EMOTION, "val"), "expected accuracy")}
         for (side, (key, reading)), color in zip(readings.items(), ("tab:purple", "tab:blue")):
             reference = curve(f"{ROUND_BUDGET_REFERENCE}/{side}")[0][1]
             floor = reference - curve(f"{ROUND_BUDGET_SLACK}/{side}")[0][1]  # round 0's slack is the whole budget

@@ -61,13 +61,21 @@ EMOTION_OUTPUT_IDENTITY_MAX = audit(EMOTION_OUTPUT_TASK)
 LINKAGE = "audit/linkage"
 LINKAGE_AUC, LINKAGE_EER, LINKAGE_RANK1 = f"{LINKAGE}/auc", f"{LINKAGE}/eer", f"{LINKAGE}/rank1"
 
-# The Hybrid's per-round curves, logged with the round as the MLflow step.
-ROUND_CURVES = tuple(
-    f"round/{curve}/{side}" for curve in ("emotion_acc", "identity_acc", "refit_identity_acc") for side in ("train", "val")
-)
+# The Hybrid's per-round curves, logged with the round as the MLflow step: the emotion head's
+# accuracy, the strongest identity head's after the adversarial step and after its re-fit, and the
+# emotion head's expected accuracy (the mean probability of the true class), each per side (%).
+EMOTION_ACC, IDENTITY_ACC, REFIT_IDENTITY_ACC, EXPECTED_EMOTION = (
+    "emotion_acc", "identity_acc", "refit_identity_acc", "emotion_expected_acc")
+
+
+def round_curve(curve: str, side: str) -> str:
+    """``round/<curve>/<side>``: ``round/emotion_acc/val``."""
+    return f"round/{curve}/{side}"
+
+
+ROUND_CURVES = tuple(round_curve(curve, side) for curve in (EMOTION_ACC, IDENTITY_ACC, REFIT_IDENTITY_ACC)
+                     for side in ("train", "val"))
 ROUND_BETA = "round/beta"
-# The emotion head's expected accuracy (mean probability of the true class, %) on one side: round/emotion_expected_acc/val.
-ROUND_EXPECTED_EMOTION = "round/emotion_expected_acc"
 # The emotion budget's state after each round (model.max_emotion_loss), per side (/train, /val):
 # its reference, the smoothed emotion it compares with it, the slack (points left to spend;
 # negative: overspent); round/budget/slack alone is the tighter side's.

@@ -14,7 +14,7 @@ from torch import nn
 
 from anonemo.errors import AnonemoError, ConfigError
 from anonemo.evaluation import accuracy
-from anonemo.metrics import ROUND_BUDGET_SLACK, ROUND_EXPECTED_EMOTION
+from anonemo.metrics import EMOTION_ACC, EXPECTED_EMOTION, IDENTITY_ACC, ROUND_BUDGET_SLACK, round_curve
 from anonemo.models.adversary import Adversary, reverse_gradient
 from anonemo.models.budget import EmotionBudget, expected_accuracy
 from anonemo.models.classifiers import EpochMean
@@ -296,9 +296,9 @@ class HybridModule(pl.LightningModule):
         head on one side."""
         logits = self.head_logits(features)
         return {
-            f"round/emotion_acc/{side}": accuracy(logits["emotion"].argmax(1), labels["emotion"]),
-            f"{ROUND_EXPECTED_EMOTION}/{side}": expected_accuracy(logits["emotion"], labels["emotion"]),
-            f"round/identity_acc/{side}": max(
+            round_curve(EMOTION_ACC, side): accuracy(logits["emotion"].argmax(1), labels["emotion"]),
+            round_curve(EXPECTED_EMOTION, side): expected_accuracy(logits["emotion"], labels["emotion"]),
+            round_curve(IDENTITY_ACC, side): max(
                 accuracy(head.argmax(1), labels["identity"]) for head in logits["identity_heads"]
             ),
         }

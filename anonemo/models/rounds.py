@@ -10,7 +10,8 @@ import pytorch_lightning as pl
 
 from anonemo.data.datamodule import TensorBatches
 from anonemo.data.features import extract_features, is_bf16
-from anonemo.metrics import ROUND_BETA, ROUND_EXPECTED_EMOTION, ROUND_FEATURE_SCALE, ROUND_TIMES
+from anonemo.metrics import (EMOTION_ACC, EXPECTED_EMOTION, IDENTITY_ACC, REFIT_IDENTITY_ACC, ROUND_BETA,
+                             ROUND_FEATURE_SCALE, ROUND_TIMES, round_curve)
 from anonemo.models.budget import REFERENCE_EPOCHS, emotion_reading
 from anonemo.models.hybrid import HybridModule, Phase
 from anonemo.threads import one_thread
@@ -67,9 +68,8 @@ class RoundEnd(pl.Callback):
             metrics, refit_s = self._score_and_refit(hybrid, phase, sides)
         ended = time.perf_counter()
         metrics |= dict(zip(ROUND_TIMES, (training_s, extracted - started, refit_s, ended - extracted - refit_s)))
-        readings = {"train": metrics["round/emotion_acc/train"], "val": metrics[f"{ROUND_EXPECTED_EMOTION}/val"]}
-        metrics |= hybrid.end_round(phase.round, metrics[ROUND_FEATURE_SCALE], metrics["round/emotion_acc/train"],
-                                    readings)
+        readings = {"train": metrics[round_curve(EMOTION_ACC, "train")], "val": metrics[round_curve(EXPECTED_EMOTION, "val")]}
+        metrics |= hybrid.end_round(phase.round, metrics[ROUND_FEATURE_SCALE], readings["train"], readings)
         self.history.append({"round": phase.round, **metrics})
         self.round_started = time.perf_counter()
         if self.clock is not None:
@@ -77,8 +77,8 @@ class RoundEnd(pl.Callback):
         identity_side = self.identity_sides[-1]
         log.info(
             "round %d/%d: emotion head %.1f%% val, identity %.1f%% %s (strongest head%s), feature scale %.3g",
-            phase.round, hybrid.schedule.rounds, metrics["round/emotion_acc/val"],
-            metrics.get(f"round/refit_identity_acc/{identity_side}", metrics[f"round/identity_acc/{identity_side}"]),
+            phase.round, hybrid.schedule.rounds, metrics[round_curve(EMOTION_ACC, "val")],
+            metrics.get(round_curve(REFIT_IDENTITY_ACC, identity_side), metrics[round_curve(IDENTITY_ACC, identity_side)]),
             identity_side, ", re-fitted" if phase.round else "", metrics[ROUND_FEATURE_SCALE],
         )
         if trainer.logger is not None:
@@ -99,7 +99,7 @@ class RoundEnd(pl.Callback):
         for name, (features, labels) in sides.items():
             accuracies = hybrid.round_accuracies(features, labels, name)
             if name not in self.identity_sides:
-                del accuracies[f"round/identity_acc/{name}"]
+                del accuracies[round_curve(IDENTITY_ACC, name)]
             metrics |= accuracies
         train_features, train_labels = sides["train"]
         metrics[ROUND_FEATURE_SCALE] = train_features.abs().mean().item()
@@ -110,8 +110,8 @@ class RoundEnd(pl.Callback):
             refit_s = time.perf_counter() - refit_started
             for name in self.identity_sides:
                 features, labels = sides[name]
-                refitted = hybrid.round_accuracies(features, labels, name)[f"round/identity_acc/{name}"]
-                metrics[f"round/refit_identity_acc/{name}"] = refitted
+                refitted = hybrid.round_accuracies(features, labels, name)[round_curve(IDENTITY_ACC, name)]
+                metrics[round_curve(REFIT_IDENTITY_ACC, name)] = refitted
             metrics[ROUND_BETA] = hybrid.round_beta
         return metrics, refit_s
 
