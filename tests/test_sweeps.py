@@ -1,5 +1,6 @@
 """Sweeps (Hydra multirun with parent runs, joblib, submitit, optuna) and the report."""
 
+import contextlib
 import io
 import os
 import signal
@@ -340,6 +341,30 @@ def free_port():
         return probe.getsockname()[1]
 
 
+@contextlib.contextmanager
+def mlflow_service(arguments, log_path):
+    """``python -m mlflow <arguments>`` on a free local port, as `make ui` starts it (no server-side
+    job runner), until it answers; yields its address, then stops its process group."""
+    port = free_port()
+    with log_path.open("w") as log:  # a file, not a pipe: an unread pipe would block the server
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", *arguments, "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # `mlflow ui` starts `uvicorn` by name: the environment's bin folder goes on PATH
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                 "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"})
+        try:
+            deadline = time.monotonic() + 120
+            while not answers(f"http://127.0.0.1:{port}/health"):
+                assert server.poll() is None, log_path.read_text()[-2000:]
+                assert time.monotonic() < deadline, f"mlflow {arguments[0]} did not answer within 120 s"
+                time.sleep(0.5)
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+
+
 def answers(url):
     try:
         with urllib.request.urlopen(url, timeout=2):
@@ -351,21 +376,9 @@ def answers(url):
 def test_parallel_sweep_against_a_real_tracking_server(tmp_path):
     """The documented path to many machines: jobs log to `mlflow server` (database backend,
     proxied artifacts) instead of a local file; 4 jobs, 2 at a time, then the server is stopped."""
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "server.log").open("w")  # a file, not a pipe: an unread pipe would block the server
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server_artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    try:
-        deadline = time.monotonic() + 120
-        while not answers(f"{uri}/health"):
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer within 120 s"
-            time.sleep(0.5)
+    with mlflow_service(["server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
+                         str(tmp_path / "server_artifacts"), "--workers", "1"], tmp_path / "server.log") as address:
+        uri = address.rstrip("/")
         result = cli("-m", *TINY_JOB, f"paths.output_dir={tmp_path}/jobs", f"logger.tracking_uri={uri}",
                      "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "fold=0,1,2,3")
         assert result.returncode == 0, result.stderr[-2000:]
@@ -381,8 +394,4 @@ def test_parallel_sweep_against_a_real_tracking_server(tmp_path):
         assert {a.path for a in client.list_artifacts(children[0].info.run_id)} >= {"config.yaml", "model"}
         assert any((tmp_path / "server_artifacts").rglob("conv_base.pt"))
         assert not (tmp_path / "jobs" / "mlflow.db").exists()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-        log.close()
     assert not answers(f"{uri}/health")

@@ -8,14 +8,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 from test_bad_input import cli
-from test_sweeps import TINY_JOB, answers, free_port
+from test_sweeps import TINY_JOB, mlflow_service
 
 from anonemo.tracking.links import MAKE_UI, experiment_link
 
@@ -44,24 +42,9 @@ def ui(tmp_path_factory):
     for seed in (1, 0):
         sweep = cli("-m", *TINY_JOB, f"paths.output_dir={folder}", "fold=0,1", f"seed={seed}")
         assert sweep.returncode == 0, sweep.stderr[-2000:]
-    port = free_port()
-    log = (folder / "ui.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
-         f"sqlite:///{folder}/mlflow.db", "--default-artifact-root", str(folder / "mlartifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-             "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"})
-    try:
-        deadline = time.monotonic() + 120
-        while not answers(f"http://127.0.0.1:{port}/health"):
-            assert server.poll() is None, (folder / "ui.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlflow ui did not answer within 120 s"
-            time.sleep(0.5)
-        yield folder, sweep.stdout, f"http://127.0.0.1:{port}/"
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+    with mlflow_service(["ui", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--default-artifact-root",
+                         str(folder / "mlartifacts")], folder / "ui.log") as address:
+        yield folder, sweep.stdout, address
 
 
 def number(cell: str) -> float | None:

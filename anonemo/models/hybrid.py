@@ -231,17 +231,17 @@ class HybridModule(pl.LightningModule):
                         loss = self.identity_loss(features[batch], identities[batch])
                     self._step(loss, identity)
 
-    def end_round(self, round_: int, feature_scale: float, emotion_acc: float,
-                  budget_readings: dict[str, float]) -> dict[str, float]:
+    def end_round(self, round_: int, feature_scale: float, emotion: dict[str, float]) -> dict[str, float]:
         """What the algorithm keeps of a round's measurements: after the initialisation (round 0) the
         base's feature scale (for the divergence check) and the emotion head's training-side
-        accuracy (the guard's reference); after round t >= 1 the guard sets the next round's beta.
-        With a budget, the budget sets it from ``budget_readings`` (its reading of the emotion head on
-        each side) after every round; returns what the budget logs of the round."""
+        accuracy ``emotion["train"]`` (the guard's reference); after round t >= 1 the guard sets the
+        next round's beta. With a budget, the budget sets it from ``emotion`` (its reading of the
+        emotion head on each side) after every round; returns what the budget logs of the round."""
+        emotion_acc = emotion["train"]
         if round_ == 0:
             self.reference_scale, self.initial_emotion_acc = feature_scale, emotion_acc
         if self.budget is not None:
-            self.round_beta, constraint = self.budget.step(round_, self.round_beta, budget_readings)
+            self.round_beta, constraint = self.budget.step(round_, self.round_beta, emotion)
             self.last_slack = constraint[ROUND_BUDGET_SLACK]
             if self.last_slack >= 0:
                 self.within_budget = (round_, {k: v.detach().clone() for k, v in self.state_dict().items()})

@@ -69,7 +69,7 @@ class RoundEnd(pl.Callback):
         ended = time.perf_counter()
         metrics |= dict(zip(ROUND_TIMES, (training_s, extracted - started, refit_s, ended - extracted - refit_s)))
         readings = {"train": metrics[round_curve(EMOTION_ACC, "train")], "val": metrics[round_curve(EXPECTED_EMOTION, "val")]}
-        metrics |= hybrid.end_round(phase.round, metrics[ROUND_FEATURE_SCALE], readings["train"], readings)
+        metrics |= hybrid.end_round(phase.round, metrics[ROUND_FEATURE_SCALE], readings)
         self.history.append({"round": phase.round, **metrics})
         self.round_started = time.perf_counter()
         if self.clock is not None:
