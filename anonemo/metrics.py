@@ -84,6 +84,8 @@ ROUND_BUDGET_REFERENCE, ROUND_BUDGET_SIGNAL, ROUND_BUDGET_SLACK = (
 ROUND_BUDGET_CEILING = "round/budget/ceiling"  # the most beta may be after the round (docs/algorithm.md)
 # The round whose weights a constrained Hybrid ends with: the last, unless it overspent the budget.
 BUDGET_SHIPPED_ROUND = "budget/shipped_round"
+# The epochs a constrained Hybrid's initialisation ran: until its validation emotion stopped rising.
+BUDGET_INIT_EPOCHS = "budget/init_epochs"
 # Where a round's time goes: its training (adversarial epochs), then the round end's parts.
 ROUND_TIMES = tuple(f"round/time/{part}_s" for part in ("training", "features", "refit", "scoring"))
 ROUND_FEATURE_SCALE = "round/feature_scale"

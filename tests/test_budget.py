@@ -19,7 +19,8 @@ from anonemo.metrics import (
 )
 from anonemo.models.hybrid import HybridModule, HybridSchedule
 from anonemo.models.networks import Networks
-from anonemo.models.budget import BETA_RANGE, CEILING_FACTOR, MAX_GROWTH, SMOOTHING, STEP_POINTS, EmotionBudget, emotion_reading, expected_accuracy
+from anonemo.models.budget import (BETA_RANGE, CEILING_FACTOR, MAX_GROWTH, REFERENCE_EPOCHS, RISE_POINTS, SMOOTHING,
+                                   STEP_POINTS, EmotionBudget, emotion_reading, expected_accuracy)
 from anonemo.tracking.store import tracking_uri
 
 
@@ -36,19 +37,41 @@ def both(train, val=None):
     return {"train": train, "val": train if val is None else val}
 
 
+def start(budget, beta, emotion):
+    """Round 0 of a budget whose initialisation read ``emotion`` once."""
+    budget.read(emotion)
+    return budget.step(0, beta, emotion)
+
+
 def test_the_reference_is_the_mean_of_the_initialisations_last_readings_and_round_zero_keeps_beta():
     budget = EmotionBudget(max_loss=2)
-    budget.read(both(90.0, 55.0))
-    budget.read(both(92.0, 58.0))
-    beta, logged = budget.step(0, 0.3, both(94.0, 61.0))
+    for train, val in ((50.0, 20.0), (90.0, 55.0), (92.0, 58.0), (92.0, 58.0), (94.0, 61.0), (92.0, 58.0)):
+        budget.read(both(train, val))
+    beta, logged = budget.step(0, 0.3, both(92.0, 58.0))  # round 0's reading is the last one read
     assert beta == 0.3
+    # the last REFERENCE_EPOCHS readings, not the first, barely trained one
     assert logged[f"{ROUND_BUDGET_REFERENCE}/train"] == 92.0 and logged[f"{ROUND_BUDGET_REFERENCE}/val"] == 58.0
     assert logged[f"{ROUND_BUDGET_SIGNAL}/val"] == 58.0 and logged[ROUND_BUDGET_SLACK] == 2.0
 
 
+def test_the_initialisation_has_plateaued_once_its_smoothed_validation_emotion_stops_rising():
+    rising = EmotionBudget(max_loss=2)
+    for val in range(20, 70, 5):
+        rising.read(both(90.0, float(val)))
+        assert not rising.plateaued()
+    flat = EmotionBudget(max_loss=2)
+    for _ in range(REFERENCE_EPOCHS - 1):
+        flat.read(both(90.0, 50.0))
+        assert not flat.plateaued()  # too few readings to tell
+    flat.read(both(90.0, 50.0 + RISE_POINTS))  # a rise of no more than RISE_POINTS after smoothing
+    assert flat.plateaued()
+    flat.read(both(90.0, 70.0))  # a jump restarts the wait
+    assert not flat.plateaued()
+
+
 def test_beta_grows_slowly_while_there_is_emotion_to_spend_and_falls_fast_when_there_is_not():
     budget = EmotionBudget(max_loss=2)
-    budget.step(0, 0.3, both(60.0))
+    start(budget, 0.3, both(60.0))
     beta, logged = budget.step(1, 0.3, both(60.0))  # no loss yet: 2 points of slack, capped growth
     assert logged[ROUND_BUDGET_SLACK] == 2.0 and beta == pytest.approx(0.3 * MAX_GROWTH)
     beta, logged = budget.step(2, 1.0, both(50.0))  # smoothed half way to 50: 55, 3 points overspent
@@ -61,30 +84,34 @@ def test_beta_grows_slowly_while_there_is_emotion_to_spend_and_falls_fast_when_t
 
 def test_the_tighter_side_sets_beta():
     budget = EmotionBudget(max_loss=2)
-    budget.step(0, 0.3, both(98.0, 60.0))
+    start(budget, 0.3, both(98.0, 60.0))
     beta, logged = budget.step(1, 0.3, both(90.0, 64.0))  # validation gained, the training side lost 4 points
     assert logged[f"{ROUND_BUDGET_SLACK}/val"] == pytest.approx(4.0)
     assert logged[ROUND_BUDGET_SLACK] == logged[f"{ROUND_BUDGET_SLACK}/train"] == pytest.approx(-2.0)
     assert beta == pytest.approx(0.15)
 
 
-def test_the_round_that_starts_costing_training_emotion_caps_beta_for_good():
+def test_the_round_that_starts_a_collapse_of_training_emotion_caps_beta_for_good():
     budget = EmotionBudget(max_loss=2)
-    budget.step(0, 0.3, both(90.0, 60.0))
-    beta, logged = budget.step(1, 1.0, both(80.0, 60.0))  # the training side 3 points overspent at beta=1
+    start(budget, 0.3, both(90.0, 60.0))
+    beta, logged = budget.step(1, 1.0, both(85.0, 60.0))  # the training side 0.5 points overspent: noise, no cap
+    assert logged[ROUND_BUDGET_CEILING] == BETA_RANGE[1]
+    budget = EmotionBudget(max_loss=2)
+    start(budget, 0.3, both(90.0, 60.0))
+    beta, logged = budget.step(1, 1.0, both(78.0, 60.0))  # 4 points overspent at beta=1: a collapse
     assert beta == 0.5 and logged[ROUND_BUDGET_CEILING] == pytest.approx(CEILING_FACTOR)
-    beta, logged = budget.step(2, beta, both(95.0, 70.0))  # 2 points to spend: it would grow to 0.5 * sqrt(2)
+    beta, logged = budget.step(2, beta, both(100.0, 70.0))  # 2 points to spend: it would grow to 0.5 * sqrt(2)
     assert beta == pytest.approx(CEILING_FACTOR) and CEILING_FACTOR < 0.5 * MAX_GROWTH
     budget.step(3, beta, both(100.0, 40.0))  # validation overspent, the training side not: no new ceiling
     assert budget.ceiling == pytest.approx(CEILING_FACTOR)
-    budget.step(4, 0.6, both(60.0, 70.0))  # the training side overspent again: the cap falls to 0.7 * 0.6
-    budget.step(5, 0.3, both(70.0, 70.0))  # still overspent while it recovers: the cap stays
+    budget.step(4, 0.6, both(60.0, 70.0))  # the training side collapses again: the cap falls to 0.7 * 0.6
+    budget.step(5, 0.3, both(70.0, 70.0))  # still collapsed while it recovers: the cap stays
     assert budget.ceiling == pytest.approx(CEILING_FACTOR * 0.6)
 
 
 def test_beta_stays_within_its_range():
     budget = EmotionBudget(max_loss=10)
-    budget.step(0, 1.0, both(50.0))
+    start(budget, 1.0, both(50.0))
     assert budget.step(1, BETA_RANGE[1], both(50.0))[0] == BETA_RANGE[1]
     assert budget.step(2, BETA_RANGE[0], both(0.0))[0] == BETA_RANGE[0]
 
@@ -132,7 +159,7 @@ def test_a_model_that_overspent_in_its_last_round_ends_with_the_last_round_withi
     base = net.base()
     module = HybridModule(base, net.head(8, 3), [net.head(8, 4)], HybridSchedule(init_epochs=1, rounds=5),
                           budget=EmotionBudget(2))
-    module.budget.step(0, 0.3, both(90.0, 60.0))
+    start(module.budget, 0.3, both(90.0, 60.0))
     module.last_slack = module.budget.step(1, 0.3, both(90.0, 60.0))[1][ROUND_BUDGET_SLACK]
     module.within_budget = (1, {k: v.clone() for k, v in module.state_dict().items()})
     kept = copy.deepcopy(module.state_dict())

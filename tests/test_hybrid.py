@@ -20,8 +20,9 @@ from anonemo.errors import ConfigError
 from anonemo.models.adversary import Adversary, head_widths
 from anonemo.models.classifiers import SingleTaskModule, TransferModule
 from anonemo.metrics import ROUND_TIMES
-from anonemo.models.hybrid import PAPER_ADAM, HybridModule, HybridSchedule, TrainingDivergedError, guarded_beta
+from anonemo.models.hybrid import PAPER_ADAM, HybridModule, HybridSchedule, Phase, TrainingDivergedError, guarded_beta
 from anonemo.models.networks import ClassifierHead, Networks, adam, load_base, load_network
+from anonemo.models.budget import EmotionBudget
 from anonemo.models.rounds import RoundEnd
 from anonemo.recipes.hybrid import Hybrid
 from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT
@@ -71,6 +72,33 @@ def test_schedule_says_which_phase_each_epoch_is_in():
         ("adversarial", 2, False), ("adversarial", 2, True),
         ("adversarial", 3, False), ("adversarial", 3, True),
     ]
+
+
+def test_an_initialisation_of_variable_length_ends_where_it_is_told_and_the_rounds_follow():
+    schedule = HybridSchedule(init_epochs=2, rounds=2, max_init_epochs=6)
+    assert schedule.total_epochs == 6 + 2 and schedule.phase(5) == Phase("init", 0, True)
+    assert not schedule.may_end_initialisation(0)  # before init_epochs
+    schedule.end_initialisation(2)
+    assert [(p.kind, p.round, p.ends_round) for p in map(schedule.phase, range(5))] == [
+        ("init", 0, False), ("init", 0, False), ("init", 0, True), ("adversarial", 1, True), ("adversarial", 2, True),
+    ]
+    assert not schedule.may_end_initialisation(3)
+    with pytest.raises(ConfigError, match="model.max_init_epochs=1 must be at least 2"):
+        HybridSchedule(init_epochs=2, rounds=1, max_init_epochs=1)
+
+
+def test_a_budget_ends_the_initialisation_on_its_plateau_and_training_stops_after_the_last_round(data):
+    torch.manual_seed(0)
+    module = hybrid(HybridSchedule(init_epochs=2, rounds=2, refit_epochs=1, max_init_epochs=40),
+                    budget=EmotionBudget(2))
+    rounds = RoundEnd(data.side("train"), data.side("val"))
+    trainer = quiet_trainer(module.schedule.total_epochs, [rounds])
+    trainer.fit(module, datamodule=data)
+    init_end = module.schedule.init_end
+    assert 2 <= init_end < 40, "a 3-emotion toy plateaus well before 40 epochs"
+    assert module.budget.plateaued() and len(module.budget.readings["val"]) == init_end  # read after every epoch
+    assert trainer.current_epoch == init_end + 2  # the rounds, then no more epochs
+    assert [row["round"] for row in rounds.history] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("option", ["init_epochs", "rounds", "adversarial_epochs", "refit_epochs"])

@@ -14,12 +14,16 @@ from anonemo.metrics import ROUND_BUDGET_CEILING, ROUND_BUDGET_REFERENCE, ROUND_
 # The controller's constants (docs/algorithm.md says why these): the smoothed signal moves half way
 # to each round's value; a slack of STEP_POINTS doubles beta, an overspend of as much halves it;
 # beta grows by at most MAX_GROWTH and falls by at most half per round, within BETA_RANGE.
-REFERENCE_EPOCHS = 5  # the initialisation's last epochs whose validation emotion make the reference
+REFERENCE_EPOCHS = 5  # the initialisation's last epochs whose readings make the reference
+# The initialisation goes on until its smoothed validation emotion rose by no more than RISE_POINTS
+# over the reference's epochs: the reference is then what training without the adversary reaches.
+RISE_POINTS = 0.5
 SMOOTHING = 0.5
 STEP_POINTS = 2.0
 MAX_GROWTH = 2**0.5
 BETA_RANGE = (0.01, 2.0)
-# The round that starts overspending the training side's budget caps beta at this fraction of its beta for good.
+# The round that starts a collapse (the training side overspent by more than STEP_POINTS) caps beta
+# at this fraction of its beta for good.
 CEILING_FACTOR = 0.7
 
 
@@ -47,15 +51,16 @@ class EmotionBudget:
 
     A side's emotion is :func:`emotion_reading`. Its reference is the
     initialisation's: the mean of the readings after its last ``REFERENCE_EPOCHS`` epochs
-    (``readings``, the last of them round 0's). After every round each side's reading is smoothed
+    (``readings``, the last of them round 0's), where the initialisation ends once its smoothed
+    validation emotion stops rising (:meth:`plateaued`). After every round each side's reading is smoothed
     over rounds, the slack is that of the tighter side, and beta is multiplied by
     ``2 ** (slack / STEP_POINTS)``, between 1/2 and ``MAX_GROWTH``: up while there is emotion to
     spend, down faster than up when there is not. The validation side says what the budget is
     about, emotion on faces the model did not learn from; the training side, thousands of faces
-    where validation may hold a handful, sees a collapse first. The round that starts overspending
-    the training side's budget also caps β at ``CEILING_FACTOR`` times its β from then on
-    (``ceiling``), so that β does not climb back to where emotion collapsed; the rounds that recover
-    from it do not lower the cap again.
+    where validation may hold a handful, sees a collapse first. The round that starts a collapse,
+    the training side overspent by more than ``STEP_POINTS``, also caps β at ``CEILING_FACTOR``
+    times its β from then on (``ceiling``), so that β does not climb back to where emotion
+    collapsed; the rounds that recover from it do not lower the cap again.
     """
 
     max_loss: float
@@ -63,7 +68,7 @@ class EmotionBudget:
     reference: dict[str, float] = field(default_factory=dict)
     smoothed: dict[str, float] = field(default_factory=dict)
     ceiling: float = BETA_RANGE[1]
-    overspent: bool = False  # the training side's budget, after the last round
+    collapsed: bool = False  # the training side, after the last round
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_loss <= 100:
@@ -71,16 +76,30 @@ class EmotionBudget:
                               "null for a fixed model.beta.")
 
     def read(self, emotion: dict[str, float]) -> None:
-        """One of the initialisation's readings (emotion by side)."""
+        """One of the initialisation's readings (emotion by side), after one of its epochs."""
         for side in SIDES:
             self.readings[side].append(emotion[side])
+
+    def plateaued(self) -> bool:
+        """Whether the initialisation's validation emotion, smoothed over its readings, rose by no
+        more than ``RISE_POINTS`` above its best over the last ``REFERENCE_EPOCHS`` readings: the
+        readings that would make the reference are those of a plateau."""
+        smoothed = best = self.readings["val"][0]
+        since_best = 0
+        for reading in self.readings["val"][1:]:
+            smoothed += SMOOTHING * (reading - smoothed)
+            if smoothed > best + RISE_POINTS:
+                best, since_best = smoothed, 0
+            else:
+                since_best += 1
+        return since_best >= REFERENCE_EPOCHS - 1
 
     def step(self, round_: int, beta: float, emotion: dict[str, float]) -> tuple[float, dict[str, float]]:
         """The next round's beta after round ``round_`` (which used ``beta``) read ``emotion`` (by
         side), and what the round logs of the constraint."""
         if round_ == 0:
-            self.read(emotion)
-            self.reference = {side: sum(values) / len(values) for side, values in self.readings.items()}
+            self.reference = {side: sum(values[-REFERENCE_EPOCHS:]) / len(values[-REFERENCE_EPOCHS:])
+                              for side, values in self.readings.items()}
             self.smoothed = dict(self.reference)
         else:
             for side in SIDES:
@@ -88,9 +107,10 @@ class EmotionBudget:
         slacks = {side: self.smoothed[side] - (self.reference[side] - self.max_loss) for side in SIDES}
         slack = min(slacks.values())
         if round_ > 0:
-            if slacks["train"] < 0 and not self.overspent:
+            collapsing = slacks["train"] < -STEP_POINTS
+            if collapsing and not self.collapsed:
                 self.ceiling = max(min(self.ceiling, beta * CEILING_FACTOR), BETA_RANGE[0])
-            self.overspent = slacks["train"] < 0
+            self.collapsed = collapsing
             factor = min(max(2 ** (slack / STEP_POINTS), 0.5), MAX_GROWTH)
             beta = min(max(beta * factor, BETA_RANGE[0]), self.ceiling)
         logged = {ROUND_BUDGET_SLACK: slack, ROUND_BUDGET_CEILING: self.ceiling}
@@ -101,8 +121,8 @@ class EmotionBudget:
 
     def state_dict(self) -> dict:
         return {"readings": self.readings, "reference": self.reference, "smoothed": self.smoothed,
-                "ceiling": self.ceiling, "overspent": self.overspent}
+                "ceiling": self.ceiling, "collapsed": self.collapsed}
 
     def load_state_dict(self, state: dict) -> None:
         self.readings, self.reference, self.smoothed = state["readings"], state["reference"], state["smoothed"]
-        self.ceiling, self.overspent = state["ceiling"], state["overspent"]
+        self.ceiling, self.collapsed = state["ceiling"], state["collapsed"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import pytorch_lightning as pl
@@ -34,14 +34,14 @@ class Phase:
     ends_round: bool  # last epoch of the block: the re-fit of W_i (t >= 1) and evaluation follow
 
 
-@dataclass(frozen=True)
+@dataclass
 class HybridSchedule:
     """Algorithm 1 laid out over training epochs: the one place that says which phase is when.
 
     ========================================  =============================================
     epochs                                    what runs
     ========================================  =============================================
-    0 .. init_epochs-1                        multi-task init: min over W_c, W_e, W_i of
+    0 .. init_end-1                           multi-task init: min over W_c, W_e, W_i of
                                               Le + alpha*Li; round 0 is evaluated after it
     then, for round t = 1 .. rounds:
       adversarial_epochs epochs               W_i frozen: min over W_c, W_e of Le - beta*Li
@@ -49,26 +49,46 @@ class HybridSchedule:
                                               refit_epochs passes over cached features;
                                               round t is evaluated
     ========================================  =============================================
+
+    The initialisation runs ``init_epochs`` epochs, or, with ``max_init_epochs``, from
+    ``init_epochs`` up to ``max_init_epochs`` until :meth:`end_initialisation` ends it.
     """
 
     init_epochs: int
     rounds: int
     adversarial_epochs: int = 1
     refit_epochs: int = 5
+    max_init_epochs: int | None = None
+    init_end: int = field(init=False)  # the number of initialisation epochs, once known
 
     def __post_init__(self) -> None:
-        for option, minimum in (("init_epochs", 1), ("rounds", 1), ("adversarial_epochs", 1), ("refit_epochs", 1)):
-            if getattr(self, option) < minimum:
-                raise ConfigError(f"model.{option}={getattr(self, option)} must be at least {minimum}.")
+        for option, minimum in (("init_epochs", 1), ("rounds", 1), ("adversarial_epochs", 1), ("refit_epochs", 1),
+                                ("max_init_epochs", self.init_epochs)):
+            value = getattr(self, option)
+            if value is not None and value < minimum:
+                raise ConfigError(f"model.{option}={value} must be at least {minimum}.")
+        self.init_end = self.max_init_epochs or self.init_epochs
 
     @property
     def total_epochs(self) -> int:
-        return self.init_epochs + self.rounds * self.adversarial_epochs
+        """The most epochs training may take (fewer when the initialisation ends early)."""
+        return (self.max_init_epochs or self.init_epochs) + self.rounds * self.adversarial_epochs
+
+    def may_end_initialisation(self, epoch: int) -> bool:
+        """Whether the initialisation may end after ``epoch``: it ran its ``init_epochs`` and is still running."""
+        return self.init_epochs - 1 <= epoch < self.init_end - 1
+
+    def end_initialisation(self, epoch: int) -> None:
+        """The initialisation ends after ``epoch``; the rounds follow."""
+        if not self.may_end_initialisation(epoch):
+            raise ValueError(f"the initialisation cannot end after epoch {epoch} (init_epochs={self.init_epochs}, "
+                             f"ends after {self.init_end - 1})")
+        self.init_end = epoch + 1
 
     def phase(self, epoch: int) -> Phase:
-        if epoch < self.init_epochs:
-            return Phase("init", 0, epoch == self.init_epochs - 1)
-        t, k = divmod(epoch - self.init_epochs, self.adversarial_epochs)
+        if epoch < self.init_end:
+            return Phase("init", 0, epoch == self.init_end - 1)
+        t, k = divmod(epoch - self.init_end, self.adversarial_epochs)
         return Phase("adversarial", t + 1, k == self.adversarial_epochs - 1)
 
 
@@ -279,14 +299,14 @@ class HybridModule(pl.LightningModule):
     # What a resumed run needs besides weights and optimizer states (see anonemo.resume).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hybrid"] = {"reference_scale": self.reference_scale, "initial_emotion_acc": self.initial_emotion_acc,
-                                "round_beta": self.round_beta,
+                                "round_beta": self.round_beta, "init_end": self.schedule.init_end,
                                 "budget": None if self.budget is None else self.budget.state_dict(),
                                 "within_budget": self.within_budget, "last_slack": self.last_slack}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["hybrid"]
         self.reference_scale, self.initial_emotion_acc = state["reference_scale"], state["initial_emotion_acc"]
-        self.round_beta = state["round_beta"]
+        self.round_beta, self.schedule.init_end = state["round_beta"], state["init_end"]
         if self.budget is not None:
             self.budget.load_state_dict(state["budget"])
             self.within_budget, self.last_slack = state["within_budget"], state["last_slack"]

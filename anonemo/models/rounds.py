@@ -32,7 +32,8 @@ class RoundEnd(pl.Callback):
       scores the re-fitted heads (``round/refit_identity_acc/<side>``);
     - hands the module the feature scale and emotion accuracies it keeps (:meth:`HybridModule.end_round`),
       and logs what its emotion budget, if any, says of the round (the budget also reads the
-      validation emotion after each of the initialisation's last epochs);
+      emotion after each of the initialisation's epochs from its last ``REFERENCE_EPOCHS`` on, and
+      ends the initialisation once that stops rising);
     - logs it all with the round as the MLflow step, with the seconds of the round's adversarial
       epoch and of the round end's parts (``round/time/*``), keeps it in ``history``
       (checkpointed, for resume), and books the round end's time as frozen-base work on ``clock``.
@@ -50,12 +51,16 @@ class RoundEnd(pl.Callback):
         self.round_started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, hybrid: HybridModule) -> None:
-        phase = hybrid.schedule.phase(trainer.current_epoch)
+        epoch, schedule = trainer.current_epoch, hybrid.schedule
+        phase = schedule.phase(epoch)
         # Callbacks' epoch-end hooks run before the module's: a run-away epoch stops here, unscored.
         hybrid.check_divergence(phase)
-        if hybrid.budget is not None and phase.kind == "init" and not phase.ends_round \
-                and trainer.current_epoch >= hybrid.schedule.init_epochs - REFERENCE_EPOCHS:
+        if hybrid.budget is not None and phase.kind == "init" and epoch >= schedule.init_epochs - REFERENCE_EPOCHS:
             hybrid.budget.read(self._emotion(hybrid, is_bf16(trainer.precision)))
+            if schedule.may_end_initialisation(epoch) and hybrid.budget.plateaued():
+                schedule.end_initialisation(epoch)
+                log.info("The initialisation ends after %d epochs: its validation emotion stopped rising", epoch + 1)
+                phase = schedule.phase(epoch)
         if not phase.ends_round:
             return
         started = time.perf_counter()
@@ -83,6 +88,8 @@ class RoundEnd(pl.Callback):
         )
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=phase.round)
+        if phase.round == hybrid.schedule.rounds:  # before max_epochs when the initialisation ended early
+            trainer.should_stop = True
 
     def _emotion(self, hybrid: HybridModule, bf16: bool) -> dict[str, float]:
         """What the budget reads of the emotion head on each side: one reading of its reference."""

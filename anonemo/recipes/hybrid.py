@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import replace
 from collections.abc import Sequence
 
 from anonemo.errors import ConfigError
 from anonemo.evaluation import round_curves_figure
-from anonemo.metrics import BUDGET_SHIPPED_ROUND, HYBRID, own_head_metric
+from anonemo.metrics import BUDGET_INIT_EPOCHS, BUDGET_SHIPPED_ROUND, HYBRID, own_head_metric
 from anonemo.models.adversary import Adversary, head_widths
 from anonemo.models.budget import EmotionBudget
 from anonemo.models.classifiers import Optimizer
@@ -32,7 +33,8 @@ class Hybrid(Recipe):
 
     With ``max_emotion_loss`` (points) beta is set round by round so that validation emotion stays
     within that many points of the initialisation's (:class:`~anonemo.models.budget.EmotionBudget`),
-    starting at ``beta``; ``emotion_guard`` is then not used.
+    starting at ``beta``; ``emotion_guard`` is then not used. The initialisation then runs from
+    ``init_epochs`` up to ``max_init_epochs`` epochs, until its validation emotion stops rising.
     """
 
     label = HYBRID
@@ -46,6 +48,7 @@ class Hybrid(Recipe):
         alpha: float = 0.5,
         beta: float = 1.0,
         init_epochs: int = 15,
+        max_init_epochs: int = 60,
         rounds: int = 20,
         adversarial_epochs: int = 1,
         refit_epochs: int = 5,
@@ -62,7 +65,8 @@ class Hybrid(Recipe):
             raise ConfigError(f"model.emotion_guard={emotion_guard} must be between 0 (off) and 100 accuracy points.")
         if max_feature_growth <= 0:
             raise ConfigError(f"model.max_feature_growth={max_feature_growth} must be positive (default 1000).")
-        self.schedule = HybridSchedule(init_epochs, rounds, adversarial_epochs, refit_epochs)
+        self.schedule = HybridSchedule(init_epochs, rounds, adversarial_epochs, refit_epochs,
+                                       max_init_epochs=None if max_emotion_loss is None else max_init_epochs)
         self.adversary, self.optimizer, self.identity_optimizer = adversary, optimizer, identity_optimizer
         self.alpha, self.beta, self.emotion_guard, self.max_feature_growth = alpha, beta, emotion_guard, max_feature_growth
         self.max_emotion_loss = max_emotion_loss
@@ -85,7 +89,7 @@ class Hybrid(Recipe):
             for name in self.adversary.heads
         ]
         return HybridModule(
-            base, emotion_head, identity_heads, self.schedule, self.adversary, self.optimizer, self.identity_optimizer,
+            base, emotion_head, identity_heads, replace(self.schedule), self.adversary, self.optimizer, self.identity_optimizer,
             alpha=self.alpha, beta=self.beta, emotion_guard=0.0 if self.max_emotion_loss is not None else self.emotion_guard,
             budget=None if self.max_emotion_loss is None else EmotionBudget(self.max_emotion_loss),
             max_feature_growth=self.max_feature_growth, refit_batch_size=data.batch_size, seed=job.cfg.seed,
@@ -94,14 +98,17 @@ class Hybrid(Recipe):
     def train(self, job: Job) -> Trained:
         hybrid = self.module(job)
         metrics = {}
-        schedule = self.schedule
+        schedule = hybrid.schedule
         unused_guard = f"; model.emotion_guard={self.emotion_guard:g} is not used" if self.emotion_guard else ""
         weight = (f"beta from {self.beta:g} within an emotion budget of {self.max_emotion_loss:g} points{unused_guard}"
                   if self.max_emotion_loss is not None else f"beta={self.beta:g}, emotion guard {self.emotion_guard:g}")
+        init = (f"{schedule.init_epochs} to {schedule.max_init_epochs} epochs of multi-task initialisation (until its "
+                "validation emotion stops rising)" if schedule.max_init_epochs else
+                f"{schedule.init_epochs} epochs of multi-task initialisation")
         log.info(
-            "Algorithm 1: %d epochs of multi-task initialisation, then %d rounds of %d adversarial epoch(s) and a %d-pass identity re-fit "
+            "Algorithm 1: %s, then %d rounds of %d adversarial epoch(s) and a %d-pass identity re-fit "
             "(alpha=%g, %s, adversary: %s)",
-            schedule.init_epochs, schedule.rounds, schedule.adversarial_epochs, schedule.refit_epochs,
+            init, schedule.rounds, schedule.adversarial_epochs, schedule.refit_epochs,
             self.alpha, weight, self.adversary,
         )
         rounds = RoundEnd(job.data.side("train"), job.data.side("val"), job.clock,
@@ -116,8 +123,9 @@ class Hybrid(Recipe):
                 with job.clock.phase("base_training"):
                     job.fit(trainer, hybrid, job.data, "hybrid")
             if self.max_emotion_loss is not None:
-                metrics[BUDGET_SHIPPED_ROUND] = hybrid.restore_within_budget()
-                job.logger.log_metrics({BUDGET_SHIPPED_ROUND: metrics[BUDGET_SHIPPED_ROUND]})
+                budget = {BUDGET_SHIPPED_ROUND: hybrid.restore_within_budget(), BUDGET_INIT_EPOCHS: hybrid.schedule.init_end}
+                metrics |= budget
+                job.logger.log_metrics(budget)
         finally:
             if rounds.history:  # partial curves too, when training stopped early
                 title = f"Hybrid on {job.cfg.dataset.name}, fold {job.cfg.fold}"
