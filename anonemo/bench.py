@@ -57,8 +57,9 @@ from anonemo.errors import ConfigError
 from anonemo.job import run
 from anonemo.metrics import ROUND_TIMES
 from anonemo.models.classifiers import SingleTaskModule
-from anonemo.models.hybrid import PAPER_ADAM, HybridModule, HybridSchedule
-from anonemo.models.networks import ClassifierHead, ConvBase, Networks, adam
+from anonemo.models.hybrid import HybridModule, HybridSchedule
+from anonemo.models.networks import ClassifierHead, ConvBase, Networks
+from anonemo.optim import Optimizer
 from anonemo.threads import configure_threads
 from anonemo.tracking.identity import finished_run
 from anonemo.tracking.store import tracking_uri
@@ -85,6 +86,7 @@ class Workload:
         self.bf16 = is_bf16(cfg.trainer.precision)
         self.num_emotions, self.num_subjects = data.num_emotions, data.num_classes("identity")
         self.networks: Networks = build(cfg.network, "network")
+        self.optimizer: Optimizer = build(cfg.model.optimizer, "model.optimizer")  # the Emotion CNN's (model=emotion)
         self.data = data
         self.cfg = cfg
 
@@ -120,7 +122,7 @@ def plain_single_task(w: Workload, epochs: int) -> list[float]:
     """The Emotion CNN: cross-entropy on the emotion labels."""
     base, head = w.base_and_head(w.num_emotions)
     model = nn.Sequential(base, head).to(w.device)
-    optimizer = adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    optimizer = w.optimizer(model.parameters())
     return timed_epochs(w, epochs, lambda index: F.cross_entropy(model(w.images[index]), w.emotion[index]), optimizer)
 
 
@@ -131,7 +133,7 @@ def plain_adversarial(w: Workload, epochs: int, beta: float = 1.0) -> list[float
     for module in (base, emotion_head, identity_head):
         module.to(w.device)
     identity_head.requires_grad_(False)
-    optimizer = adam([*base.parameters(), *emotion_head.parameters()], lr=1e-3, weight_decay=1e-4)
+    optimizer = w.optimizer([*base.parameters(), *emotion_head.parameters()])
 
     def step(index: torch.Tensor) -> torch.Tensor:
         features = base(w.images[index])
@@ -179,7 +181,7 @@ def lightning_epochs(w: Workload, module: pl.LightningModule, epochs: int) -> li
 
 
 def anonemo_single_task(w: Workload, epochs: int) -> list[float]:
-    module = SingleTaskModule(*w.base_and_head(w.num_emotions), "emotion", PAPER_ADAM)
+    module = SingleTaskModule(*w.base_and_head(w.num_emotions), "emotion", w.optimizer)
     return lightning_epochs(w, module, epochs)
 
 
@@ -187,7 +189,8 @@ def anonemo_adversarial(w: Workload, epochs: int) -> list[float]:
     """The Hybrid's adversarial epochs; its round ends (re-fits, scoring) are not part of the loop."""
     base, emotion_head = w.base_and_head(w.num_emotions)
     module = HybridModule(base, emotion_head, [w.networks.head(base.out_features, w.num_subjects)],
-                          HybridSchedule(init_epochs=1, rounds=epochs, refit_epochs=1))
+                          HybridSchedule(init_epochs=1, rounds=epochs, refit_epochs=1), optimizer=w.optimizer,
+                          identity_optimizer=w.optimizer)
     return lightning_epochs(w, module, 1 + epochs)
 
 
@@ -252,7 +255,7 @@ def load_conditions(cfg: DictConfig) -> list[tuple[str, int]]:
     return [("alone", 0)] + ([(f"beside {cfg.bench.contention} busy", cfg.bench.contention)] if cfg.bench.contention else [])
 
 
-def job_overrides(own: list[str]) -> list[str]:
+def inherited_overrides(own: list[str]) -> list[str]:
     """This command's overrides that a job it runs keeps (not the benchmark's, and not the ones
     the job sets itself: ``own``)."""
     keys = tuple(o.split("=", 1)[0] for o in own)
@@ -278,7 +281,7 @@ def time_rounds(cfg: DictConfig) -> dict[str, list[dict]]:
     beside a busy process. Per run: its wall seconds, and its adversarial rounds' seconds by part
     from the run's ``round/time/*`` (round 0, the initialisation, left out)."""
     own = [*cfg.bench.rounds.overrides, f"model={cfg.bench.rounds.model}", "fold=0", "trainer.enable_progress_bar=false"]
-    overrides = [*job_overrides(own), *own]
+    overrides = [*inherited_overrides(own), *own]
     job = hydra.compose("train", overrides=overrides)
     runs: dict[str, list[dict]] = {label: [] for label in (*POLICIES, BESIDE_BUSY)}
     order = [label for _ in range(cfg.bench.rounds.pairs) for label in POLICIES] + [BESIDE_BUSY]
@@ -307,7 +310,7 @@ def time_full_folds(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """
     folds = {}
     for model in cfg.bench.fold_models:
-        job = hydra.compose("train", overrides=[*job_overrides([]), f"model={model}", "fold=0"])
+        job = hydra.compose("train", overrides=[*inherited_overrides([]), f"model={model}", "fold=0"])
         metrics = run(job)
         folds[model] = {k: v for k, v in metrics.items() if k.startswith("time/") or k == "wall_time_s"}
     return folds

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from anonemo.calibration import (OPTIONS, Setting, check_options, choose, collect, float_value, front_figure, grid,
-                                 job_overrides, leakage_measure, table)
+                                 grid_job_overrides, leakage_measure, table)
 from anonemo.cli import CONF, check_override_keys, user_errors_reported
 from anonemo.data.check import check_job_data
 
@@ -56,7 +56,7 @@ def finished_metrics(shared: list[str], cfg: DictConfig, value: float | None, fo
     """The metrics of the FINISHED run of one grid job, found by its config hash."""
     from anonemo.tracking.identity import finished_run
 
-    overrides = job_overrides(cfg, shared, None if value is None else float_value(value), str(fold))
+    overrides = grid_job_overrides(cfg, shared, None if value is None else float_value(value), str(fold))
     if GlobalHydra.instance().is_initialized():  # inside this command: its conf/ is Hydra's
         job = compose("train", overrides=overrides)
     else:

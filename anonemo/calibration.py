@@ -82,7 +82,7 @@ class Setting:
         return statistics.fmean(losses), spread
 
 
-def job_overrides(cfg: DictConfig, overrides: list[str], value: str | None, folds: str) -> list[str]:
+def grid_job_overrides(cfg: DictConfig, overrides: list[str], value: str | None, folds: str) -> list[str]:
     """The overrides of one grid job (or, with comma lists, of one sweep): the user's, then the
     reference model (``value`` None; the user's ``model.*`` options are the Hybrid's and stay out)
     or the Hybrid with ``calibrate.option`` at ``value`` (a fixed β turns the emotion budget off)."""
@@ -99,7 +99,7 @@ def grid(cfg: DictConfig, overrides: list[str]) -> list[list[str]]:
     """The two sweeps: the reference, then the Hybrid at every value, on every calibration fold."""
     folds = ",".join(str(f) for f in cfg.calibrate.folds)
     values = ",".join(float_value(v) for v in cfg.calibrate.grid)
-    return [job_overrides(cfg, overrides, None, folds), job_overrides(cfg, overrides, values, folds)]
+    return [grid_job_overrides(cfg, overrides, None, folds), grid_job_overrides(cfg, overrides, values, folds)]
 
 
 def float_value(value: float) -> str:

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anonemo.cli import check_override_keys, user_errors_reported
 from anonemo.data.features import extract_features, is_bf16
-from anonemo.data.files import MAX_IMAGE_PIXELS
+from anonemo.data.decode import MAX_IMAGE_PIXELS
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError
 from anonemo.evaluation import accuracy

@@ -11,6 +11,7 @@ head, and where the wall time went (``time/*``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
@@ -19,7 +20,7 @@ from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from anonemo import metrics as names
-from anonemo.audit.attackers import default_attackers
+from anonemo.audit.attackers import build_attackers
 from anonemo.audit.suite import audit_base
 from anonemo.config import build
 from anonemo.data.check import check_job_data
@@ -29,8 +30,9 @@ from anonemo.data.folds import UNSEEN_PEOPLE_NOTE, fold_protocol
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError, require_permutations
 from anonemo.evaluation import score
-from anonemo.models.erasure import Erasure, erase
+from anonemo.erasure import Erasure, erase
 from anonemo.models.networks import Networks
+from anonemo.probes import Attacker
 from anonemo.recipes.base import Job, Recipe, Trained
 from anonemo.recipes.fresh_heads import final_base_heads, fit_fresh_heads
 from anonemo.threads import configure_threads
@@ -59,6 +61,7 @@ class Plan:
     reopen: Run | None = None
     finished: dict[str, float] | None = None
     erasure: Erasure | None = None
+    attackers: tuple[Attacker, ...] = ()  # the audit's, none when it is off
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -76,6 +79,7 @@ def plan(cfg: DictConfig) -> Plan:
     recipe: Recipe = build(cfg.model, "model")
     networks: Networks = build(cfg.network, "network")
     erasure: Erasure | None = None if cfg.get("erasure") is None else build(cfg.erasure, "erasure")
+    attackers = tuple(build_attackers(cfg.audit.attackers)) if cfg.audit.enabled else ()
     check_protocol(cfg, recipe, erasure)
     check_reachable(tracking_uri(cfg))
     if cfg.sweep.skip_finished or cfg.resume:
@@ -100,7 +104,7 @@ def plan(cfg: DictConfig) -> Plan:
             data.side(side)
     if erasure is not None:
         erasure.check_capacity(networks.feature_directions(), data.identity_classes)
-    return Plan(cfg, recipe, networks, clock, data, threads, reopen, erasure=erasure)
+    return Plan(cfg, recipe, networks, clock, data, threads, reopen, erasure=erasure, attackers=attackers)
 
 
 def check_protocol(cfg: DictConfig, recipe: Recipe, erasure: Erasure | None = None) -> None:
@@ -145,7 +149,8 @@ def execute(plan: Plan) -> dict[str, float]:
     with mlflow_run(cfg, plan.reopen) as logger:
         logger.client.set_tag(logger.run_id, "torch_threads", str(plan.threads))
         logger.log_hyperparams(plan.data.summary())
-        metrics = train_and_evaluate(recipe, Job(cfg, plan.data, logger, clock, plan.networks), plan.erasure)
+        metrics = train_and_evaluate(recipe, Job(cfg, plan.data, logger, clock, plan.networks), plan.erasure,
+                                     plan.attackers)
         timings = clock.metrics()
         logger.log_metrics(timings)
         metrics |= timings
@@ -171,15 +176,17 @@ def result_summary(title: str, metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def train_and_evaluate(recipe: Recipe, job: Job, erasure: Erasure | None = None) -> dict[str, float]:
+def train_and_evaluate(recipe: Recipe, job: Job, erasure: Erasure | None = None,
+                       attackers: Sequence[Attacker] = ()) -> dict[str, float]:
     """The recipe's training, then what every model shares on its frozen base: an ``erasure``
-    fitted on it (which then belongs to the base), fresh heads, the saved base, the audit."""
+    fitted on it (which then belongs to the base), fresh heads, the saved base, the audit by
+    ``attackers`` (none: no audit)."""
     cfg, data, logger = job.cfg, job.data, job.logger
     trained = recipe.train(job)
     metrics = dict(trained.metrics)
     base, emotion_head = trained.base, trained.emotion_head
     heads = final_base_heads(recipe, erasure)
-    if not (heads or trained.own_heads or cfg.audit.enabled):
+    if not (heads or trained.own_heads or attackers):
         features = None
     else:
         with job.clock.phase("frozen_base"):
@@ -196,11 +203,10 @@ def train_and_evaluate(recipe: Recipe, job: Job, erasure: Erasure | None = None)
     logger.log_network(base, BASE_ARTIFACT)
     if emotion_head is not None:  # what anonemo.export ships with the base
         logger.log_network(emotion_head, EMOTION_HEAD_ARTIFACT, class_names=data.class_names("emotion"))
-    if cfg.audit.enabled:
+    if attackers:
         with job.clock.phase("frozen_base"):
             audited = audit_base(
-                features.sides, data.testable_classes, cfg.seed,
-                default_attackers(tuple(job.networks.fc_hidden), bf16=job.bf16),
+                features.sides, data.testable_classes, cfg.seed, list(attackers),
                 null_permutations=cfg.audit.null_permutations,
                 emotion_head=emotion_head if cfg.audit.emotion_output else None,
             )
@@ -229,20 +235,17 @@ def score_own_heads(trained: Trained, features: FeatureDataModule, job: Job) -> 
 
 
 def search_objective(cfg: DictConfig, metrics: dict[str, float]) -> float:
-    """The value a hyper-parameter search maximises (``search.objective``), from validation only.
-
-    ``hybrid_privacy``: the validation accuracy of Hybrid2Emotion, penalised by how far the
+    """The value a hyper-parameter search (``hparams_search``) maximises, from validation only:
+    the validation accuracy of Hybrid2Emotion, penalised by how far the
     strongest audit attacker's validation accuracy (``audit/identity/max/val``) exceeds
     ``search.identity_ceiling``. Not Hybrid2Face's: one fresh head is the weak measure that a base
     can fool while other attackers still read identity.
     """
-    if cfg.search.objective != "hybrid_privacy":
-        raise ConfigError(f"search.objective={cfg.search.objective!r} is not known: use hybrid_privacy.")
     utility = names.val_acc(names.HYBRID2EMOTION)
     if utility not in metrics:
-        raise ConfigError("search.objective=hybrid_privacy needs a Hybrid model (model=hybrid or hybrid_*): it scores Hybrid2Emotion.")
+        raise ConfigError("hparams_search=hybrid_optuna needs a Hybrid model (model=hybrid or hybrid_*): it scores Hybrid2Emotion.")
     if names.IDENTITY_MAX_VAL not in metrics:
-        raise ConfigError("search.objective=hybrid_privacy scores identity with the audit's closed-set attackers: set "
+        raise ConfigError("hparams_search=hybrid_optuna scores identity with the audit's closed-set attackers: set "
                           "audit.enabled=true under cv.protocol=paper (under subject_disjoint, choose β with "
                           "python -m anonemo.calibrate, which reads the linkage audit).")
     excess = max(0.0, metrics[names.IDENTITY_MAX_VAL] - cfg.search.identity_ceiling)

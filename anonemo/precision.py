@@ -1,6 +1,6 @@
 """The default arithmetic precision (``trainer.precision: ${anonemo.fastest_precision:}``): bf16
 autocast where the hardware computes in bf16, float32 elsewhere. Emulated bf16 (a CPU with AVX2
-only) is about 10x slower than float32 and not bit-reproducible (docs/performance.md)."""
+only) is much slower than float32 and not bit-reproducible (docs/performance.md)."""
 
 from __future__ import annotations
 

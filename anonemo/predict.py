@@ -24,7 +24,7 @@ from rich.table import Table
 
 from PIL import Image
 
-from anonemo.data.files import MAX_IMAGE_PIXELS, decode_grayscale
+from anonemo.data.decode import MAX_IMAGE_PIXELS, decode_grayscale
 from anonemo.data.preprocess import ImagePreprocessor
 from anonemo.errors import AnonemoError, ConfigError, DatasetError, ImageReadError, ModelFileError
 from anonemo.export import MODEL_FILE, PREPROCESSING_FILE

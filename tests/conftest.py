@@ -156,6 +156,22 @@ def make_config(tmp_path: Path, *overrides: str) -> DictConfig:
         )
 
 
+def attackers_config() -> DictConfig:
+    """The default ``audit.attackers`` (conf/attackers/default.yaml), as a re-audit receives it."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="audit").audit.attackers
+
+
+def configured_attackers() -> list:
+    """The audit's attackers as ``audit.attackers`` builds them, in float32, with the paper head's
+    attacker as wide as a small network's head (32, 16)."""
+    from anonemo.audit.attackers import build_attackers
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["trainer.precision=32-true", "network.fc_hidden=[32,16]"])
+    return build_attackers(cfg.audit.attackers)
+
+
 # A job small enough for a test: 4 subjects x 3 emotions x 4 originals, 32x32, 4 folds, 2 epochs.
 TINY_SYNTHETIC = (
     "dataset.num_subjects=4",

@@ -10,13 +10,15 @@ from omegaconf import OmegaConf
 
 from anonemo.audit.suite import audit_emotion_output, audit_features, gallery_audit
 from anonemo.audit.saved_run import reaudit_run
-from anonemo.audit.attackers import CosineKnnAttacker, Split, default_attackers
+from anonemo.audit.attackers import CosineKnnAttacker
 from anonemo.data.datamodule import TensorBatches
-from anonemo.errors import ModelFileError
+from anonemo.errors import ConfigError, ModelFileError
 from anonemo.evaluation import accuracy
 from anonemo.models.networks import ConvBase, load_base, save_network
+from anonemo.probes import Split
 from anonemo.tracking.store import tracking_uri
 from anonemo.job import run
+from conftest import configured_attackers
 from test_bad_input import cli
 
 CLASSES = 5
@@ -32,14 +34,14 @@ def planted(n, seed, signal):
     return Split(features, labels)
 
 
-@pytest.mark.parametrize("attacker", default_attackers((32, 16)), ids=lambda a: a.name)
+@pytest.mark.parametrize("attacker", configured_attackers(), ids=lambda a: a.name)
 def test_each_attacker_learns_a_planted_signal(attacker):
     train, val, test = planted(600, 0, 1.0), planted(150, 1, 1.0), planted(300, 2, 1.0)
     attacker.fit(train, val, CLASSES, seed=0)
     assert accuracy(attacker.predict(test.features), test.labels) > 85
 
 
-@pytest.mark.parametrize("attacker", default_attackers((32, 16)), ids=lambda a: a.name)
+@pytest.mark.parametrize("attacker", configured_attackers(), ids=lambda a: a.name)
 def test_each_attacker_sits_at_chance_on_noise(attacker):
     train, val, test = planted(600, 0, 0.0), planted(150, 1, 0.0), planted(1000, 2, 0.0)
     attacker.fit(train, val, CLASSES, seed=0)
@@ -60,9 +62,9 @@ def test_audit_never_tunes_on_the_test_fold():
     real, scrambled = sides(False), sides(True)
     knn_real, knn_scrambled = CosineKnnAttacker(), CosineKnnAttacker()
     a = audit_features(real, {"identity": CLASSES, "emotion": 2}, seed=0,
-                       attackers=[*default_attackers((32, 16))[:1], knn_real])
+                       attackers=[*configured_attackers()[:1], knn_real])
     b = audit_features(scrambled, {"identity": CLASSES, "emotion": 2}, seed=0,
-                       attackers=[*default_attackers((32, 16))[:1], knn_scrambled])
+                       attackers=[*configured_attackers()[:1], knn_scrambled])
     assert knn_real.k == knn_scrambled.k
     assert {k: v for k, v in a.items() if k.endswith("/val")} == {k: v for k, v in b.items() if k.endswith("/val")}
     assert a["audit/identity/max"] > 85 > b["audit/identity/max"]
@@ -80,7 +82,7 @@ def test_gallery_audit_sees_identity_that_training_side_attackers_miss():
     shifted = Split(train.features, (train.labels + 1) % CLASSES)  # training images of c look like c+1
     sides = {name: TensorBatches(features=split.features, identity=split.labels, emotion=split.labels % 2)
              for name, split in (("train", shifted), ("val", val), ("test", test))}
-    metrics = audit_features(sides, {"identity": CLASSES, "emotion": 2}, seed=0, attackers=default_attackers((32, 16)))
+    metrics = audit_features(sides, {"identity": CLASSES, "emotion": 2}, seed=0, attackers=configured_attackers())
     assert metrics["audit/identity/max"] < 30
     assert metrics["audit/identity/centroid"] < metrics["audit/identity/chance"] / 2
     assert metrics["audit/identity/gallery"] > 85
@@ -113,7 +115,7 @@ def test_emotion_output_audit_reads_identity_only_where_the_emotion_head_passes_
     """Identity lies in feature dimensions 0-4. A head whose output copies them gives identity
     away through its output; a head that reads other dimensions gives nothing, though the
     features it reads from still carry identity."""
-    data, attackers = sides(False), [default_attackers((32, 16))[0], CosineKnnAttacker()]
+    data, attackers = sides(False), [configured_attackers()[0], CosineKnnAttacker()]
     passes_on = audit_emotion_output(data, linear_head(range(5)), CLASSES, seed=0, attackers=attackers)
     ignores = audit_emotion_output(data, linear_head(range(10, 15)), CLASSES, seed=0, attackers=attackers)
     assert passes_on["audit/emotion_output/identity/max"] > 85
@@ -142,7 +144,7 @@ def few_originals(identity_signal, seed=0):
 def test_permutation_null_separates_identity_from_none():
     """Features without identity score like their permuted-label null (a large p-value); features
     with identity beat the null on every permutation (the smallest p-value 5 permutations give)."""
-    attackers = [default_attackers((32, 16))[0], CosineKnnAttacker()]
+    attackers = [configured_attackers()[0], CosineKnnAttacker()]
     blind = audit_features(few_originals(0.0), {"identity": 15, "emotion": 2}, seed=0, attackers=attackers,
                            null_permutations=5)
     assert blind["audit/identity/max/p_value"] > 0.3
@@ -160,14 +162,14 @@ def test_reaudit_of_a_saved_run_reproduces_its_audit_and_fresh_heads(tiny_config
     metrics = run(cfg)
     client = MlflowClient(tracking_uri(cfg))
     (logged,) = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])
-    again = reaudit_run(client, logged.info.run_id, transfer=cfg.transfer, emotion_output=True)
+    again = reaudit_run(client, logged.info.run_id, cfg.audit.attackers, transfer=cfg.transfer, emotion_output=True)
     audited = {k: v for k, v in metrics.items() if k.startswith("audit/")}
     assert {k: v for k, v in again.items() if k.startswith("audit/")} == pytest.approx(audited)
     assert len(audited) >= 10 and again["Emotion2Face"] == pytest.approx(metrics["Emotion2Face"])
     assert "audit/emotion_output/identity/max" in audited  # the Emotion CNN's head, saved and reloaded
     assert 0 <= audited["audit/linkage/auc"] <= 1 and audited["audit/linkage/pairs"] > 0  # the linkage audit, in every job
     raw = OmegaConf.merge(cfg.transfer, {"standardise": False, "max_epochs": 1})
-    refitted = reaudit_run(client, logged.info.run_id, transfer=raw)
+    refitted = reaudit_run(client, logged.info.run_id, cfg.audit.attackers, transfer=raw)
     logged_now = client.get_run(logged.info.run_id).data
     assert logged_now.metrics["Emotion2Face"] == refitted["Emotion2Face"]
     # Each re-fit logs its number once, after the training run's own: three entries, newest last.
@@ -175,9 +177,33 @@ def test_reaudit_of_a_saved_run_reproduces_its_audit_and_fresh_heads(tiny_config
     assert len(history) == 3 and history[-1].value == refitted["Emotion2Face"]
     assert "standardise: false" in logged_now.tags["transfer.refit"]
     assert "audit.reaudited_s" in client.get_run(logged.info.run_id).data.tags
-    with_null = reaudit_run(client, logged.info.run_id, null_permutations=2)
+    with_null = reaudit_run(client, logged.info.run_id, cfg.audit.attackers, null_permutations=2)
     assert round(3 * with_null["audit/identity/max/p_value"], 6) in (1, 2, 3)  # (1 + k) / (1 + 2)
     assert 0 <= with_null["audit/identity/max/null"] <= 100
+
+
+def test_an_attacker_added_from_the_command_line_audits_the_job_and_its_reaudit(tiny_config):
+    """audit.attackers is a config group: an entry added or dropped on the command line changes
+    the job's audit, and the re-audit given the same entries reproduces it."""
+    cfg = tiny_config("model=emotion", "audit.attackers.knn=null", "audit.attackers.wide_mlp=null",
+                      "+audit.attackers.knn7._target_=anonemo.audit.attackers.CosineKnnAttacker",
+                      "+audit.attackers.knn7.ks=[7]")
+    metrics = run(cfg)
+    assert "audit/identity/knn7" in metrics and "audit/identity/knn" not in metrics
+    assert "audit/identity/wide_mlp" not in metrics
+    suite = ("logistic", "paper_head", "knn7", "centroid")
+    assert metrics["audit/identity/max"] == max(metrics[f"audit/identity/{name}"] for name in suite)
+    client = MlflowClient(tracking_uri(cfg))
+    (logged,) = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])
+    again = reaudit_run(client, logged.info.run_id, cfg.audit.attackers)
+    assert again["audit/identity/knn7"] == metrics["audit/identity/knn7"]
+
+
+def test_an_attacker_entry_that_builds_no_attacker_is_named(tiny_config):
+    with pytest.raises(ConfigError, match=r"audit.attackers.probe: torch.nn.Identity built a Identity, not an anonemo.probes.Attacker"):
+        run(tiny_config("+audit.attackers.probe._target_=torch.nn.Identity"))
+    with pytest.raises(ConfigError, match=r"audit.attackers.probe has no _target_"):
+        run(tiny_config("+audit.attackers.probe.ks=[3]"))
 
 
 def test_reaudit_names_an_unknown_run(tmp_path):
@@ -195,10 +221,10 @@ def test_reaudit_refuses_a_negative_number_of_permutations_before_any_work(tmp_p
 
 
 def test_reaudit_with_every_part_switched_off_says_so_before_any_work(tmp_path):
-    result = cli("run_id=0123456789abcdef", "attackers=false", "emotion_output=false", f"paths.output_dir={tmp_path}",
+    result = cli("run_id=0123456789abcdef", "attack_features=false", "emotion_output=false", f"paths.output_dir={tmp_path}",
                  module="anonemo.audit")
     assert result.returncode == 2
-    assert "attackers=false, refit_transfer=false and emotion_output=false leave nothing to do" in result.stderr
+    assert "attack_features=false, refit_transfer=false and emotion_output=false leave nothing to do" in result.stderr
     assert "Traceback" not in result.stderr
 
 

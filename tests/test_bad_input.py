@@ -97,7 +97,7 @@ CATALOGUE = [
     ("negative beta", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid", "model.beta=-1"], ConfigError, "model.beta=-1 must be non-negative"),
     ("T = 0", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid", "model.rounds=0"], ConfigError, "model.rounds=0 must be at least 1"),
     ("unknown adversary objective", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid", "model.adversary.objective=kl"],
-     ConfigError, "model.adversary.objective='kl' is not known: use one of neg_ce, confusion, entropy, grl"),
+     ConfigError, "model.adversary.objective='kl' is not known: use one of neg_ce, confusion, grl"),
     ("unknown identity head", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid", "model.adversary.heads=[paper,huge]"],
      ConfigError, "model.adversary.heads: 'huge' is not a known identity head"),
     ("unknown feature norm", lambda t, y, j: [*TINY_SYNTHETIC, "model=hybrid_robust", "network.feature_norm=group"],

@@ -10,7 +10,8 @@ from anonemo.data.augment import Augmentation
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.synthetic import SyntheticFaces
-from anonemo.models.networks import ClassifierHead, ConvBase, Networks, adam
+from anonemo.models.networks import ClassifierHead, ConvBase, Networks
+from anonemo.optim import adam
 from anonemo.models.classifiers import SingleTaskModule
 
 

@@ -7,7 +7,8 @@ import mlflow
 import pytest
 import torch
 
-from anonemo.audit.attackers import Split, logistic_attacker
+from anonemo.probes import Split, logistic_probe
+from conftest import attackers_config
 from anonemo.data.datamodule import TensorBatches
 from anonemo.data.features import FeatureDataModule
 from anonemo.data.pipeline import fold_data
@@ -15,7 +16,7 @@ from anonemo.evaluation import accuracy
 from anonemo.export import MODEL_FILE
 from anonemo.audit.saved_run import reaudit_run
 from anonemo.job import run
-from anonemo.models.erasure import Inlp, Leace, chance_bound, erase, leaves_nothing
+from anonemo.erasure import Inlp, Leace, chance_bound, erase, leaves_nothing
 from anonemo.models.networks import ConvBase, load_base
 
 
@@ -30,7 +31,7 @@ def identity_features(people: int, per_person: int, dims: int, seed: int, code_s
 def held_out_logistic_accuracy(train: Split, test: Split, num_classes: int) -> float:
     """The audit's logistic attacker fitted on ``train`` (the test side as its validation, as a
     worst case for the eraser), scored on ``test``."""
-    return logistic_attacker().fit(train, test, num_classes, seed=0).val_accuracy
+    return logistic_probe().fit(train, test, num_classes, seed=0).val_accuracy
 
 
 def test_after_leace_the_audits_logistic_attacker_reads_training_side_identity_at_chance():
@@ -55,7 +56,7 @@ def test_inlp_projects_until_its_linear_probe_is_at_chance_on_validation():
     assert inlp.fit_metrics()["erasure/probe/val"] <= chance_bound(val.labels)
     # a fresh probe (another seed), selected on validation, reads faces of a third side at chance
     test = identity_features(6, 40, 64, 2, code_scale=0.5)
-    fresh = logistic_attacker().fit(Split(erasure(train.features), train.labels), Split(erasure(val.features), val.labels),
+    fresh = logistic_probe().fit(Split(erasure(train.features), train.labels), Split(erasure(val.features), val.labels),
                                     6, seed=7)
     assert accuracy(fresh.predict(erasure(test.features)), test.labels) <= chance_bound(test.labels)
 
@@ -154,6 +155,6 @@ def test_any_models_final_base_can_be_erased_the_hybrid_included(tiny_config):
 
 def test_the_reaudit_reads_the_saved_erased_base(leace_run):
     _, client, run_id, metrics, _ = leace_run
-    audited = reaudit_run(client, run_id)
+    audited = reaudit_run(client, run_id, attackers_config())
     for name in ("audit/identity/logistic", "audit/identity/max", "audit/emotion/max"):
         assert audited[name] == pytest.approx(metrics[name])  # the same erased features as the job's

@@ -18,7 +18,7 @@ import torch
 from conftest import gif_declaring, png_declaring
 from test_bad_input import cli
 
-from anonemo.data.files import MAX_IMAGE_PIXELS
+from anonemo.data.decode import MAX_IMAGE_PIXELS
 from anonemo.data.synthetic import SyntheticFaces
 from anonemo.export import MODEL_FILE, PREPROCESSING_FILE
 from anonemo.models.networks import ClassifierHead, ConvBase, EmotionModel

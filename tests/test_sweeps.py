@@ -157,7 +157,7 @@ def test_groups_are_labelled_by_the_settings_a_command_line_chose(store):
     """An erasure is named as `erasure=inlp` chose it (not by its class path), its absence as
     `erasure=none`, and the options of an absent erasure are left out."""
     client, experiment = store
-    inlp = {"erasure._target_": "anonemo.models.erasure.Inlp", "erasure.max_iterations": "30"}
+    inlp = {"erasure._target_": "anonemo.erasure.Inlp", "erasure.max_iterations": "30"}
     for params in ({}, inlp, {**inlp, "erasure.max_iterations": "100"}):
         make_run(client, experiment, {"model.name": "hybrid_standardised", "fold": 0, **params}, {"Hybrid2Emotion": 60.0})
     groups = collect_groups(client, [experiment])
@@ -300,7 +300,7 @@ def test_optuna_search_optimises_a_validation_objective(tmp_path):
     for child in children:  # the objective reads validation numbers, logged beside the test ones
         metrics = child.data.metrics
         assert {"Hybrid2Emotion/val_acc", "audit/identity/max/val", "Hybrid2Emotion"} <= set(metrics)
-        # hybrid_privacy: validation emotion, 2 points off per point the strongest attacker reads over 20%
+        # the objective: validation emotion, 2 points off per point the strongest attacker reads over 20%
         objectives.append(metrics["Hybrid2Emotion/val_acc"] - 2.0 * max(0.0, metrics["audit/identity/max/val"] - 20.0))
     assert best["best_value"] == pytest.approx(max(objectives), abs=1e-3)
 

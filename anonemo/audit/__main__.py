@@ -18,28 +18,27 @@ def main(cfg: DictConfig) -> None:
         if not cfg.run_id:
             raise ConfigError("run_id is required: python -m anonemo.audit run_id=<MLflow run id>.")
         require_permutations(cfg.null_permutations, "null_permutations")
-        if not (cfg.attackers or cfg.refit_transfer or cfg.emotion_output):
+        if not (cfg.attack_features or cfg.refit_transfer or cfg.emotion_output):
             raise ConfigError(
-                "attackers=false, refit_transfer=false and emotion_output=false leave nothing to do: set one to true."
+                "attack_features=false, refit_transfer=false and emotion_output=false leave nothing to do: set one to true."
             )
         # Imported once the options are known to be valid: torch, Lightning and MLflow take ~10 s.
         from mlflow.tracking import MlflowClient
 
         from anonemo import metrics as names
-        from anonemo.audit.attackers import default_attackers
         from anonemo.audit.saved_run import reaudit_run
         from anonemo.tracking.store import resolve_tracking_uri
 
         client = MlflowClient(resolve_tracking_uri(cfg.tracking_uri, cfg.paths.output_dir))
-        metrics = reaudit_run(client, str(cfg.run_id), cfg.dataset_root, cfg.null_permutations,
-                              cfg.transfer if cfg.refit_transfer else None, audit=cfg.attackers,
+        metrics = reaudit_run(client, str(cfg.run_id), cfg.audit.attackers, cfg.dataset_root, cfg.null_permutations,
+                              cfg.transfer if cfg.refit_transfer else None, audit=cfg.attack_features,
                               emotion_output=cfg.emotion_output)
         print(f"Run {cfg.run_id} (test fold, %):")
         refitted = [name for name in names.PAPER_METRICS if name in metrics]
         if refitted:
             print("  fresh heads re-fitted: " + "  ".join(f"{name} {metrics[name]:.1f}" for name in refitted))
-        attackers = [attacker.name for attacker in default_attackers()] + ["max", "gallery", "chance"]
-        for task in ("identity", "emotion") if cfg.attackers else ():
+        attackers = [name for name, node in cfg.audit.attackers.items() if node is not None] + ["max", "gallery", "chance"]
+        for task in ("identity", "emotion") if cfg.attack_features else ():
             print(f"  {task:8s} " + "  ".join(f"{name} {metrics[names.audit(task, name)]:.1f}" for name in attackers))
         if names.EMOTION_OUTPUT_IDENTITY_MAX in metrics:
             print(f"  identity off the emotion head's output: strongest {metrics[names.EMOTION_OUTPUT_IDENTITY_MAX]:.1f}")

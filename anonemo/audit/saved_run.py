@@ -19,14 +19,14 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from anonemo.audit.attackers import default_attackers
+from anonemo.audit.attackers import build_attackers
 from anonemo.audit.suite import audit_base
 from anonemo.config import build
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule, is_bf16
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import TrackingError
-from anonemo.models.erasure import Erasure
+from anonemo.erasure import Erasure
 from anonemo.models.networks import ClassifierHead, ConvBase, Networks, load_base, load_network
 from anonemo.recipes.base import Job, Recipe
 from anonemo.recipes.fresh_heads import final_base_heads, fit_fresh_heads
@@ -40,13 +40,15 @@ log = logging.getLogger(__name__)
 def reaudit_run(
     client: MlflowClient,
     run_id: str,
+    attackers: DictConfig,
     dataset_root: str | None = None,
     null_permutations: int = 0,
     transfer: DictConfig | None = None,
     audit: bool = True,
     emotion_output: bool = False,
 ) -> dict[str, float]:
-    """Audit metrics of run ``run_id``'s saved base, logged to that run and returned; with
+    """Audit metrics of run ``run_id``'s saved base by ``attackers`` (an ``audit.attackers`` config,
+    built against the run's config: its network and precision), logged to that run and returned; with
     ``transfer`` (a ``conf/transfer`` config) also the metrics of its re-fitted fresh heads, and
     with ``audit=False`` not the attacker suite on the features. ``emotion_output``: also (or, with
     ``audit=False``, only) the audit of its emotion head's output, if the model has an emotion head."""
@@ -68,6 +70,8 @@ def reaudit_run(
     started = time.perf_counter()
     # Runs saved before cv.protocol existed used the paper's folds.
     run_cfg = OmegaConf.merge({"cv": {"protocol": "paper"}}, run_cfg)
+    OmegaConf.update(run_cfg, "audit.attackers", OmegaConf.to_container(attackers, resolve=False), merge=False)
+    suite = build_attackers(run_cfg.audit.attackers)
     data = fold_data(run_cfg)
     bf16 = is_bf16(run_cfg.trainer.precision)
     features = FeatureDataModule(base, data, bf16=bf16)
@@ -77,8 +81,7 @@ def reaudit_run(
     # read back after the re-fit, which replaced it.
     emotion_head = saved_emotion_head(client, run_id, recipe, erasure) if emotion_output else None
     audited = audit_base(
-        features.sides, data.testable_classes, run_cfg.seed,
-        default_attackers(tuple(networks.fc_hidden), bf16=bf16), features=audit,
+        features.sides, data.testable_classes, run_cfg.seed, suite, features=audit,
         null_permutations=null_permutations, emotion_head=emotion_head,
     )
     if audited:

@@ -3,14 +3,14 @@
 The paper's Hybrid2Face is one fresh FC head; a base can fool the head it was trained against
 while other attackers still read identity off it. The audit has two parts.
 
-Training-side attackers (:func:`~anonemo.audit.attackers.default_attackers`) are fitted on the
+Training-side attackers (``audit.attackers``, :func:`~anonemo.audit.attackers.build_attackers`) are fitted on the
 training side's features, tuned on the validation side and scored once on the test fold.
 ``audit/<task>/max``, the strongest of them, is the leakage number the paper's protocol asks for.
 
 Those attackers learn from features of images the base was trained on. An adversarially trained
-base can treat those images differently from new ones: measured on Yale, ``hybrid_robust`` bases
-put new images of a subject away from that subject's training images, so training-side attackers
-scored *below* chance (0% on both validation and test, chance 6.7%) on half of the folds. Below
+base can treat those images differently from new ones: ``hybrid_robust`` bases on Yale put new
+images of a subject away from that subject's training images, so training-side attackers scored
+*below* chance on half of the folds (docs/audit.md). Below
 chance is not anonymity: the features still separate people, just not the way the training side
 says. The gallery audit therefore fits a tuning-free attacker (nearest class mean) on the
 validation side, images the base never trained on, and scores it on the test images of the
@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from anonemo import metrics as names
-from anonemo.audit.attackers import Attacker, NearestCentroidAttacker, Split, as_split, default_attackers
+from anonemo.audit.attackers import NearestCentroidAttacker
+from anonemo.probes import Attacker, Split, as_split
 from anonemo.audit.linkage import linkage_audit
 from anonemo.data.datamodule import TensorBatches
 from anonemo.evaluation import accuracy
@@ -77,7 +78,7 @@ def audit_features(
     sides: dict[str, TensorBatches],
     num_classes: dict[str, int],
     seed: int,
-    attackers: list[Attacker] | None = None,
+    attackers: list[Attacker],
     null_permutations: int = 0,
 ) -> dict[str, float]:
     """``audit/<task>/<attacker>`` test accuracies (%) for each task of ``num_classes``, with ``max``
@@ -93,7 +94,6 @@ def audit_features(
     ``null_permutations`` > 0 adds the identity audit's null (:func:`null_maxima`):
     ``audit/identity/max/null`` (its mean) and ``audit/identity/max/p_value``.
     """
-    attackers = attackers if attackers is not None else default_attackers()
     metrics: dict[str, float] = {}
     for task in num_classes:
         train, val, test = (as_split(sides[s].tensors["features"], sides[s].tensors[task]) for s in ("train", "val", "test"))
@@ -120,7 +120,7 @@ def audit_emotion_output(
     emotion_head: nn.Module,
     num_subjects: int,
     seed: int,
-    attackers: list[Attacker] | None = None,
+    attackers: list[Attacker],
 ) -> dict[str, float]:
     """``audit/emotion_output/identity/<attacker>``, with ``max`` and ``chance``: the identity
     attackers fitted, tuned and scored as in :func:`audit_features`, on ``emotion_head``'s output
@@ -132,7 +132,6 @@ def audit_emotion_output(
     faces draw a per-subject expression style), a good emotion output is itself partly an
     identity signal, and this number shows how much.
     """
-    attackers = attackers if attackers is not None else default_attackers()
     was_training = emotion_head.training
     emotion_head.eval()
     device = next(emotion_head.parameters()).device

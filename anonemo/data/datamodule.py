@@ -9,9 +9,16 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from anonemo.data.folds import FoldSplit, Protocol, fold_protocol, fold_split
 from anonemo.data.records import FaceRecords
+from anonemo.errors import ConfigError
 
 # The label each task predicts, as keyed in every batch.
 TASKS = ("emotion", "identity")
+
+
+def check_task(task: str, option: str = "model.task") -> None:
+    """A task the labels hold, or a ConfigError naming ``option``."""
+    if task not in TASKS:
+        raise ConfigError(f"{option}={task!r} is not known: use one of {', '.join(TASKS)}.")
 
 
 class TensorBatches(Dataset):

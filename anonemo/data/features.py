@@ -16,8 +16,7 @@ from torch.utils.data import DataLoader
 
 from anonemo.data.datamodule import GroupedFoldDataModule, TensorBatches, batch_loader
 
-# Measured on this project's CPUs (1 thread, bf16): 3400 images/s in chunks of 64-128, 1800 in
-# chunks of 512, whose activations no longer fit in cache.
+# Chunks whose activations fit in cache (docs/performance.md measures the sizes).
 EXTRACTION_BATCH = 128
 
 

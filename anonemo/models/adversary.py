@@ -11,14 +11,12 @@ objective      the identity term the base minimises (weighted by beta)
 ``neg_ce``     ``-CE(p, y)``: the paper's eq. (2)
 ``confusion``  ``CE(p, uniform) - log K`` = KL(uniform || p): pushes the posterior to uniform;
                bounded below by 0, so it cannot be won by confident mistakes
-``entropy``    ``log K - H(p)``: maximises the posterior's entropy (also bounded by 0)
 ``grl``        gradient reversal: one backward pass trains the identity heads on ``CE(p, y)``
                and the base (and W_e) on ``Le - beta * CE(p, y)``, simultaneously
 =============  ===================================================================================
 
-``heads`` lists the identity heads (an ensemble; widths by name, see :func:`head_widths`), and
-``target`` says whether an adversarial step aims at ``all`` of them (their mean) or at the
-``strongest`` (the lowest identity loss on the batch). ``restart_every`` r > 0 re-initialises
+``heads`` lists the identity heads (an ensemble; widths by name, see :func:`head_widths`); an
+adversarial step aims at their mean. ``restart_every`` r > 0 re-initialises
 every identity head before the re-fit of each r-th round, so the base must fool attackers
 that did not co-adapt with it.
 
@@ -40,17 +38,14 @@ import torch.nn.functional as F
 
 from anonemo.errors import ConfigError
 
-OBJECTIVES = ("neg_ce", "confusion", "entropy", "grl")
-TARGETS = ("all", "strongest")
-
-
-HEADS = ("paper", "linear", "wide", "narrow")
+OBJECTIVES = ("neg_ce", "confusion", "grl")
+HEADS = ("paper", "linear", "wide")
 
 
 def head_widths(name: str, paper_hidden: Sequence[int]) -> tuple[int, ...]:
     """Hidden-layer widths of an identity head called ``name`` (``paper`` is the network config's)."""
     check_head(name)
-    return {"paper": tuple(paper_hidden), "linear": (), "wide": (1024, 512), "narrow": (64,)}[name]
+    return {"paper": tuple(paper_hidden), "linear": (), "wide": (1024, 512)}[name]
 
 
 def check_head(name: str) -> None:
@@ -62,7 +57,6 @@ def check_head(name: str) -> None:
 class Adversary:
     objective: str = "neg_ce"
     heads: tuple[str, ...] = ("paper",)
-    target: str = "all"
     restart_every: int = 0
     standardise: bool = False
 
@@ -72,8 +66,6 @@ class Adversary:
             raise ConfigError(
                 f"model.adversary.objective={self.objective!r} is not known: use one of {', '.join(OBJECTIVES)}."
             )
-        if self.target not in TARGETS:
-            raise ConfigError(f"model.adversary.target={self.target!r} is not known: use one of {', '.join(TARGETS)}.")
         if not self.heads:
             raise ConfigError("model.adversary.heads is empty: name at least one identity head, e.g. [paper].")
         for name in self.heads:
@@ -90,11 +82,7 @@ class Adversary:
         For ``grl`` the logits must come through :func:`reverse_gradient`; the term is then the
         heads' own cross-entropy, which the reversal turns into ``-CE`` for the base.
         """
-        per_head = torch.stack([self.head_penalty(head_logits.float(), identities) for head_logits in logits])
-        if self.target == "all":
-            return per_head.mean()
-        strongest = torch.stack([F.cross_entropy(head_logits.float(), identities) for head_logits in logits]).argmin()
-        return per_head[strongest]
+        return torch.stack([self.head_penalty(head_logits.float(), identities) for head_logits in logits]).mean()
 
     def head_penalty(self, logits: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(logits, dim=1)
@@ -104,12 +92,9 @@ class Adversary:
 
     def posterior_penalty(self, log_p: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
         """The objective's term for identity log-posteriors ``log_p`` (batch, classes)."""
-        if self.objective in ("confusion", "entropy"):
+        if self.objective == "confusion":
             classes = log_p.new_full((len(log_p),), log_p.shape[1])
-            if self.objective == "confusion":
-                return (-log_p.sum(1) / classes - classes.log()).mean()
-            entropy = -(log_p.exp() * log_p).sum(1)
-            return (classes.log() - entropy).mean()
+            return (-log_p.sum(1) / classes - classes.log()).mean()
         return F.nll_loss(log_p, identities).neg()
 
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from anonemo.data.datamodule import TASKS
-from anonemo.errors import ConfigError
+from anonemo.data.datamodule import check_task
 from anonemo.models.networks import ClassifierHead, ConvBase
+from anonemo.optim import Optimizer
 
 
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -46,37 +43,41 @@ class EpochMean(Metric):
         return self.total / self.count
 
 
-Optimizer = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 class ClassifierModule(pl.LightningModule):
-    """Cross-entropy training of ``head`` for one task; subclasses say what the head reads.
+    """Cross-entropy training of ``head`` for one task, on ``base``; subclasses say what the head reads.
 
     Metrics are logged per epoch as ``<metric_prefix>{train,val}/{loss,acc,macro_f1}``, so that
     several phases of one job (e.g. Emotion, then Emotion2Face) can share one MLflow run.
     ``optimizer`` builds the optimizer from the trainable parameters (``model.optimizer``).
     """
 
-    def __init__(self, num_classes: int, task: str, optimizer: Optimizer, metric_prefix: str = ""):
+    def __init__(self, base: ConvBase, head: ClassifierHead, task: str, optimizer: Optimizer, metric_prefix: str = ""):
         super().__init__()
-        if task not in TASKS:
-            raise ConfigError(f"model.task={task!r} is not known: use one of {', '.join(TASKS)}.")
+        check_task(task)
         self.task = task
         self.make_optimizer = optimizer
         self.metric_prefix = metric_prefix
+        num_classes = head.architecture["num_classes"]
         self.train_metrics = classification_metrics(num_classes, f"{metric_prefix}train/")
         self.val_metrics = classification_metrics(num_classes, f"{metric_prefix}val/")
         self.train_loss, self.val_loss = EpochMean(), EpochMean()
+        self.base, self.head = base, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.base(images))
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The head's logits for one batch."""
         raise NotImplementedError
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self.logits(batch)
         targets = batch[self.task]
         loss = F.cross_entropy(logits, targets)
-        # Accumulated here, logged once per epoch (_log_epoch): Lightning's self.log costs about
-        # 1.7 ms per call and metric, 10% of a training step on CPU.
+        # Accumulated here, logged once per epoch (_log_epoch): a Lightning self.log call per step
+        # and metric is a sizeable share of a CPU step (docs/performance.md).
         getattr(self, f"{stage}_metrics").update(logits.detach(), targets)
         getattr(self, f"{stage}_loss").update(loss.detach(), len(targets))
         return loss
@@ -115,13 +116,6 @@ class SingleTaskModule(ClassifierModule):
     """The Emotion CNN (task ``emotion``) and the Face CNN (task ``identity``): ``base`` and
     ``head`` trained together on images."""
 
-    def __init__(self, base: ConvBase, head: ClassifierHead, task: str, optimizer: Optimizer, metric_prefix: str = ""):
-        super().__init__(head.architecture["num_classes"], task, optimizer, metric_prefix)
-        self.base, self.head = base, head
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.base(images))
-
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self(batch["image"])
 
@@ -135,12 +129,8 @@ class TransferModule(ClassifierModule):
     """
 
     def __init__(self, base: ConvBase, head: ClassifierHead, task: str, optimizer: Optimizer, metric_prefix: str = ""):
-        super().__init__(head.architecture["num_classes"], task, optimizer, metric_prefix)
-        self.base, self.head = base, head
+        super().__init__(base, head, task, optimizer, metric_prefix)
         self.base.requires_grad_(False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.base(images))
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(batch["features"])

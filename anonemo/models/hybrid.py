@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 import pytorch_lightning as pl
 import torch
@@ -18,7 +17,8 @@ from anonemo.metrics import EMOTION_ACC, EXPECTED_EMOTION, IDENTITY_ACC, ROUND_B
 from anonemo.models.adversary import Adversary, reverse_gradient
 from anonemo.models.budget import EmotionBudget, expected_accuracy
 from anonemo.models.classifiers import EpochMean
-from anonemo.models.networks import ClassifierHead, ConvBase, adam
+from anonemo.models.networks import ClassifierHead, ConvBase
+from anonemo.optim import Optimizer
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ class HybridSchedule:
     0 .. init_end-1                           multi-task init: min over W_c, W_e, W_i of
                                               Le + alpha*Li; round 0 is evaluated after it
     then, for round t = 1 .. rounds:
-      adversarial_epochs epochs               W_i frozen: min over W_c, W_e of Le - beta*Li
-      at the end of the last of them          W_c, W_e frozen: W_i re-fitted on Li for
+      one epoch                               W_i frozen: min over W_c, W_e of Le - beta*Li
+      at its end                              W_c, W_e frozen: W_i re-fitted on Li for
                                               refit_epochs passes over cached features;
                                               round t is evaluated
     ========================================  =============================================
@@ -56,13 +56,12 @@ class HybridSchedule:
 
     init_epochs: int
     rounds: int
-    adversarial_epochs: int = 1
     refit_epochs: int = 5
     max_init_epochs: int | None = None
     init_end: int = field(init=False)  # the number of initialisation epochs, once known
 
     def __post_init__(self) -> None:
-        for option, minimum in (("init_epochs", 1), ("rounds", 1), ("adversarial_epochs", 1), ("refit_epochs", 1),
+        for option, minimum in (("init_epochs", 1), ("rounds", 1), ("refit_epochs", 1),
                                 ("max_init_epochs", self.init_epochs)):
             value = getattr(self, option)
             if value is not None and value < minimum:
@@ -72,7 +71,7 @@ class HybridSchedule:
     @property
     def total_epochs(self) -> int:
         """The most epochs training may take (fewer when the initialisation ends early)."""
-        return (self.max_init_epochs or self.init_epochs) + self.rounds * self.adversarial_epochs
+        return (self.max_init_epochs or self.init_epochs) + self.rounds
 
     def may_end_initialisation(self, epoch: int) -> bool:
         """Whether the initialisation may end after ``epoch``: it ran its ``init_epochs`` and is still running."""
@@ -88,8 +87,7 @@ class HybridSchedule:
     def phase(self, epoch: int) -> Phase:
         if epoch < self.init_end:
             return Phase("init", 0, epoch == self.init_end - 1)
-        t, k = divmod(epoch - self.init_end, self.adversarial_epochs)
-        return Phase("adversarial", t + 1, k == self.adversarial_epochs - 1)
+        return Phase("adversarial", epoch - self.init_end + 1, True)
 
 
 def guarded_beta(beta: float, ceiling: float, emotion_acc: float, floor: float) -> float:
@@ -99,8 +97,6 @@ def guarded_beta(beta: float, ceiling: float, emotion_acc: float, floor: float) 
     return beta / 2 if emotion_acc < floor else min(ceiling, beta * 1.25)
 
 
-Optimizer = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-PAPER_ADAM = partial(adam, lr=1e-3, weight_decay=1e-4)
 
 
 class HybridModule(pl.LightningModule):
@@ -134,9 +130,9 @@ class HybridModule(pl.LightningModule):
         emotion_head: ClassifierHead,
         identity_heads: Sequence[ClassifierHead],
         schedule: HybridSchedule,
+        optimizer: Optimizer,
+        identity_optimizer: Optimizer,
         adversary: Adversary = Adversary(),
-        optimizer: Optimizer = PAPER_ADAM,
-        identity_optimizer: Optimizer = PAPER_ADAM,
         alpha: float = 0.5,
         beta: float = 1.0,
         emotion_guard: float = 0.0,
@@ -213,7 +209,7 @@ class HybridModule(pl.LightningModule):
                 loss, emotion_loss, features = self.adversarial_loss(batch)
                 self._step(loss, main)
         self._watch(loss, features)
-        # Logged once per epoch (on_train_epoch_end): a self.log call per step costs ~1.7 ms on CPU.
+        # Logged once per epoch (on_train_epoch_end), as ClassifierModule does (docs/performance.md).
         self.train_emotion_loss.update(emotion_loss.detach(), len(batch["emotion"]))
         self.train_loss.update(loss.detach(), len(batch["emotion"]))
 
@@ -294,7 +290,6 @@ class HybridModule(pl.LightningModule):
         self.log_dict({"train/emotion_loss": self.train_emotion_loss.compute(), "train/loss": self.train_loss.compute()})
         self.train_emotion_loss.reset()
         self.train_loss.reset()
-        self.check_divergence(self.schedule.phase(self.current_epoch))
 
     # What a resumed run needs besides weights and optimizer states (see anonemo.resume).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -335,7 +330,7 @@ class HybridModule(pl.LightningModule):
 
     # Divergence guard. -beta*Li is unbounded below: the base can "win" by inflating the identity
     # logits instead of removing identity. The watch accumulates on-device (no per-step host sync)
-    # and is checked once per epoch.
+    # and is checked once per epoch, by the round end (RoundEnd.on_train_epoch_end), before it scores the epoch.
     def _reset_watch(self) -> None:
         self._nonfinite = torch.zeros((), dtype=torch.bool)
         self._max_scale = torch.zeros(())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from anonemo.errors import ConfigError, ModelFileError
+from anonemo.probes import Standardiser
 
 if TYPE_CHECKING:
-    from anonemo.models.erasure import AffineErasure
+    from anonemo.erasure import AffineErasure
 
 
 FEATURE_NORMS = ("none", "layer")
@@ -47,7 +48,7 @@ class ConvBase(nn.Module):
     shift), so the base cannot escape the adversary by inflating its activations.
 
     ``erasure_rank`` > 0: the features leave through a fitted post-hoc erasure of that rank
-    (:meth:`with_erasure`, ``anonemo.models.erasure``), so a saved or exported base carries it.
+    (:meth:`with_erasure`, ``anonemo.erasure``), so a saved or exported base carries it.
     """
 
     __constants__ = ["erases"]  # lets TorchScript drop the erasure branch of a base without one
@@ -79,7 +80,7 @@ class ConvBase(nn.Module):
         layers: list[nn.Module] = []
         for out_channels in channels:
             # Pooling before the ReLU computes exactly ReLU-then-pool (max and ReLU commute, and so
-            # do their gradients) with the ReLU on a quarter of the values: ~25% faster steps on CPU.
+            # do their gradients) with the ReLU on a quarter of the values (docs/performance.md).
             # The layer indices, hence saved state dicts, are the same in either order.
             layers += [nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1), nn.MaxPool2d(2), nn.ReLU(inplace=True)]
             in_channels = out_channels
@@ -98,7 +99,7 @@ class ConvBase(nn.Module):
             self.register_buffer("erasure_right", torch.zeros(erasure_rank, self.out_features))
         self.channels_last = channels_last
         if channels_last:
-            # On CPU, channels_last convolutions under bf16 autocast were ~2x faster here.
+            # channels_last convolutions are faster on CPU under bf16 autocast (docs/performance.md).
             self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -120,17 +121,6 @@ class ConvBase(nn.Module):
         erased.load_state_dict({**self.state_dict(), "erasure_center": erasure.center, "erasure_left": erasure.left,
                                 "erasure_right": erasure.right})
         return erased.train(self.training)
-
-
-class Standardiser:
-    """Zero mean, unit variance per feature, from the training side only."""
-
-    def __init__(self, train: torch.Tensor):
-        self.mean = train.mean(0)
-        self.std = train.std(0).clamp_min(1e-6)
-
-    def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        return (features - self.mean) / self.std
 
 
 class ClassifierHead(nn.Module):
@@ -221,16 +211,6 @@ class Networks:
         """A head of the configured shape (or of ``hidden`` widths) on ``in_features`` inputs."""
         hidden = tuple(self.fc_hidden) if hidden is None else tuple(hidden)
         return ClassifierHead(in_features, num_classes, hidden, self.dropout, standardise=standardise)
-
-
-def adam(parameters: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:
-    """The optimizer of every network here: Adam with its fused kernel.
-
-    On CPU, PyTorch's default Adam updates one tensor at a time; for the paper's 4096-input FC
-    heads that step took as long as the forward and backward passes. The fused kernel made a
-    head's training pass 2.2x faster here (``make bench`` measures the whole effect).
-    """
-    return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=True)
 
 
 class EmotionModel(nn.Module):

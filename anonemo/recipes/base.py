@@ -62,12 +62,12 @@ class Job:
         return instantiate(self.cfg.trainer, callbacks=callbacks, logger=self.logger, **overrides)
 
     def selecting_trainer(self, phase: str, monitor: str, patience: int, **overrides) -> pl.Trainer:
-        """A Trainer that early-stops on ``monitor`` and keeps the best checkpoint by it (validation only)."""
+        """A Trainer that early-stops on ``monitor``, a validation accuracy, and keeps the best
+        checkpoint by it."""
         folder = self.checkpoints(phase)
-        mode = self.cfg.callbacks.mode
         callbacks: list[pl.Callback] = [
-            ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode=mode),
-            EarlyStopping(monitor=monitor, mode=mode, patience=patience),
+            ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode="max"),
+            EarlyStopping(monitor=monitor, mode="max", patience=patience),
             *resumable_callbacks(folder),
         ]
         return self.trainer(callbacks, **overrides)

@@ -12,7 +12,7 @@ from anonemo.data.datamodule import TASKS
 from anonemo.data.features import FeatureDataModule
 from anonemo.metrics import ERASED, transfer_metric
 from anonemo.models.classifiers import TransferModule
-from anonemo.models.erasure import Erasure
+from anonemo.erasure import Erasure
 from anonemo.models.networks import ClassifierHead, ConvBase
 from anonemo.recipes.base import Job, Recipe
 from anonemo.threads import one_thread

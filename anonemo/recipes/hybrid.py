@@ -12,8 +12,8 @@ from anonemo.evaluation import round_curves_figure
 from anonemo.metrics import BUDGET_INIT_EPOCHS, BUDGET_SHIPPED_ROUND, HYBRID, own_head_metric
 from anonemo.models.adversary import Adversary, head_widths
 from anonemo.models.budget import EmotionBudget
-from anonemo.models.classifiers import Optimizer
 from anonemo.models.hybrid import HybridModule, HybridSchedule
+from anonemo.optim import Optimizer
 from anonemo.models.rounds import RoundEnd
 from anonemo.recipes.base import Job, Recipe, Trained
 from anonemo.resume import resumable_callbacks
@@ -50,7 +50,6 @@ class Hybrid(Recipe):
         init_epochs: int = 15,
         max_init_epochs: int = 60,
         rounds: int = 20,
-        adversarial_epochs: int = 1,
         refit_epochs: int = 5,
         emotion_guard: float = 0.0,
         max_emotion_loss: float | None = None,
@@ -65,7 +64,7 @@ class Hybrid(Recipe):
             raise ConfigError(f"model.emotion_guard={emotion_guard} must be between 0 (off) and 100 accuracy points.")
         if max_feature_growth <= 0:
             raise ConfigError(f"model.max_feature_growth={max_feature_growth} must be positive (default 1000).")
-        self.schedule = HybridSchedule(init_epochs, rounds, adversarial_epochs, refit_epochs,
+        self.schedule = HybridSchedule(init_epochs, rounds, refit_epochs,
                                        max_init_epochs=None if max_emotion_loss is None else max_init_epochs)
         self.adversary, self.optimizer, self.identity_optimizer = adversary, optimizer, identity_optimizer
         self.alpha, self.beta, self.emotion_guard, self.max_feature_growth = alpha, beta, emotion_guard, max_feature_growth
@@ -89,7 +88,7 @@ class Hybrid(Recipe):
             for name in self.adversary.heads
         ]
         return HybridModule(
-            base, emotion_head, identity_heads, replace(self.schedule), self.adversary, self.optimizer, self.identity_optimizer,
+            base, emotion_head, identity_heads, replace(self.schedule), self.optimizer, self.identity_optimizer, self.adversary,
             alpha=self.alpha, beta=self.beta, emotion_guard=0.0 if self.max_emotion_loss is not None else self.emotion_guard,
             budget=None if self.max_emotion_loss is None else EmotionBudget(self.max_emotion_loss),
             max_feature_growth=self.max_feature_growth, refit_batch_size=data.batch_size, seed=job.cfg.seed,
@@ -106,9 +105,9 @@ class Hybrid(Recipe):
                 "validation emotion stops rising)" if schedule.max_init_epochs else
                 f"{schedule.init_epochs} epochs of multi-task initialisation")
         log.info(
-            "Algorithm 1: %s, then %d rounds of %d adversarial epoch(s) and a %d-pass identity re-fit "
+            "Algorithm 1: %s, then %d rounds of an adversarial epoch and a %d-pass identity re-fit "
             "(alpha=%g, %s, adversary: %s)",
-            init, schedule.rounds, schedule.adversarial_epochs, schedule.refit_epochs,
+            init, schedule.rounds, schedule.refit_epochs,
             self.alpha, weight, self.adversary,
         )
         rounds = RoundEnd(job.data.side("train"), job.data.side("val"), job.clock,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from anonemo.data.datamodule import TASKS
+from anonemo.data.datamodule import check_task
 from anonemo.errors import ConfigError
 from anonemo.metrics import TASK_METRIC
-from anonemo.models.classifiers import Optimizer, SingleTaskModule
+from anonemo.models.classifiers import SingleTaskModule
+from anonemo.optim import Optimizer
 from anonemo.recipes.base import Job, Recipe, Trained
 
 
@@ -19,8 +20,7 @@ class SingleTask(Recipe):
 
     def __init__(self, name: str, task: str, optimizer: Optimizer, fresh_heads: Sequence[str] = ()):
         super().__init__(name, fresh_heads)
-        if task not in TASKS:
-            raise ConfigError(f"model.task={task!r} is not known: use one of {', '.join(TASKS)}.")
+        check_task(task)
         self.task, self.optimizer = task, optimizer
         self.label = TASK_METRIC[task]
 

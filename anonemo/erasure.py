@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from anonemo.audit.attackers import Split, as_split, logistic_attacker
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule
 from anonemo.errors import ConfigError
 from anonemo.metrics import ERASURE_RANK
-from anonemo.models.networks import ConvBase, Standardiser, erase_affine
+from anonemo.models.networks import ConvBase, erase_affine
+from anonemo.probes import Split, Standardiser, as_split, logistic_probe
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Inlp(Erasure):
         basis = torch.zeros(x.shape[1], 0)
         bound = chance_bound(val.labels)
         for iteration in range(self.max_iterations):
-            probe = logistic_attacker().fit(Split(project_out(x, basis), train.labels),
+            probe = logistic_probe().fit(Split(project_out(x, basis), train.labels),
                                             Split(project_out(x_val, basis), val.labels), num_classes, seed + iteration)
             self.iterations, self.val_accuracy = iteration, probe.val_accuracy
             if probe.val_accuracy <= bound:
