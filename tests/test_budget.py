@@ -92,21 +92,26 @@ def test_the_tighter_side_sets_beta():
     assert beta == pytest.approx(0.15)
 
 
-def test_the_round_that_starts_a_collapse_of_training_emotion_caps_beta_for_good():
+def test_a_round_that_raised_beta_into_a_collapse_of_training_emotion_caps_beta_for_good():
     budget = EmotionBudget(max_loss=2)
     start(budget, 0.3, both(90.0, 60.0))
-    beta, logged = budget.step(1, 1.0, both(85.0, 60.0))  # the training side 0.5 points overspent: noise, no cap
+    beta, logged = budget.step(1, 0.3, both(78.0, 60.0))  # round 1 collapses: the adversary's start, no cap
+    assert beta == 0.15 and logged[ROUND_BUDGET_CEILING] == BETA_RANGE[1]
+    budget.step(2, 0.15, both(100.0, 70.0))  # recovered
+    beta, logged = budget.step(3, 0.4, both(87.0, 70.0))  # raised to 0.4: 0.5 points overspent, noise: no cap
     assert logged[ROUND_BUDGET_CEILING] == BETA_RANGE[1]
-    budget = EmotionBudget(max_loss=2)
-    start(budget, 0.3, both(90.0, 60.0))
-    beta, logged = budget.step(1, 1.0, both(78.0, 60.0))  # 4 points overspent at beta=1: a collapse
+    beta, logged = budget.step(4, 1.0, both(70.0, 60.0))  # raised to 1 and collapsed: capped at 0.7
     assert beta == 0.5 and logged[ROUND_BUDGET_CEILING] == pytest.approx(CEILING_FACTOR)
-    beta, logged = budget.step(2, beta, both(100.0, 70.0))  # 2 points to spend: it would grow to 0.5 * sqrt(2)
+    beta, logged = budget.step(5, beta, both(100.0, 70.0))  # recovering: 2 points to spend would grow it past the cap
     assert beta == pytest.approx(CEILING_FACTOR) and CEILING_FACTOR < 0.5 * MAX_GROWTH
-    budget.step(3, beta, both(100.0, 40.0))  # validation overspent, the training side not: no new ceiling
+    budget.step(6, beta, both(100.0, 40.0))  # validation overspent, the training side not: no new ceiling
     assert budget.ceiling == pytest.approx(CEILING_FACTOR)
-    budget.step(4, 0.6, both(60.0, 70.0))  # the training side collapses again: the cap falls to 0.7 * 0.6
-    budget.step(5, 0.3, both(70.0, 70.0))  # still collapsed while it recovers: the cap stays
+    budget.step(7, 0.6, both(40.0, 70.0))  # beta lowered, and the training side collapses: no new cap
+    assert budget.ceiling == pytest.approx(CEILING_FACTOR)
+    budget.step(8, 0.3, both(100.0, 70.0))
+    budget.step(9, 0.3, both(100.0, 70.0))  # recovered
+    budget.step(10, 0.6, both(20.0, 70.0))  # raised to 0.6 and collapsed again: the cap falls to 0.7 * 0.6
+    budget.step(11, 0.3, both(70.0, 70.0))  # still collapsed while it recovers: the cap stays
     assert budget.ceiling == pytest.approx(CEILING_FACTOR * 0.6)
 
 

@@ -22,8 +22,8 @@ SMOOTHING = 0.5
 STEP_POINTS = 2.0
 MAX_GROWTH = 2**0.5
 BETA_RANGE = (0.01, 2.0)
-# The round that starts a collapse (the training side overspent by more than STEP_POINTS) caps beta
-# at this fraction of its beta for good.
+# A round that raised beta and started a collapse (the training side overspent by more than
+# STEP_POINTS) caps beta at this fraction of its beta for good.
 CEILING_FACTOR = 0.7
 
 
@@ -57,10 +57,11 @@ class EmotionBudget:
     ``2 ** (slack / STEP_POINTS)``, between 1/2 and ``MAX_GROWTH``: up while there is emotion to
     spend, down faster than up when there is not. The validation side says what the budget is
     about, emotion on faces the model did not learn from; the training side, thousands of faces
-    where validation may hold a handful, sees a collapse first. The round that starts a collapse,
-    the training side overspent by more than ``STEP_POINTS``, also caps β at ``CEILING_FACTOR``
-    times its β from then on (``ceiling``), so that β does not climb back to where emotion
-    collapsed; the rounds that recover from it do not lower the cap again.
+    where validation may hold a handful, sees a collapse first. A round whose β the budget had
+    raised and that starts a collapse, the training side overspent by more than ``STEP_POINTS``,
+    also caps β at ``CEILING_FACTOR`` times its β from then on (``ceiling``), so that β does not
+    climb back to where emotion collapsed; the rounds that recover from it do not lower the cap
+    again, nor does the first round, whose shock is the adversary's start, not its weight.
     """
 
     max_loss: float
@@ -69,6 +70,7 @@ class EmotionBudget:
     smoothed: dict[str, float] = field(default_factory=dict)
     ceiling: float = BETA_RANGE[1]
     collapsed: bool = False  # the training side, after the last round
+    last_beta: float | None = None  # the β of the last round (none before round 1)
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_loss <= 100:
@@ -108,9 +110,10 @@ class EmotionBudget:
         slack = min(slacks.values())
         if round_ > 0:
             collapsing = slacks["train"] < -STEP_POINTS
-            if collapsing and not self.collapsed:
+            raised = self.last_beta is not None and beta > self.last_beta
+            if collapsing and not self.collapsed and raised:
                 self.ceiling = max(min(self.ceiling, beta * CEILING_FACTOR), BETA_RANGE[0])
-            self.collapsed = collapsing
+            self.collapsed, self.last_beta = collapsing, beta
             factor = min(max(2 ** (slack / STEP_POINTS), 0.5), MAX_GROWTH)
             beta = min(max(beta * factor, BETA_RANGE[0]), self.ceiling)
         logged = {ROUND_BUDGET_SLACK: slack, ROUND_BUDGET_CEILING: self.ceiling}
@@ -121,8 +124,8 @@ class EmotionBudget:
 
     def state_dict(self) -> dict:
         return {"readings": self.readings, "reference": self.reference, "smoothed": self.smoothed,
-                "ceiling": self.ceiling, "collapsed": self.collapsed}
+                "ceiling": self.ceiling, "collapsed": self.collapsed, "last_beta": self.last_beta}
 
     def load_state_dict(self, state: dict) -> None:
         self.readings, self.reference, self.smoothed = state["readings"], state["reference"], state["smoothed"]
-        self.ceiling, self.collapsed = state["ceiling"], state["collapsed"]
+        self.ceiling, self.collapsed, self.last_beta = state["ceiling"], state["collapsed"], state["last_beta"]
