@@ -140,7 +140,8 @@ def check_override_keys(config_name: str, arguments: list[str]) -> None:
     from omegaconf import OmegaConf
 
     pairs = [arg.split("=", 1) for arg in arguments if "=" in arg and not arg.startswith(("-", "+", "~"))]
-    groups = {key: value.split(",") for key, value in pairs if (CONF / key).is_dir()}
+    # a group chosen at another package (attackers@audit.attackers=...) is a group too
+    groups = {key: value.split(",") for key, value in pairs if (CONF / key.split("@")[0]).is_dir()}
     keys = [key for key, _ in pairs if key not in groups and not key.startswith("hydra") and "/" not in key]
     if not keys:
         return

@@ -185,6 +185,10 @@ def test_a_mistyped_key_gets_the_nearest_key_not_hydras_plus(tmp_path):
     assert "Did you mean model.rounds?" in result.stderr
     result = cli("model=hybrid", "model.rounds=2", f"paths.output_dir={tmp_path}", "--cfg", "job")
     assert result.returncode == 0 and "rounds: 2" in result.stdout
+    # a group chosen at its package, with a key of what it brings
+    result = cli("attackers@audit.attackers=default", "audit.attackers.paper_head.network.dropout=0.5",
+                 f"paths.output_dir={tmp_path}", "--cfg", "job")
+    assert result.returncode == 0 and "dropout: 0.5" in result.stdout, result.stderr
 
 
 def test_cli_rejects_unknown_config_values(tmp_path):
