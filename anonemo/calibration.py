@@ -29,8 +29,7 @@ from anonemo import metrics as names
 from anonemo.data.folds import fold_protocol
 from anonemo.errors import ConfigError
 
-HYBRID_UTILITY = names.val_acc(names.HYBRID2EMOTION)
-REFERENCE_UTILITY = names.val_acc(names.EMOTION)
+REFERENCE_UTILITY = names.val_acc(names.EMOTION)  # of calibrate.reference_model, an Emotion CNN
 # The model options a grid can set, and how a setting of each is named in tables and figures.
 OPTIONS = {"beta": "β", "max_emotion_loss": "E"}
 
@@ -123,13 +122,24 @@ def check_options(cfg: DictConfig) -> None:
         raise ConfigError(f"model={cfg.model.name} has no β to calibrate: use a Hybrid (model=hybrid_standardised).")
 
 
+def calibrated_emotion_metric(cfg: DictConfig) -> str:
+    """The metric that measures the calibrated model's emotion, as its recipe declares it
+    (Hybrid2Emotion for a Hybrid)."""
+    from anonemo.config import build
+    from anonemo.recipes.fresh_heads import headline
+
+    erasure = None if cfg.get("erasure") is None else build(cfg.erasure, "erasure")
+    return headline(build(cfg.model, "model"), erasure).emotion
+
+
 def collect(cfg: DictConfig, metrics_of: Callable[[float | None, int], dict[str, float] | None]) -> list[Setting]:
     """The grid's validation numbers; ``metrics_of(value, fold)``: the metrics of that FINISHED job,
     or None. Only validation metrics are read."""
     settings, missing = [], []
     leakage_metric = leakage_measure(cfg).metric
+    model_utility = names.val_acc(calibrated_emotion_metric(cfg))
     for value in [None, *cfg.calibrate.grid]:
-        utility = REFERENCE_UTILITY if value is None else HYBRID_UTILITY
+        utility = REFERENCE_UTILITY if value is None else model_utility
         emotion, leakage = [], []
         setting = Setting(value, (), (), cfg.calibrate.option)
         for fold in cfg.calibrate.folds:

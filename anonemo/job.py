@@ -34,7 +34,7 @@ from anonemo.erasure import Erasure, erase
 from anonemo.models.networks import Networks
 from anonemo.probes import Attacker
 from anonemo.recipes.base import Job, Recipe, Trained
-from anonemo.recipes.fresh_heads import final_base_heads, fit_fresh_heads
+from anonemo.recipes.fresh_heads import final_base_heads, fit_fresh_heads, headline
 from anonemo.threads import configure_threads
 from anonemo.timing import PhaseClock
 from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT
@@ -149,6 +149,9 @@ def execute(plan: Plan) -> dict[str, float]:
     with mlflow_run(cfg, plan.reopen) as logger:
         logger.client.set_tag(logger.run_id, "torch_threads", str(plan.threads))
         logger.log_hyperparams(plan.data.summary())
+        model = headline(recipe, plan.erasure)
+        logger.client.set_tag(logger.run_id, names.HEADLINE_TAG, ",".join(model.metrics))
+        logger.client.set_tag(logger.run_id, names.EMOTION_METRIC_TAG, model.emotion or "")
         metrics = train_and_evaluate(recipe, Job(cfg, plan.data, logger, clock, plan.networks), plan.erasure,
                                      plan.attackers)
         timings = clock.metrics()
@@ -156,15 +159,17 @@ def execute(plan: Plan) -> dict[str, float]:
         metrics |= timings
     uri = tracking_uri(cfg)
     log.info("%s\nAll %d metrics: MLflow run %s in %s (make ui, then %s)",
-             result_summary(f"{recipe.name} on {cfg.dataset.name} fold {cfg.fold}", metrics),
+             result_summary(f"{recipe.name} on {cfg.dataset.name} fold {cfg.fold}", metrics, model.metrics),
              len(metrics), logger.run_id, uri, run_link(uri, logger.experiment_id, logger.run_id))
     return metrics
 
 
-def result_summary(title: str, metrics: dict[str, float]) -> str:
-    """The job's headline numbers (``metrics.HEADLINE``) as a short table, each beside its chance level."""
+def result_summary(title: str, metrics: dict[str, float], model_metrics: Sequence[str]) -> str:
+    """The job's headline numbers (its model's, then ``metrics.AUDIT_HEADLINE``) as a short table,
+    each beside its chance level."""
     below = set(names.below_chance(metrics))
-    shown = [(name, label) for name, label in names.HEADLINE if name in metrics]
+    shown = [(name, name) for name in model_metrics] + list(names.AUDIT_HEADLINE)
+    shown = [(name, label) for name, label in shown if name in metrics]
     width = max((len(label) for _, label in shown), default=0)
     lines = [f"Results of {title} (test fold; accuracies in %, AUC and EER as fractions):"]
     for name, label in shown:
@@ -234,19 +239,20 @@ def score_own_heads(trained: Trained, features: FeatureDataModule, job: Job) -> 
     return metrics
 
 
-def search_objective(cfg: DictConfig, metrics: dict[str, float]) -> float:
+def search_objective(cfg: DictConfig, metrics: dict[str, float], emotion_metric: str | None) -> float:
     """The value a hyper-parameter search (``hparams_search``) maximises, from validation only:
-    the validation accuracy of Hybrid2Emotion, penalised by how far the
-    strongest audit attacker's validation accuracy (``audit/identity/max/val``) exceeds
-    ``search.identity_ceiling``. Not Hybrid2Face's: one fresh head is the weak measure that a base
-    can fool while other attackers still read identity.
+    the validation accuracy of the model's emotion metric (``emotion_metric``, the recipe's:
+    Hybrid2Emotion for a Hybrid), penalised by how far the strongest audit attacker's validation
+    accuracy (``audit/identity/max/val``) exceeds ``search.identity_ceiling``. Not a fresh
+    identity head's: one head is the weak measure that a base can fool while other attackers
+    still read identity.
     """
-    utility = names.val_acc(names.HYBRID2EMOTION)
-    if utility not in metrics:
-        raise ConfigError("hparams_search=hybrid_optuna needs a Hybrid model (model=hybrid or hybrid_*): it scores Hybrid2Emotion.")
+    if emotion_metric is None or names.val_acc(emotion_metric) not in metrics:
+        raise ConfigError(f"hparams_search=hybrid_optuna maximises a model's validation emotion, and model={cfg.model.name} "
+                          "scores no emotion: use a model with an emotion head (model=hybrid_standardised).")
     if names.IDENTITY_MAX_VAL not in metrics:
         raise ConfigError("hparams_search=hybrid_optuna scores identity with the audit's closed-set attackers: set "
                           "audit.enabled=true under cv.protocol=paper (under subject_disjoint, choose β with "
                           "python -m anonemo.calibrate, which reads the linkage audit).")
     excess = max(0.0, metrics[names.IDENTITY_MAX_VAL] - cfg.search.identity_ceiling)
-    return metrics[utility] - cfg.search.penalty * excess
+    return metrics[names.val_acc(emotion_metric)] - cfg.search.penalty * excess

@@ -91,10 +91,11 @@ ROUND_TIMES = tuple(f"round/time/{part}_s" for part in ("training", "features", 
 ROUND_FEATURE_SCALE = "round/feature_scale"
 WALL_TIME = "wall_time_s"
 
-# A job's headline numbers, as its summary shows them: (metric, label); each has its chance level
-# beside it (``chance_of``). Every other metric stays in MLflow.
-HEADLINE = (
-    *((name, name) for name in (*PAPER_METRICS, ERASED2EMOTION, ERASED2FACE)),
+# A job's headline numbers beside its model's own (which its recipe declares, and the job records
+# in the run's tag HEADLINE_TAG), as its summary shows them: (metric, label); each has its chance
+# level beside it (``chance_of``). Every other metric stays in MLflow.
+HEADLINE_TAG, EMOTION_METRIC_TAG = "anonemo.headline", "anonemo.emotion_metric"
+AUDIT_HEADLINE = (
     (IDENTITY_MAX, "identity, strongest attacker"),
     (IDENTITY_GALLERY, "identity, gallery attacker"),
     (EMOTION_MAX, "emotion, strongest attacker"),

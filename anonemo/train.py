@@ -32,10 +32,13 @@ def main(cfg: DictConfig) -> dict[str, float] | float | None:
     if job is None:  # in a sweep, a user error ends this job only
         return None
     from anonemo.job import execute, search_objective
+    from anonemo.recipes.fresh_heads import headline
 
     with user_errors_reported():
         metrics = execute(job)
-        return search_objective(cfg, metrics) if cfg.get("search") else metrics
+        if not cfg.get("search"):
+            return metrics
+        return search_objective(cfg, metrics, headline(job.recipe, job.erasure).emotion)
     return None
 
 

@@ -162,6 +162,9 @@ def test_reaudit_of_a_saved_run_reproduces_its_audit_and_fresh_heads(tiny_config
     metrics = run(cfg)
     client = MlflowClient(tracking_uri(cfg))
     (logged,) = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])
+    # the model's headline, as its recipe declares it: the Emotion CNN's own metric and its fresh head's
+    assert logged.data.tags["anonemo.headline"] == "Emotion,Emotion2Face"
+    assert logged.data.tags["anonemo.emotion_metric"] == "Emotion"
     again = reaudit_run(client, logged.info.run_id, cfg.audit.attackers, transfer=cfg.transfer, emotion_output=True)
     audited = {k: v for k, v in metrics.items() if k.startswith("audit/")}
     assert {k: v for k, v in again.items() if k.startswith("audit/")} == pytest.approx(audited)

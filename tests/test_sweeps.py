@@ -19,7 +19,7 @@ from rich.console import Console
 from test_bad_input import cli
 
 from anonemo.report.collect import collect_groups, settings_labels
-from anonemo.report.render import BELOW_CHANCE_NOTE, HEADER, build_report, print_tables, tradeoff_figure
+from anonemo.report.render import BELOW_CHANCE_NOTE, build_report, print_tables, tradeoff_figure
 from anonemo.report.sweep_summary import fold_means
 from anonemo.tracking.store import tracking_uri
 from anonemo.job import run
@@ -80,7 +80,7 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
     assert groups[1].summary("Face") is None
 
     tables, files = build_report(client, [experiment], "", tmp_path / "report")
-    rows = {(row[0], row[1]): row for row in tables["yale"]}
+    rows = {(row[0], row[1]): row for row in tables["yale"].rows}
     assert rows[("face", "")][2] == "95.00 ± 5.00 (3)"
     assert rows[("hybrid", "model.beta=0.5")][5] == "65.00 ± 7.07 (2)"
     assert rows[("paper (Narula et al. 2020)", "")][2:7] == ["87.96", "44.61", "78.44", "49.12", "1.00"]
@@ -110,7 +110,7 @@ def test_report_groups_by_everything_but_the_fold(store, tmp_path):
         print_tables(tables, console)
         shown = console.export_text()
         assert max(len(line) for line in shown.splitlines()) <= width
-        assert all(cell in shown for row in tables["yale"] for cell in row)
+        assert all(cell in shown for row in tables["yale"].rows for cell in row)
         assert ("  Hybrid2Emotion" in shown and "65.00 ± 7.07 (2)" in shown) if layout == "blocks" else "┃ model" in shown
 
 
@@ -149,8 +149,22 @@ def test_erased_bases_stand_on_the_front_beside_the_hybrids(store, tmp_path):
     points = sorted((line.get_xdata()[0], line.get_ydata()[0]) for line in figure.axes[0].lines if line.get_marker() == "o")
     assert points == [(22.5, 60.0), (22.5, 70.0)]
     tables, _ = build_report(client, [experiment], "", tmp_path / "report")
-    (leace,) = [row for row in tables["yale"] if row[0] == "emotion_leace"]
-    assert leace[HEADER.index("Erased2Emotion")] == "70.00 ± 0.00 (2)"
+    (leace,) = [row for row in tables["yale"].rows if row[0] == "emotion_leace"]
+    assert leace[tables["yale"].header.index("Erased2Emotion")] == "70.00 ± 0.00 (2)"
+
+
+def test_a_recipes_declared_metric_gets_a_report_column_and_a_fold_mean(store, tmp_path):
+    """A model metric no list here names (a new recipe's fresh head) reaches the report and the
+    sweep's fold means through the runs' anonemo.headline tag."""
+    client, experiment = store
+    for fold, value in enumerate((60.0, 70.0)):
+        make_run(client, experiment, {"dataset.name": "yale", "model.name": "toy", "fold": fold},
+                 {"Toy2Emotion": value, "audit/identity/max": 10.0}, tags={"anonemo.headline": "Toy2Emotion"})
+    tables, files = build_report(client, [experiment], "", tmp_path / "report")
+    (row,) = [r for r in tables["yale"].rows if r[0] == "toy"]
+    assert row[tables["yale"].header.index("Toy2Emotion")] == "65.00 ± 7.07 (2)"
+    assert "Toy2Emotion_mean" in (tmp_path / "report" / "report.csv").read_text()
+    assert fold_means(collect_groups(client, [experiment]))["Toy2Emotion/mean"] == 65.0
 
 
 def test_groups_are_labelled_by_the_settings_a_command_line_chose(store):
@@ -197,8 +211,8 @@ def test_below_chance_is_marked_and_not_read_as_privacy(store, tmp_path):
     make_run(client, experiment, {"dataset.name": "yale", "model.name": "emotion2face", "fold": 0},
              {"Emotion": 45.0, "audit/identity/max": 90.0, **chance})
     tables, _ = build_report(client, [experiment], "", tmp_path / "report")
-    row = next(r for r in tables["yale"] if r[0] == "hybrid_standardised")
-    assert row[HEADER.index("audit identity max")] == "6.67 ± 9.43 (2, 1↓)"
+    row = next(r for r in tables["yale"].rows if r[0] == "hybrid_standardised")
+    assert row[tables["yale"].header.index("audit identity max")] == "6.67 ± 9.43 (2, 1↓)"
     assert row[-1] == f"{1 - (20 / 3) / (90 - 20 / 3):.2f}" == "0.92"  # not 1.00, as the mean alone would say
     assert BELOW_CHANCE_NOTE in (tmp_path / "report" / "report.md").read_text()
     figure = tradeoff_figure(collect_groups(client, [experiment]), "t")

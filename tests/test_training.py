@@ -109,7 +109,7 @@ def test_result_summary_marks_an_audit_below_chance():
     summary = result_summary("hybrid on yale fold 0", {
         "Hybrid2Emotion": 50.0, "Hybrid2Emotion/chance": 25.0, "audit/identity/max": 0.0,
         "audit/identity/chance": 100 / 15, "wall_time_s": 12.0,
-    })
+    }, ["Hybrid2Emotion", "Hybrid2Face"])
     lines = summary.splitlines()
     assert lines[1].split() == ["Hybrid2Emotion", "50.0", "chance", "25.0"]
     assert lines[2].endswith("below chance (docs/audit.md)") and "0.0" in lines[2]

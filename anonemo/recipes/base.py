@@ -111,6 +111,12 @@ class Recipe(ABC):
 
     label: str
 
+    @property
+    def own_metrics(self) -> dict[str, str]:
+        """Task -> name of each headline metric :meth:`train` scores itself on the test fold
+        (the Emotion CNN's ``Emotion``); the job adds its fresh heads' (``Emotion2Face``)."""
+        return {}
+
     def __init__(self, name: str, fresh_heads: Sequence[str] = ()):
         unknown = [task for task in fresh_heads if task not in TASKS]
         if unknown:

@@ -4,6 +4,7 @@ what a base still holds, trained on its cached features with their own early sto
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
@@ -25,6 +26,24 @@ def final_base_heads(recipe: Recipe, erasure: Erasure | None) -> list[tuple[str,
     if erasure is None:
         return recipe.fresh_head_metrics()
     return [(task, transfer_metric(ERASED, task)) for task in TASKS]
+
+
+@dataclass(frozen=True)
+class Headline:
+    """What a job of a recipe reports as its model's numbers: ``metrics`` (the recipe's own and its
+    fresh heads'), and ``emotion``, the one that measures emotion (searches and calibration read
+    its validation accuracy), if any."""
+
+    metrics: tuple[str, ...]
+    emotion: str | None
+
+
+def headline(recipe: Recipe, erasure: Erasure | None) -> Headline:
+    """The headline of a job of ``recipe`` with ``erasure``: declared by the recipe, nowhere else."""
+    heads = final_base_heads(recipe, erasure)
+    fresh = dict(heads)
+    return Headline((*recipe.own_metrics.values(), *fresh.values()),
+                    fresh.get("emotion", recipe.own_metrics.get("emotion")))
 
 
 def fit_fresh_heads(

@@ -25,6 +25,10 @@ class SingleTask(Recipe):
         self.label = TASK_METRIC[task]
 
     @property
+    def own_metrics(self) -> dict[str, str]:
+        return {self.task: self.label}
+
+    @property
     def hands_on_emotion_head(self) -> bool:
         return self.task == "emotion" or super().hands_on_emotion_head
 

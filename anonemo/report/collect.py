@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from anonemo.metrics import PAPER_METRICS, ROUND_CURVES, chance_of
+from anonemo.metrics import ERASED2EMOTION, ERASED2FACE, HEADLINE_TAG, PAPER_METRICS, ROUND_CURVES, chance_of
 from anonemo.tracking.identity import RESULT_NEUTRAL
 
 # Parameters that differ between runs without changing their results (the audit only adds
@@ -33,6 +33,15 @@ class RunGroup:
     @property
     def dataset(self) -> str:
         return self.params.get("dataset.name", "?")
+
+    @property
+    def model_metrics(self) -> tuple[str, ...]:
+        """The model's headline metrics, as its recipe declared them (the runs' ``anonemo.headline``
+        tag); for runs logged before the tag, those of the paper's and the erasure's it logged."""
+        declared = dict.fromkeys(name for run in self.runs.values()
+                                 for name in run.data.tags.get(HEADLINE_TAG, "").split(",") if name)
+        return tuple(declared) or tuple(name for name in (*PAPER_METRICS, ERASED2EMOTION, ERASED2FACE)
+                                        if self.summary(name))
 
     def add(self, run: Run) -> None:
         fold = int(run.data.params.get("fold", -1))

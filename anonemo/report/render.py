@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -35,33 +36,56 @@ def format_cell(group: RunGroup, metric: str) -> str:
     return f"{mean:.2f} ± {std:.2f} ({folds})" if n > 1 else f"{mean:.2f} ({folds})"
 
 
-def table_rows(groups: list[RunGroup]) -> list[list[str]]:
-    """Rows of one experiment's table: one per group, then the paper's row and chance."""
+def columns(groups: list[RunGroup]) -> tuple[str, ...]:
+    """The paper's and the erasure's columns, any other model metric the groups' recipes declared,
+    then the audit's."""
+    declared = dict.fromkeys(m for g in groups for m in g.model_metrics if m not in COLUMNS)
+    return (*PAPER_METRICS, *ERASED_METRICS, *declared, *AUDIT_METRICS)
+
+
+def table_rows(groups: list[RunGroup], shown: tuple[str, ...]) -> list[list[str]]:
+    """Rows of one experiment's table in the columns ``shown``: one per group, then the paper's row
+    and chance."""
     labels = settings_labels(groups)
     rows = []
     for g in groups:
         score = anonymity(g, groups)
-        rows.append([g.model, labels[id(g)], *(format_cell(g, m) for m in COLUMNS),
+        rows.append([g.model, labels[id(g)], *(format_cell(g, m) for m in shown),
                      "" if score is None else f"{score:.2f}"])
     dataset = groups[0].dataset
     if dataset in PAPER_RESULTS:
         rows.append(["paper (Narula et al. 2020)", "", *(f"{PAPER_RESULTS[dataset][m]:.2f}" for m in PAPER_METRICS),
-                     *[""] * (len(COLUMNS) - len(PAPER_METRICS) + 1)])
-    chance = {m: next((g.chance(m) for g in groups if g.chance(m) is not None), None) for m in COLUMNS}
-    rows.append(["chance", "", *("" if chance[m] is None else f"{chance[m]:.2f}" for m in COLUMNS), ""])
+                     *[""] * (len(shown) - len(PAPER_METRICS) + 1)])
+    chance = {m: next((g.chance(m) for g in groups if g.chance(m) is not None), None) for m in shown}
+    rows.append(["chance", "", *("" if chance[m] is None else f"{chance[m]:.2f}" for m in shown), ""])
     return rows
 
 
-HEADER = ["model", "settings", *PAPER_METRICS, *ERASED_METRICS, *(m.replace("/", " ") for m in AUDIT_METRICS),
-          "anonymity"]
+@dataclass(frozen=True)
+class ExperimentTable:
+    """One experiment's table: its metric columns and its rows (model, settings, cells, anonymity)."""
+
+    columns: tuple[str, ...]
+    rows: list[list[str]]
+
+    @property
+    def header(self) -> list[str]:
+        return ["model", "settings", *(m.replace("/", " ") if m in AUDIT_METRICS else m for m in self.columns),
+                "anonymity"]
 
 
-def write_markdown(tables: dict[str, list[list[str]]], path: Path) -> None:
+def experiment_table(groups: list[RunGroup]) -> ExperimentTable:
+    shown = columns(groups)
+    return ExperimentTable(shown, table_rows(groups, shown))
+
+
+def write_markdown(tables: dict[str, ExperimentTable], path: Path) -> None:
     lines = []
-    for experiment, rows in tables.items():
+    for experiment, table in tables.items():
+        rows = table.rows
         lines += [f"## {experiment}", "", "Test-fold accuracy (%), mean ± std over folds (number of folds).", ""]
-        lines.append("| " + " | ".join(HEADER) + " |")
-        lines.append("|" + "---|" * len(HEADER))
+        lines.append("| " + " | ".join(table.header) + " |")
+        lines.append("|" + "---|" * len(table.header))
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         if any("↓" in cell for row in rows for cell in row):
             lines += ["", BELOW_CHANCE_NOTE]
@@ -70,14 +94,14 @@ def write_markdown(tables: dict[str, list[list[str]]], path: Path) -> None:
 
 
 def write_csv(groups: list[RunGroup], path: Path) -> None:
-    labels = settings_labels(groups)
+    labels, shown = settings_labels(groups), columns(groups)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["experiment", "dataset", "model", "settings", "folds",
-                         *(f"{m}_{s}" for m in COLUMNS for s in ("mean", "std", "n", "below_chance")), "anonymity"])
+                         *(f"{m}_{s}" for m in shown for s in ("mean", "std", "n", "below_chance")), "anonymity"])
         for g in groups:
             cells = []
-            for metric in COLUMNS:
+            for metric in shown:
                 summary = g.summary(metric)
                 below = g.below_chance_folds(metric) if metric in CHANCE_BOUNDED_AUDITS else ""
                 cells += ["", "", "", ""] if summary is None else [f"{summary[0]:.4f}", f"{summary[1]:.4f}", summary[2], below]
@@ -162,7 +186,7 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
 
 def build_report(
     client: MlflowClient, experiment_ids: list[str], filter_string: str, output_dir: Path
-) -> tuple[dict[str, list[list[str]]], list[Path]]:
+) -> tuple[dict[str, ExperimentTable], list[Path]]:
     """Write the report files under ``output_dir``; returns the tables and the files written."""
     groups = collect_groups(client, experiment_ids, filter_string)
     if not groups:
@@ -176,7 +200,7 @@ def build_report(
     for group in groups:
         by_experiment[group.experiment].append(group)
         by_dataset[group.dataset].append(group)
-    tables = {name: table_rows(members) for name, members in by_experiment.items()}
+    tables = {name: experiment_table(members) for name, members in by_experiment.items()}
     files = [output_dir / "report.md", output_dir / "report.csv"]
     write_markdown(tables, files[0])
     write_csv(groups, files[1])
@@ -203,17 +227,18 @@ def build_report(
     return tables, files
 
 
-def print_tables(tables: dict[str, list[list[str]]], console: Console | None = None) -> None:
+def print_tables(tables: dict[str, ExperimentTable], console: Console | None = None) -> None:
     """The tables on the console; where one is wider than the terminal, one block per configuration
     instead, so that no cell is split over lines (report.md and report.csv never depend on it)."""
     if console is None:
         console = Console()
         if not console.is_terminal:  # a log file or pipe: do not wrap at 80 columns
             console = Console(width=200)
-    for name, rows in tables.items():
+    for name, experiment in tables.items():
+        rows, header = experiment.rows, experiment.header
         title = f"{name}: test-fold accuracy (%), mean ± std over folds (n)"
         table = Table(title=title)
-        for column in HEADER:
+        for column in header:
             table.add_column(column, no_wrap=True)
         for row in rows:
             table.add_row(*row)
@@ -221,10 +246,10 @@ def print_tables(tables: dict[str, list[list[str]]], console: Console | None = N
             console.print(table)
         else:
             console.print(title, soft_wrap=True)
-            width = max(len(column) for column in HEADER)
+            width = max(len(column) for column in header)
             for row in rows:
                 console.print(" ".join(row[:2]).strip(), style="bold", soft_wrap=True)
-                for column, cell in zip(HEADER[2:], row[2:]):
+                for column, cell in zip(header[2:], row[2:]):
                     if cell:
                         console.print(f"  {column:<{width}}  {cell}", soft_wrap=True, highlight=False)
         if any("↓" in cell for row in rows for cell in row):

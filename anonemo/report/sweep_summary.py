@@ -13,11 +13,11 @@ from pathlib import Path
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from anonemo.metrics import HEADLINE, WALL_TIME
+from anonemo.metrics import AUDIT_HEADLINE, WALL_TIME
 from anonemo.report.collect import RunGroup, collect_groups, settings_labels
 from anonemo.report.render import build_report
 
-SUMMARISED = (*(name for name, _ in HEADLINE), WALL_TIME)
+SUMMARISED = (*(name for name, _ in AUDIT_HEADLINE), WALL_TIME)  # beside each group's model metrics
 STATISTICS = ("mean", "std", "n")
 MLFLOW_BATCH = 1000  # metrics per log_batch call, MLflow's limit
 
@@ -34,7 +34,7 @@ def fold_means(groups: list[RunGroup]) -> dict[str, float]:
     summary = {}
     for group in groups:
         prefix = "" if len(groups) == 1 else re.sub(r"[^/\w.\- :]", ":", f"{group.model} {labels[id(group)]}".strip()) + "/"
-        for name in SUMMARISED:
+        for name in (*group.model_metrics, *SUMMARISED):
             found = group.summary(name)
             if found is not None:
                 summary |= {f"{prefix}{name}/{statistic}": value for statistic, value in zip(STATISTICS, found)}
