@@ -90,6 +90,8 @@ CATALOGUE = [
      ConfigError, "erasure=leace removes 3 directions (4 training identities, less one), and this model's base features vary in only 2"),
     ("unknown face crop", lambda t, y, j: ["dataset=yale", f"dataset.root={y}", "dataset.face_crop.method=dlib"],
      ConfigError, "dataset.face_crop.method='dlib' is not known"),
+    ("a dataset source that is no loader", lambda t, y, j: ["dataset.source._target_=collections.OrderedDict"],
+     ConfigError, "dataset.source: collections.OrderedDict built a OrderedDict, not a dataset loader"),
     ("unknown task", lambda t, y, j: ["model.task=age"], ConfigError, "model.task='age' is not known"),
     ("unknown fresh head", lambda t, y, j: ["model=emotion2face", "model.fresh_heads=[age]"],
      ConfigError, "model.fresh_heads: age is not a task; use emotion or identity"),

@@ -25,7 +25,8 @@ from anonemo.recipes.base import Recipe
 GROUPS = {"dataset": "dataset", "model": "model", "network": "network", "erasure": "erasure", "trainer": "trainer",
           "transfer": "transfer", "logger": "logger", "paths": "paths", "experiment": "experiment",
           "hparams_search": "hparams_search", "hydra/launcher": "hydra/launcher",
-          "attackers": "attackers@audit.attackers", "optimizer": "optimizer@model.optimizer"}
+          "attackers": "attackers@audit.attackers", "optimizer": "optimizer@model.optimizer",
+          "face_crop": "face_crop@dataset.face_crop"}
 OPTIONS = [(GROUPS[group], path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 LAUNCHERS = ("basic", "joblib", "submitit_local")  # Hydra's own options, beside this project's
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from anonemo.config import build
 from anonemo.data.folds import PROTOCOLS, FoldsImpossible, check_fold_options, check_fold_protocol, fold_protocol
-from anonemo.data.records import OriginalLabels
+from anonemo.data.records import FaceSource, OriginalLabels
 from anonemo.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -137,15 +136,20 @@ def fold_advice(labels: OriginalLabels, cfg: DictConfig, error: FoldsImpossible)
     return "Settings that would work: " + "; ".join(advice) + "."
 
 
-def dataset_source(dataset: DictConfig) -> Any:
+def dataset_source(dataset: DictConfig) -> FaceSource:
     """The loader ``dataset.source`` builds, one per setting in a process: the check and the job
     share it, so its files are listed (and reported) once."""
     return _built_source(OmegaConf.to_yaml(dataset.source, resolve=True))
 
 
 @functools.lru_cache(maxsize=4)
-def _built_source(node: str) -> Any:
-    return build(OmegaConf.create(node), "dataset")
+def _built_source(node: str) -> FaceSource:
+    config = OmegaConf.create(node)
+    source = build(config, "dataset")
+    if not isinstance(source, FaceSource):
+        raise ConfigError(f"dataset.source: {config._target_} built a {type(source).__name__}, not a dataset loader "
+                          "(labels(), load() and fingerprint(), anonemo.data.records.FaceSource; docs/architecture.md).")
+    return source
 
 
 def check_image_size(image_size: int) -> None:

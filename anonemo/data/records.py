@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -140,3 +141,19 @@ class OriginalLabels:
             raise ValueError(f"{len(images)} images for {len(self.subjects)} labelled originals")
         return FaceRecords(list(images), self.subjects, self.emotions, np.arange(len(images)), self.groups,
                            self.subject_names, self.emotion_names, self.source_names)
+
+
+@runtime_checkable
+class FaceSource(Protocol):
+    """What ``dataset.source`` builds: a dataset loader (``anonemo.data.synthetic.SyntheticFaces``,
+    every ``anonemo.data.files.ImageFileSource``)."""
+
+    def labels(self) -> OriginalLabels:
+        """The originals' labels, without decoding a pixel: what the fold check reads."""
+
+    def load(self) -> FaceRecords:
+        """The decoded originals, in the order of :meth:`labels`."""
+
+    def fingerprint(self) -> str:
+        """What the prepared images' cache is keyed on: changes whenever the pixels or labels can."""
+
