@@ -34,7 +34,7 @@ from anonemo.erasure import Erasure, erase
 from anonemo.models.networks import Networks
 from anonemo.probes import Attacker
 from anonemo.recipes.base import Job, Recipe, Trained
-from anonemo.recipes.fresh_heads import final_base_heads, fit_fresh_heads, headline
+from anonemo.recipes.fresh_heads import Headline, final_base_heads, fit_fresh_heads, headline
 from anonemo.threads import configure_threads
 from anonemo.timing import PhaseClock
 from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT
@@ -62,6 +62,10 @@ class Plan:
     finished: dict[str, float] | None = None
     erasure: Erasure | None = None
     attackers: tuple[Attacker, ...] = ()  # the audit's, none when it is off
+
+    @property
+    def headline(self) -> Headline:
+        return headline(self.recipe, self.erasure)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -149,7 +153,7 @@ def execute(plan: Plan) -> dict[str, float]:
     with mlflow_run(cfg, plan.reopen) as logger:
         logger.client.set_tag(logger.run_id, "torch_threads", str(plan.threads))
         logger.log_hyperparams(plan.data.summary())
-        model = headline(recipe, plan.erasure)
+        model = plan.headline
         logger.client.set_tag(logger.run_id, names.HEADLINE_TAG, ",".join(model.metrics))
         logger.client.set_tag(logger.run_id, names.EMOTION_METRIC_TAG, model.emotion or "")
         metrics = train_and_evaluate(recipe, Job(cfg, plan.data, logger, clock, plan.networks), plan.erasure,

@@ -32,13 +32,12 @@ def main(cfg: DictConfig) -> dict[str, float] | float | None:
     if job is None:  # in a sweep, a user error ends this job only
         return None
     from anonemo.job import execute, search_objective
-    from anonemo.recipes.fresh_heads import headline
 
     with user_errors_reported():
         metrics = execute(job)
         if not cfg.get("search"):
             return metrics
-        return search_objective(cfg, metrics, headline(job.recipe, job.erasure).emotion)
+        return search_objective(cfg, metrics, job.headline.emotion)
     return None
 
 

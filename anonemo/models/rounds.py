@@ -55,19 +55,19 @@ class RoundEnd(pl.Callback):
         phase = schedule.phase(epoch)
         # Callbacks' epoch-end hooks run before the module's: a run-away epoch stops here, unscored.
         hybrid.check_divergence(phase)
+        bf16, started, sides = is_bf16(trainer.precision), time.perf_counter(), None
         if hybrid.budget is not None and phase.kind == "init" and epoch >= schedule.init_epochs - REFERENCE_EPOCHS:
-            hybrid.budget.read(self._emotion(hybrid, is_bf16(trainer.precision)))
+            sides = self._features(hybrid, bf16)  # the round end below scores the same features
+            hybrid.budget.read(self._emotion(hybrid, sides))
             if schedule.may_end_initialisation(epoch) and hybrid.budget.plateaued():
                 schedule.end_initialisation(epoch)
                 log.info("The initialisation ends after %d epochs: its validation emotion stopped rising", epoch + 1)
                 phase = schedule.phase(epoch)
         if not phase.ends_round:
             return
-        started = time.perf_counter()
         training_s = started - self.round_started
-        bf16 = is_bf16(trainer.precision)
-        sides = {name: (extract_features(hybrid.base, side.tensors["image"], bf16), side.tensors)
-                 for name, side in self.sides.items()}
+        if sides is None:
+            sides = self._features(hybrid, bf16)
         extracted = time.perf_counter()
         with one_thread():
             metrics, refit_s = self._score_and_refit(hybrid, phase, sides)
@@ -91,13 +91,16 @@ class RoundEnd(pl.Callback):
         if phase.round == hybrid.schedule.rounds:  # before max_epochs when the initialisation ended early
             trainer.should_stop = True
 
-    def _emotion(self, hybrid: HybridModule, bf16: bool) -> dict[str, float]:
+    def _features(self, hybrid: HybridModule, bf16: bool) -> dict[str, tuple]:
+        """The base's features of each side, with the side's labels."""
+        return {name: (extract_features(hybrid.base, side.tensors["image"], bf16), side.tensors)
+                for name, side in self.sides.items()}
+
+    @staticmethod
+    def _emotion(hybrid: HybridModule, sides: dict[str, tuple]) -> dict[str, float]:
         """What the budget reads of the emotion head on each side: one reading of its reference."""
-        readings = {}
-        for name, side in self.sides.items():
-            logits = hybrid.head_logits(extract_features(hybrid.base, side.tensors["image"], bf16))["emotion"]
-            readings[name] = emotion_reading(name, logits, side.tensors["emotion"])
-        return readings
+        return {name: emotion_reading(name, hybrid.head_logits(features)["emotion"], labels["emotion"])
+                for name, (features, labels) in sides.items()}
 
     def _score_and_refit(self, hybrid: HybridModule, phase: Phase, sides: dict) -> tuple[dict[str, float], float]:
         """The round's scores on both sides, and after an adversarial round the re-fit of W_i with
