@@ -57,10 +57,13 @@ from anonemo.errors import ConfigError
 from anonemo.job import run
 from anonemo.metrics import ROUND_TIMES
 from anonemo.models.classifiers import SingleTaskModule
-from anonemo.models.hybrid import HybridModule, HybridSchedule
+from anonemo.models.hybrid import HybridModule
 from anonemo.models.networks import ClassifierHead, ConvBase, Networks
 from anonemo.optim import Optimizer
+from anonemo.recipes.base import Job
+from anonemo.recipes.hybrid import Hybrid
 from anonemo.threads import configure_threads
+from anonemo.timing import PhaseClock
 from anonemo.tracking.identity import finished_run
 from anonemo.tracking.store import tracking_uri
 
@@ -126,8 +129,9 @@ def plain_single_task(w: Workload, epochs: int) -> list[float]:
     return timed_epochs(w, epochs, lambda index: F.cross_entropy(model(w.images[index]), w.emotion[index]), optimizer)
 
 
-def plain_adversarial(w: Workload, epochs: int, beta: float = 1.0) -> list[float]:
-    """Eq. (2): W_i frozen, W_c and W_e minimise Le - beta*Li."""
+def plain_adversarial(w: Workload, epochs: int) -> list[float]:
+    """Eq. (2): W_i frozen, W_c and W_e minimise Le - beta*Li, with the paper's Hybrid's beta."""
+    beta = paper_hybrid(epochs).beta
     base, emotion_head = w.base_and_head(w.num_emotions)
     identity_head = w.base_and_head(w.num_subjects)[1]
     for module in (base, emotion_head, identity_head):
@@ -185,12 +189,16 @@ def anonemo_single_task(w: Workload, epochs: int) -> list[float]:
     return lightning_epochs(w, module, epochs)
 
 
+def paper_hybrid(epochs: int) -> Hybrid:
+    """The paper's Hybrid (``model=hybrid``) as its recipe builds it: one initialisation epoch, ``epochs`` rounds."""
+    overrides = [*HydraConfig.get().overrides.task, "model=hybrid", "model.init_epochs=1", f"model.rounds={epochs}"]
+    return build(hydra.compose("bench", overrides=overrides).model, "model")
+
+
 def anonemo_adversarial(w: Workload, epochs: int) -> list[float]:
-    """The Hybrid's adversarial epochs; its round ends (re-fits, scoring) are not part of the loop."""
-    base, emotion_head = w.base_and_head(w.num_emotions)
-    module = HybridModule(base, emotion_head, [w.networks.head(base.out_features, w.num_subjects)],
-                          HybridSchedule(init_epochs=1, rounds=epochs, refit_epochs=1), optimizer=w.optimizer,
-                          identity_optimizer=w.optimizer)
+    """The paper's Hybrid for one initialisation epoch and ``epochs`` adversarial ones; its round
+    ends (re-fits, scoring) are not part of the loop."""
+    module = paper_hybrid(epochs).module(Job(w.cfg, w.data, None, PhaseClock(), w.networks))
     return lightning_epochs(w, module, 1 + epochs)
 
 

@@ -150,10 +150,10 @@ def execute(plan: Plan) -> dict[str, float]:
              plan.threads, cfg.trainer.precision, "GPU" if torch.cuda.is_available() else "CPU")
     if not plan.data.protocol.closed_set_identity:
         log.info(UNSEEN_PEOPLE_NOTE)
-    with mlflow_run(cfg, plan.reopen) as logger:
+    model = plan.headline
+    with mlflow_run(cfg, plan.reopen, model.metrics) as logger:
         logger.client.set_tag(logger.run_id, "torch_threads", str(plan.threads))
         logger.log_hyperparams(plan.data.summary())
-        model = plan.headline
         logger.client.set_tag(logger.run_id, names.HEADLINE_TAG, ",".join(model.metrics))
         logger.client.set_tag(logger.run_id, names.EMOTION_METRIC_TAG, model.emotion or "")
         metrics = train_and_evaluate(recipe, Job(cfg, plan.data, logger, clock, plan.networks), plan.erasure,

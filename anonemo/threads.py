@@ -44,15 +44,16 @@ def configure_threads(threads: int | None) -> int:
 
 
 @contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch on one thread inside, the job's count again after. For heads trained and scored on
-    cached features: their small kernels each open a parallel region, and waking a second thread
-    for each costs more than it saves (docs/performance.md, "Frozen-feature phases")."""
+def one_thread() -> Iterator[int]:
+    """Torch on one thread inside, the job's count again after; yields the job's count. For heads
+    trained and scored on cached features: their small kernels each open a parallel region, and
+    waking a second thread for each costs more than it saves (docs/performance.md, "Frozen-feature
+    phases"); a job of several threads may give a helper thread their dropout masks instead."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        yield threads
     finally:
         torch.set_num_threads(threads)

@@ -7,9 +7,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from conftest import make_config
 from mlflow.tracking import MlflowClient
 
 from anonemo.audit.saved_run import reaudit_run
+from anonemo.config import build
 from anonemo.data.augment import Augmentation
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule, extract_features
@@ -24,7 +26,6 @@ from anonemo.models.networks import ClassifierHead, Networks, load_base, load_ne
 from anonemo.optim import adam
 from anonemo.models.budget import EmotionBudget
 from anonemo.models.rounds import RoundEnd
-from anonemo.recipes.hybrid import Hybrid
 from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT
 from anonemo.tracking.store import tracking_uri
 from anonemo.job import run
@@ -42,13 +43,18 @@ def data():
 ADAM = functools.partial(adam, lr=1e-3, weight_decay=1e-4)
 
 
+# conf/model/hybrid.yaml's values, which these tests change one at a time
+PAPER_WEIGHTS = dict(alpha=0.5, beta=1.0, emotion_guard=0.0, budget=None, max_feature_growth=1000.0, refit_batch_size=64,
+                     seed=0)
+
+
 def hybrid(schedule, adversary=Adversary(), optimizer=ADAM, **kwargs):
     """A Hybrid of small networks for 3 emotions and 4 subjects, built as the recipe builds it."""
     base = SMALL_NET.base()
     emotion_head = SMALL_NET.head(base.out_features, 3)
     identity_heads = [SMALL_NET.head(base.out_features, 4, hidden=head_widths(name, SMALL_NET.fc_hidden),
                                      standardise=adversary.standardise) for name in adversary.heads]
-    return HybridModule(base, emotion_head, identity_heads, schedule, optimizer, ADAM, adversary, **kwargs)
+    return HybridModule(base, emotion_head, identity_heads, schedule, optimizer, ADAM, adversary, **PAPER_WEIGHTS | kwargs)
 
 
 def fit_with_rounds(module, data, callbacks=()):
@@ -101,6 +107,32 @@ def test_a_budget_ends_the_initialisation_on_its_plateau_and_training_stops_afte
     assert [row["round"] for row in rounds.history] == [0, 1, 2]
 
 
+def test_the_refit_with_its_masks_on_a_helper_thread_fits_the_same_identity_heads(data):
+    """HybridModule.refit_identity_heads, as RoundEnd calls it in a job of several threads, against
+    the same re-fit with the masks drawn inline: the same heads, the generator left in the same state."""
+    torch.manual_seed(0)
+    net = Networks(image_size=32, conv_channels=(4, 8, 8), fc_hidden=(32, 16), dropout=0.3)
+    base = net.base()
+    heads = [net.head(base.out_features, 4, hidden=head_widths(name, net.fc_hidden)) for name in ("paper", "wide")]
+    module = HybridModule(base, net.head(base.out_features, 3), heads, HybridSchedule(init_epochs=1, rounds=1, refit_epochs=3),
+                          ADAM, ADAM, Adversary(heads=("paper", "wide")), **PAPER_WEIGHTS)
+    quiet_trainer(1).fit(module, datamodule=data)  # attaches the trainer and its optimizers
+    features, identities = extract_features(module.base, data.side("train").tensors["image"]), data.labels("train", "identity")
+    optimizer = module.optimizers()[1].optimizer
+    start, optimizer_start = copy.deepcopy(module.identity_heads.state_dict()), copy.deepcopy(optimizer.state_dict())
+    fitted = []
+    for helper_thread in (False, True):
+        module.identity_heads.load_state_dict(start)
+        optimizer.load_state_dict(copy.deepcopy(optimizer_start))  # it keeps (and updates) the tensors it is given
+        torch.manual_seed(5)
+        module.refit_identity_heads(features, identities, 1, helper_thread)
+        fitted.append((copy.deepcopy(module.identity_heads.state_dict()), torch.random.get_rng_state()))
+    (inline, inline_state), (helper, helper_state) = fitted
+    assert torch.equal(inline_state, helper_state)
+    assert all(torch.equal(inline[key], helper[key]) for key in inline)
+    assert not torch.equal(inline["0.layers.0.weight"], start["0.layers.0.weight"])  # it did fit
+
+
 @pytest.mark.parametrize("option", ["init_epochs", "rounds", "refit_epochs"])
 def test_schedule_rejects_empty_phases(option):
     arguments = {"init_epochs": 1, "rounds": 1, "refit_epochs": 1, option: 0}
@@ -109,9 +141,9 @@ def test_schedule_rejects_empty_phases(option):
 
 
 @pytest.mark.parametrize("option", ["alpha", "beta"])
-def test_negative_weights_are_refused(option):
+def test_negative_weights_are_refused(option, tmp_path):
     with pytest.raises(ConfigError, match=f"model.{option}=-1 must be non-negative"):
-        Hybrid("hybrid", Adversary(), ADAM, ADAM, **{option: -1})
+        build(make_config(tmp_path, "model=hybrid", f"model.{option}=-1").model, "model")
 
 
 class PhaseSnapshots(pl.Callback):
@@ -505,7 +537,7 @@ def test_guarded_beta_halves_below_the_floor_and_grows_back_to_model_beta():
     assert guarded_beta(0.8, ceiling=0.8, emotion_acc=58.0, floor=58.0) == 0.8
 
 
-def test_emotion_guard_backs_the_adversary_off_while_emotion_is_lost_and_is_otherwise_inert(data):
+def test_emotion_guard_backs_the_adversary_off_while_emotion_is_lost_and_is_otherwise_inert(data, tmp_path):
     """A large beta on a tiny set takes the emotion head's training accuracy down; the guard then
     sets each round's beta from the round before by guarded_beta. A guard that never fires
     trains exactly as a fixed beta (so runs where it would not have fired need no re-run)."""
@@ -523,4 +555,4 @@ def test_emotion_guard_backs_the_adversary_off_while_emotion_is_lost_and_is_othe
     assert betas[0] == 20.0 and min(betas) < 20.0  # it fired
     assert betas[1:] == [guarded_beta(b, 20.0, a, floor) for b, a in zip(betas[:-1], accuracies[:-1])]
     with pytest.raises(ConfigError, match="model.emotion_guard=-1 must be between 0"):
-        Hybrid("hybrid", Adversary(), ADAM, ADAM, emotion_guard=-1)
+        build(make_config(tmp_path, "model=hybrid_standardised", "model.emotion_guard=-1").model, "model")

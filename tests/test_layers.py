@@ -11,6 +11,7 @@ CONTRACTS = {
     "anonemo.audit.suite": ("anonemo.models", "anonemo.erasure", "anonemo.recipes"),
     "anonemo.audit.attackers": ("anonemo.models", "anonemo.erasure", "anonemo.recipes"),
     "anonemo.probes": ("anonemo.models", "anonemo.erasure", "anonemo.audit", "anonemo.data"),
+    "anonemo.dropout_ahead": ("anonemo.models", "anonemo.erasure", "anonemo.audit", "anonemo.data", "anonemo.recipes"),
     "anonemo.erasure": ("anonemo.audit", "anonemo.recipes"),
     "anonemo.models.networks": ("anonemo.audit", "anonemo.erasure", "anonemo.recipes"),
 }

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import os
 import signal
 import socket
@@ -15,13 +16,15 @@ import pytest
 import yaml
 from conftest import TINY_SYNTHETIC, WORKER_THREADS
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 from rich.console import Console
 from test_bad_input import cli
 
 from anonemo.report.collect import collect_groups, settings_labels
 from anonemo.report.render import BELOW_CHANCE_NOTE, build_report, print_tables, tradeoff_figure
 from anonemo.report.sweep_summary import fold_means
-from anonemo.tracking.store import tracking_uri
+from anonemo.tracking.links import HEADLINE_VIEW_TAG
+from anonemo.tracking.store import ensure_experiment, tracking_uri
 from anonemo.job import run
 
 TINY_JOB = (*TINY_SYNTHETIC, "trainer.enable_progress_bar=false")
@@ -165,6 +168,22 @@ def test_a_recipes_declared_metric_gets_a_report_column_and_a_fold_mean(store, t
     assert row[tables["yale"].header.index("Toy2Emotion")] == "65.00 ± 7.07 (2)"
     assert "Toy2Emotion_mean" in (tmp_path / "report" / "report.csv").read_text()
     assert fold_means(collect_groups(client, [experiment]))["Toy2Emotion/mean"] == 65.0
+
+
+def test_the_ui_headline_view_gains_each_jobs_declared_metrics_and_keeps_the_others(tmp_path):
+    """The runs table's saved view (anonemo.tracking.links) shows what the jobs' recipes declare:
+    a toy recipe's metric joins the columns, and a later job of another model keeps them."""
+    cfg = OmegaConf.create({"logger": {"experiment_name": "mixed", "artifact_location": str(tmp_path / "artifacts")}})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    for model_metrics in (["Toy2Emotion"], ["Hybrid/emotion_head", "Hybrid2Emotion"], []):
+        experiment_id = ensure_experiment(client, cfg, uri, model_metrics)
+    view = json.loads(client.get_experiment(experiment_id).tags[HEADLINE_VIEW_TAG])
+    assert view["selectedColumns"] == [
+        "metrics.`Toy2Emotion`", "metrics.`Toy2Emotion/mean`", "metrics.`audit/identity/max`",
+        "metrics.`audit/identity/max/mean`", "metrics.`audit/linkage/auc`", "metrics.`audit/linkage/auc/mean`",
+        "metrics.`Hybrid/emotion_head`", "metrics.`Hybrid/emotion_head/mean`", "metrics.`Hybrid2Emotion`",
+        "metrics.`Hybrid2Emotion/mean`", "attributes.`Duration`"]
 
 
 def test_groups_are_labelled_by_the_settings_a_command_line_chose(store):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anonemo.dropout_ahead import masks_drawn_ahead
 from anonemo.errors import AnonemoError, ConfigError
 from anonemo.evaluation import accuracy
 from anonemo.metrics import EMOTION_ACC, EXPECTED_EMOTION, IDENTITY_ACC, ROUND_BUDGET_SLACK, round_curve
@@ -106,9 +107,9 @@ class HybridModule(pl.LightningModule):
     ``identity`` over W_i (``identity_optimizer``). The identity heads are "frozen" during
     adversarial steps by toggling the ``main`` optimizer, which stops their weights from changing
     while they still pass gradients back to W_c. What the base is trained against is
-    :class:`~anonemo.models.adversary.Adversary`; its defaults are the paper's (one head,
-    ``Le - beta * Li``). With ``objective="grl"`` the adversarial epochs update both optimizers
-    in one pass instead.
+    :class:`~anonemo.models.adversary.Adversary`. With ``objective="grl"`` the adversarial epochs
+    update both optimizers in one pass instead. The recipe (:class:`~anonemo.recipes.hybrid.Hybrid`)
+    builds it from the model config, which holds every default (``conf/model/hybrid.yaml``: the paper's).
 
     Step 6 of Algorithm 1, the re-fit of W_i on the frozen base's features after each round, is
     :meth:`refit_identity_heads`; :class:`~anonemo.models.rounds.RoundEnd` calls it with the
@@ -132,14 +133,15 @@ class HybridModule(pl.LightningModule):
         schedule: HybridSchedule,
         optimizer: Optimizer,
         identity_optimizer: Optimizer,
-        adversary: Adversary = Adversary(),
-        alpha: float = 0.5,
-        beta: float = 1.0,
-        emotion_guard: float = 0.0,
-        budget: EmotionBudget | None = None,
-        max_feature_growth: float = 1000.0,
-        refit_batch_size: int = 64,
-        seed: int = 0,
+        adversary: Adversary,
+        *,
+        alpha: float,
+        beta: float,
+        emotion_guard: float,
+        budget: EmotionBudget | None,
+        max_feature_growth: float,
+        refit_batch_size: int,
+        seed: int,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -227,11 +229,13 @@ class HybridModule(pl.LightningModule):
                 module.reset_parameters()
         optimizer.state.clear()
 
-    def refit_identity_heads(self, features: torch.Tensor, identities: torch.Tensor, round_: int) -> None:
+    def refit_identity_heads(self, features: torch.Tensor, identities: torch.Tensor, round_: int,
+                             helper_thread: bool = False) -> None:
         """Step 6 of Algorithm 1: W_c and W_e frozen, W_i fitted to Li on the training side's cached
         ``features``, under the Trainer's precision (its autocast, as in the training steps); first
         restarted (``adversary.restart_every``) and given the features' statistics
-        (``adversary.standardise``)."""
+        (``adversary.standardise``). The heads' dropout masks are drawn ahead, on a helper thread
+        if ``helper_thread`` (:func:`~anonemo.dropout_ahead.masks_drawn_ahead`: the same masks)."""
         _, identity = self.optimizers()
         if self.adversary.restarts_before_refit(round_):
             self.restart_identity_heads(identity.optimizer)
@@ -240,12 +244,20 @@ class HybridModule(pl.LightningModule):
                 head.set_input_statistics(features)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + round_)
         identities = identities.to(self.device)
-        with self.toggled_optimizer(identity):
-            for _ in range(self.schedule.refit_epochs):
-                for batch in torch.randperm(len(features), generator=generator).split(self.refit_batch_size):
-                    with self.trainer.precision_plugin.forward_context():
-                        loss = self.identity_loss(features[batch], identities[batch])
-                    self._step(loss, identity)
+        batches = [batch for _ in range(self.schedule.refit_epochs)
+                   for batch in torch.randperm(len(features), generator=generator).split(self.refit_batch_size)]
+
+        def loss_of(batch: torch.Tensor) -> torch.Tensor:
+            with self.trainer.precision_plugin.forward_context():
+                return self.identity_loss(features[batch], identities[batch])
+
+        # The torch optimizer itself: Lightning's per-step hooks cost more than a step of these heads.
+        optimizer = identity.optimizer
+        with self.toggled_optimizer(identity), masks_drawn_ahead(self.identity_heads, loss_of, batches, helper_thread):
+            for batch in batches:
+                optimizer.zero_grad()
+                loss_of(batch).backward()
+                optimizer.step()
 
     def end_round(self, round_: int, feature_scale: float, emotion: dict[str, float]) -> dict[str, float]:
         """What the algorithm keeps of a round's measurements: after the initialisation (round 0) the

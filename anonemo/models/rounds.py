@@ -69,8 +69,8 @@ class RoundEnd(pl.Callback):
         if sides is None:
             sides = self._features(hybrid, bf16)
         extracted = time.perf_counter()
-        with one_thread():
-            metrics, refit_s = self._score_and_refit(hybrid, phase, sides)
+        with one_thread() as job_threads:
+            metrics, refit_s = self._score_and_refit(hybrid, phase, sides, helper_thread=job_threads > 1)
         ended = time.perf_counter()
         metrics |= dict(zip(ROUND_TIMES, (training_s, extracted - started, refit_s, ended - extracted - refit_s)))
         readings = {"train": metrics[round_curve(EMOTION_ACC, "train")], "val": metrics[round_curve(EXPECTED_EMOTION, "val")]}
@@ -102,9 +102,11 @@ class RoundEnd(pl.Callback):
         return {name: emotion_reading(name, hybrid.head_logits(features)["emotion"], labels["emotion"])
                 for name, (features, labels) in sides.items()}
 
-    def _score_and_refit(self, hybrid: HybridModule, phase: Phase, sides: dict) -> tuple[dict[str, float], float]:
-        """The round's scores on both sides, and after an adversarial round the re-fit of W_i with
-        the re-fitted heads' scores; the re-fit's seconds."""
+    def _score_and_refit(self, hybrid: HybridModule, phase: Phase, sides: dict,
+                         helper_thread: bool) -> tuple[dict[str, float], float]:
+        """The round's scores on both sides, and after an adversarial round the re-fit of W_i (with
+        a helper thread for its dropout masks if ``helper_thread``) with the re-fitted heads'
+        scores; the re-fit's seconds."""
         metrics = {}
         for name, (features, labels) in sides.items():
             accuracies = hybrid.round_accuracies(features, labels, name)
@@ -116,7 +118,7 @@ class RoundEnd(pl.Callback):
         refit_s = 0.0
         if phase.kind == "adversarial":
             refit_started = time.perf_counter()
-            hybrid.refit_identity_heads(train_features, train_labels["identity"], phase.round)
+            hybrid.refit_identity_heads(train_features, train_labels["identity"], phase.round, helper_thread)
             refit_s = time.perf_counter() - refit_started
             for name in self.identity_sides:
                 features, labels = sides[name]

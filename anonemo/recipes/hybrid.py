@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 class Hybrid(Recipe):
     """Algorithm 1 (:class:`~anonemo.models.hybrid.HybridModule`, schedule in
     :class:`~anonemo.models.hybrid.HybridSchedule`) against the configured
-    :class:`~anonemo.models.adversary.Adversary`. The defaults are the paper's recipe
-    (``model=hybrid``); docs/algorithm.md says what each option changes.
+    :class:`~anonemo.models.adversary.Adversary`. Built from the model config, which holds every
+    default (``model=hybrid``: the paper's recipe); docs/algorithm.md says what each option changes.
 
     The job then trains fresh emotion and identity heads on the final, frozen base
     (``Hybrid2Emotion``, ``Hybrid2Face``); Hybrid2Emotion's head is the one shipped with the base.
@@ -45,16 +45,16 @@ class Hybrid(Recipe):
         adversary: Adversary,
         optimizer: Optimizer,
         identity_optimizer: Optimizer,
-        alpha: float = 0.5,
-        beta: float = 1.0,
-        init_epochs: int = 15,
-        max_init_epochs: int = 60,
-        rounds: int = 20,
-        refit_epochs: int = 5,
-        emotion_guard: float = 0.0,
-        max_emotion_loss: float | None = None,
-        max_feature_growth: float = 1000.0,
-        fresh_heads: Sequence[str] = ("emotion", "identity"),
+        alpha: float,
+        beta: float,
+        init_epochs: int,
+        max_init_epochs: int,
+        rounds: int,
+        refit_epochs: int,
+        emotion_guard: float,
+        max_emotion_loss: float | None,
+        max_feature_growth: float,
+        fresh_heads: Sequence[str],
     ):
         super().__init__(name, fresh_heads)
         for option, value in (("alpha", alpha), ("beta", beta)):

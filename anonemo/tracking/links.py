@@ -1,29 +1,34 @@
 """Links into the MLflow UI, in its model-training view: MLflow 3 opens its GenAI view (traces,
 evaluations) unless the link asks for ``workflowType=machine_learning``; older versions ignore it.
 
-An experiment's runs table opens on the headline metrics: a view that the UI's "share" feature
-would store (an experiment tag ``mlflow.sharedViewState.<key>``), named by the link's
-``viewStateShareKey``."""
+An experiment's runs table opens on the headline metrics its jobs' recipes declared: a view that
+the UI's "share" feature would store (an experiment tag ``mlflow.sharedViewState.<key>``), named
+by the link's ``viewStateShareKey``."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
-from anonemo.metrics import EMOTION, ERASED2EMOTION, HYBRID2EMOTION, IDENTITY_MAX, LINKAGE_AUC
+from anonemo.metrics import IDENTITY_MAX, LINKAGE_AUC
 
 MAKE_UI = "http://127.0.0.1:5000/"  # where `make ui` serves a local SQLite store
 MODEL_TRAINING = "workflowType=machine_learning"
 HEADLINE_VIEW = "anonemo-headline"
-# The runs table's columns: each headline metric, and beside it a sweep parent's mean over folds.
-HEADLINE_COLUMNS = tuple(f"metrics.`{name}{suffix}`" for name in (EMOTION, HYBRID2EMOTION, ERASED2EMOTION, IDENTITY_MAX,
-                                                                 LINKAGE_AUC) for suffix in ("", "/mean"))
+HEADLINE_VIEW_TAG = f"mlflow.sharedViewState.{HEADLINE_VIEW}"
+AUDIT_COLUMNS = (IDENTITY_MAX, LINKAGE_AUC)
+DURATION = "attributes.`Duration`"
 
 
-def headline_view_tags() -> dict[str, str]:
-    """The experiment tag holding the runs table's headline view."""
-    # the table's columns; the chart view draws the sweeps' means (one bar per sweep's parent run)
-    view = {"selectedColumns": [*HEADLINE_COLUMNS, "attributes.`Duration`"], "chartsSearchFilter": "/mean"}
-    return {f"mlflow.sharedViewState.{HEADLINE_VIEW}": json.dumps(view)}
+def headline_view_tags(model_metrics: Sequence[str] = (), view: str | None = None) -> dict[str, str]:
+    """The experiment tag holding the runs table's headline view: the columns of ``view`` (the
+    tag's current value, if any), then each of ``model_metrics`` (the headline a job's recipe
+    declares) and of the audit's identity headline, each beside a sweep parent's mean over folds."""
+    previous = [] if view is None else json.loads(view).get("selectedColumns", [])
+    metrics = [f"metrics.`{name}{suffix}`" for name in (*model_metrics, *AUDIT_COLUMNS) for suffix in ("", "/mean")]
+    columns = [*dict.fromkeys(column for column in (*previous, *metrics) if column != DURATION), DURATION]
+    # the chart view draws the sweeps' means (one bar per sweep's parent run)
+    return {HEADLINE_VIEW_TAG: json.dumps({"selectedColumns": columns, "chartsSearchFilter": "/mean"})}
 
 
 def ui_base(tracking_uri: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,9 +57,9 @@ class RunLogger(MLFlowLogger):
 
 
 @contextmanager
-def mlflow_run(cfg: DictConfig, reopen: Run | None = None) -> Iterator[RunLogger]:
+def mlflow_run(cfg: DictConfig, reopen: Run | None = None, model_metrics: Sequence[str] = ()) -> Iterator[RunLogger]:
     """Open an MLflow run for this job with its config as params (or ``reopen`` an unfinished
-    one, to resume it); always close it.
+    one, to resume it); always close it. The experiment's headline view shows ``model_metrics``.
 
     The run ends FINISHED on success, FAILED with the error as the ``error`` tag on an exception,
     and KILLED on Ctrl-C or SIGTERM, so no run is left RUNNING (only SIGKILL cannot be caught:
@@ -67,7 +67,7 @@ def mlflow_run(cfg: DictConfig, reopen: Run | None = None) -> Iterator[RunLogger
     """
     uri = tracking_uri(cfg)
     client = MlflowClient(uri)
-    experiment_id = ensure_experiment(client, cfg, uri)
+    experiment_id = ensure_experiment(client, cfg, uri, model_metrics)
     tags = {
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from anonemo.errors import ConfigError, TrackingError
-from anonemo.tracking.links import headline_view_tags
+from anonemo.tracking.links import HEADLINE_VIEW_TAG, headline_view_tags
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
 # MLflow's schema migrations log a page of INFO lines the first time a database is created.
@@ -54,8 +55,9 @@ def check_reachable(uri: str) -> None:
         ) from error
 
 
-def ensure_experiment(client: MlflowClient, cfg: DictConfig, uri: str) -> str:
-    """The experiment's id, creating it (with an explicit artifact location) if needed."""
+def ensure_experiment(client: MlflowClient, cfg: DictConfig, uri: str, model_metrics: Sequence[str] = ()) -> str:
+    """The experiment's id, creating it (with an explicit artifact location) if needed; its runs
+    table's headline view gains the columns of ``model_metrics`` (a job's declared headline)."""
     check_reachable(uri)
     name = cfg.logger.experiment_name
     experiment = client.get_experiment_by_name(name)
@@ -65,13 +67,14 @@ def ensure_experiment(client: MlflowClient, cfg: DictConfig, uri: str) -> str:
         if uri.startswith("sqlite:"):
             location = (Path(cfg.logger.artifact_location).resolve() / name).as_uri()
         return client.create_experiment(name, artifact_location=location,
-                                        tags={EXPERIMENT_KIND: "custom_model_development", **headline_view_tags()})
+                                        tags={EXPERIMENT_KIND: "custom_model_development",
+                                              **headline_view_tags(model_metrics)})
     if experiment.lifecycle_stage == "deleted":
         raise ConfigError(
             f"MLflow experiment {name!r} in {uri} is deleted: restore it in the MLflow UI, or pick "
             "another name with logger.experiment_name=..."
         )
-    for key, value in headline_view_tags().items():  # experiments created before the view existed
+    for key, value in headline_view_tags(model_metrics, experiment.tags.get(HEADLINE_VIEW_TAG)).items():
         if experiment.tags.get(key) != value:
             client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
