@@ -21,7 +21,6 @@ from omegaconf import DictConfig
 
 from anonemo import metrics as names
 from anonemo.audit.attackers import build_attackers
-from anonemo.audit.suite import audit_base
 from anonemo.config import build
 from anonemo.data.check import check_job_data
 from anonemo.data.datamodule import GroupedFoldDataModule
@@ -30,14 +29,16 @@ from anonemo.data.folds import UNSEEN_PEOPLE_NOTE, fold_protocol
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError, require_permutations
 from anonemo.evaluation import score
+from anonemo.frozen_base import evaluate_frozen_base
 from anonemo.erasure import Erasure, erase
 from anonemo.models.networks import Networks
 from anonemo.probes import Attacker
 from anonemo.recipes.base import Job, Recipe, Trained
-from anonemo.recipes.fresh_heads import Headline, final_base_heads, fit_fresh_heads, headline
+from anonemo.recipes.fresh_heads import Headline, final_base_heads, headline
+from anonemo.summary import result_summary
 from anonemo.threads import configure_threads
 from anonemo.timing import PhaseClock
-from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT
+from anonemo.tracking.artifacts import BASE_ARTIFACT
 from anonemo.tracking.identity import finished_run, unfinished_run
 from anonemo.tracking.links import run_link
 from anonemo.tracking.run import mlflow_run
@@ -168,36 +169,19 @@ def execute(plan: Plan) -> dict[str, float]:
     return metrics
 
 
-def result_summary(title: str, metrics: dict[str, float], model_metrics: Sequence[str]) -> str:
-    """The job's headline numbers (its model's, then ``metrics.AUDIT_HEADLINE``) as a short table,
-    each beside its chance level."""
-    below = set(names.below_chance(metrics))
-    shown = [(name, name) for name in model_metrics] + list(names.AUDIT_HEADLINE)
-    shown = [(name, label) for name, label in shown if name in metrics]
-    width = max((len(label) for _, label in shown), default=0)
-    lines = [f"Results of {title} (test fold; accuracies in %, AUC and EER as fractions):"]
-    for name, label in shown:
-        number = "5.2f" if name in names.FRACTIONS else "5.1f"
-        chance = metrics.get(names.chance_of(name))
-        line = f"  {label:<{width}}  {metrics[name]:{number}}" + ("" if chance is None else f"   chance {chance:{number}}")
-        lines.append(line + ("   below chance (docs/audit.md)" if name in below else ""))
-    lines.append(f"  wall time {metrics[names.WALL_TIME]:.0f} s")
-    return "\n".join(lines)
-
-
 def train_and_evaluate(recipe: Recipe, job: Job, erasure: Erasure | None = None,
                        attackers: Sequence[Attacker] = ()) -> dict[str, float]:
-    """The recipe's training, then what every model shares on its frozen base: an ``erasure``
-    fitted on it (which then belongs to the base), fresh heads, the saved base, the audit by
-    ``attackers`` (none: no audit)."""
-    cfg, data, logger = job.cfg, job.data, job.logger
+    """The recipe's training, its own heads scored on the frozen base's features, an ``erasure``
+    fitted on it (which then belongs to the base), the saved base, then what every frozen base
+    goes through (:func:`~anonemo.frozen_base.evaluate_frozen_base`: fresh heads, the audit by
+    ``attackers``, none: no audit)."""
+    data, logger = job.data, job.logger
     trained = recipe.train(job)
     metrics = dict(trained.metrics)
-    base, emotion_head = trained.base, trained.emotion_head
+    base = trained.base
     heads = final_base_heads(recipe, erasure)
-    if not (heads or trained.own_heads or attackers):
-        features = None
-    else:
+    features = None
+    if heads or trained.own_heads or attackers:
         with job.clock.phase("frozen_base"):
             features = FeatureDataModule(base, data, bf16=job.bf16)
             metrics |= score_own_heads(trained, features, job)  # the heads trained with the base, before any erasure
@@ -205,25 +189,8 @@ def train_and_evaluate(recipe: Recipe, job: Job, erasure: Erasure | None = None,
                 base, features, erased = erase(erasure, base, features, data)
                 logger.log_metrics(erased)
                 metrics |= erased
-            testable_heads = [(task, name) for task, name in heads if task in data.testable_tasks]
-            fresh, fitted = fit_fresh_heads(job, base, features, testable_heads)
-            metrics |= fresh
-            emotion_head = fitted.get("emotion", emotion_head)
     logger.log_network(base, BASE_ARTIFACT)
-    if emotion_head is not None:  # what anonemo.export ships with the base
-        logger.log_network(emotion_head, EMOTION_HEAD_ARTIFACT, class_names=data.class_names("emotion"))
-    if attackers:
-        with job.clock.phase("frozen_base"):
-            audited = audit_base(
-                features.sides, data.testable_classes, cfg.seed, list(attackers),
-                null_permutations=cfg.audit.null_permutations,
-                emotion_head=emotion_head if cfg.audit.emotion_output else None,
-            )
-        logger.log_metrics(audited)
-        metrics |= audited
-        if below := names.below_chance(audited):
-            logger.client.set_tag(logger.run_id, "audit.below_chance", ", ".join(below))
-    return metrics
+    return metrics | evaluate_frozen_base(job, base, features, heads, trained.emotion_head, attackers)
 
 
 def score_own_heads(trained: Trained, features: FeatureDataModule, job: Job) -> dict[str, float]:
@@ -241,22 +208,3 @@ def score_own_heads(trained: Trained, features: FeatureDataModule, job: Job) -> 
         metrics[name] = score(logits, job.data.labels("test", task), job.data.class_names(task)).accuracy
     job.logger.log_metrics(metrics)
     return metrics
-
-
-def search_objective(cfg: DictConfig, metrics: dict[str, float], emotion_metric: str | None) -> float:
-    """The value a hyper-parameter search (``hparams_search``) maximises, from validation only:
-    the validation accuracy of the model's emotion metric (``emotion_metric``, the recipe's:
-    Hybrid2Emotion for a Hybrid), penalised by how far the strongest audit attacker's validation
-    accuracy (``audit/identity/max/val``) exceeds ``search.identity_ceiling``. Not a fresh
-    identity head's: one head is the weak measure that a base can fool while other attackers
-    still read identity.
-    """
-    if emotion_metric is None or names.val_acc(emotion_metric) not in metrics:
-        raise ConfigError(f"hparams_search=hybrid_optuna maximises a model's validation emotion, and model={cfg.model.name} "
-                          "scores no emotion: use a model with an emotion head (model=hybrid_standardised).")
-    if names.IDENTITY_MAX_VAL not in metrics:
-        raise ConfigError("hparams_search=hybrid_optuna scores identity with the audit's closed-set attackers: set "
-                          "audit.enabled=true under cv.protocol=paper (under subject_disjoint, choose β with "
-                          "python -m anonemo.calibrate, which reads the linkage audit).")
-    excess = max(0.0, metrics[names.IDENTITY_MAX_VAL] - cfg.search.identity_ceiling)
-    return metrics[names.val_acc(emotion_metric)] - cfg.search.penalty * excess

@@ -31,7 +31,8 @@ def main(cfg: DictConfig) -> dict[str, float] | float | None:
             raise
     if job is None:  # in a sweep, a user error ends this job only
         return None
-    from anonemo.job import execute, search_objective
+    from anonemo.job import execute
+    from anonemo.summary import search_objective
 
     with user_errors_reported():
         metrics = execute(job)

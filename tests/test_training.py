@@ -8,7 +8,8 @@ from mlflow.tracking import MlflowClient
 
 from anonemo.tracking.store import tracking_uri
 from anonemo.data.pipeline import fold_data
-from anonemo.job import result_summary, run
+from anonemo.job import run
+from anonemo.summary import result_summary
 
 
 def only_run(cfg):

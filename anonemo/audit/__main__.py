@@ -34,7 +34,7 @@ def main(cfg: DictConfig) -> None:
                               cfg.transfer if cfg.refit_transfer else None, audit=cfg.attack_features,
                               emotion_output=cfg.emotion_output)
         print(f"Run {cfg.run_id} (test fold, %):")
-        refitted = [name for name in names.PAPER_METRICS if name in metrics]
+        refitted = [name for name in metrics if "/" not in name]  # the fresh heads' test accuracies
         if refitted:
             print("  fresh heads re-fitted: " + "  ".join(f"{name} {metrics[name]:.1f}" for name in refitted))
         attackers = [name for name, node in cfg.audit.attackers.items() if node is not None] + ["max", "gallery", "chance"]

@@ -15,24 +15,22 @@ import logging
 import tempfile
 import time
 
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from anonemo.audit.attackers import build_attackers
-from anonemo.audit.suite import audit_base
 from anonemo.config import build
-from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule, is_bf16
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import TrackingError
 from anonemo.erasure import Erasure
-from anonemo.models.networks import ClassifierHead, ConvBase, Networks, load_base, load_network
+from anonemo.frozen_base import evaluate_frozen_base
+from anonemo.models.networks import ClassifierHead, Networks, load_base, load_network
 from anonemo.recipes.base import Job, Recipe
-from anonemo.recipes.fresh_heads import final_base_heads, fit_fresh_heads
+from anonemo.recipes.fresh_heads import final_base_heads
 from anonemo.timing import PhaseClock
 from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT, require_run, run_artifact
-from anonemo.tracking.run import RunLogger
+from anonemo.tracking.run import RunLogger, callers_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -70,25 +68,26 @@ def reaudit_run(
     started = time.perf_counter()
     # Runs saved before cv.protocol existed used the paper's folds.
     run_cfg = OmegaConf.merge({"cv": {"protocol": "paper"}}, run_cfg)
-    OmegaConf.update(run_cfg, "audit.attackers", OmegaConf.to_container(attackers, resolve=False), merge=False)
+    for key, value in (("audit.attackers", OmegaConf.to_container(attackers, resolve=False)),
+                       ("audit.null_permutations", null_permutations), ("audit.emotion_output", emotion_output)):
+        OmegaConf.update(run_cfg, key, value, merge=False)
+    if transfer is not None:
+        OmegaConf.update(run_cfg, "transfer", transfer, merge=False)
     suite = build_attackers(run_cfg.audit.attackers)
     data = fold_data(run_cfg)
-    bf16 = is_bf16(run_cfg.trainer.precision)
-    features = FeatureDataModule(base, data, bf16=bf16)
-    metrics = {} if transfer is None else refit_fresh_heads(client, run_id, run_cfg, final_base_heads(recipe, erasure),
-                                                             networks, transfer, base, features, data)
-    # The re-fitted heads' metrics are logged already, as the job logs them; the emotion head is
-    # read back after the re-fit, which replaced it.
+    features = FeatureDataModule(base, data, bf16=is_bf16(run_cfg.trainer.precision))
+    heads = [] if transfer is None else final_base_heads(recipe, erasure)
+    if transfer is not None and not heads:
+        log.warning("Run %s (model=%s) has no fresh heads on its base; nothing to re-fit.", run_id, run_cfg.model.name)
     emotion_head = saved_emotion_head(client, run_id, recipe, erasure) if emotion_output else None
-    audited = audit_base(
-        features.sides, data.testable_classes, run_cfg.seed, suite, features=audit,
-        null_permutations=null_permutations, emotion_head=emotion_head,
-    )
-    if audited:
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in audited.items()])
-        client.set_tag(run_id, "audit.reaudited_s", f"{time.perf_counter() - started:.1f}")
-        metrics |= audited
+    with tempfile.TemporaryDirectory() as folder, callers_tracking_uri():
+        # The heads' checkpoints go to a scratch folder; the run's own are left as they are.
+        OmegaConf.update(run_cfg, "paths.output_dir", folder, merge=False)
+        job = Job(run_cfg, data, RunLogger(tracking_uri=client.tracking_uri, run_id=run_id), PhaseClock(), networks)
+        metrics = evaluate_frozen_base(job, base, features, heads, emotion_head, suite, attack_features=audit)
+    if heads:
+        client.set_tag(run_id, "transfer.refit", OmegaConf.to_yaml(transfer).strip().replace("\n", ", "))
+    client.set_tag(run_id, "audit.reaudited_s", f"{time.perf_counter() - started:.1f}")
     return metrics
 
 
@@ -102,33 +101,3 @@ def saved_emotion_head(client: MlflowClient, run_id: str, recipe: Recipe,
     with tempfile.TemporaryDirectory() as folder:
         head, _ = load_network(run_artifact(client, run_id, EMOTION_HEAD_ARTIFACT.as_posix(), folder), ClassifierHead)
     return head
-
-
-def refit_fresh_heads(
-    client: MlflowClient,
-    run_id: str,
-    run_cfg: DictConfig,
-    heads: list[tuple[str, str]],
-    networks: Networks,
-    transfer: DictConfig,
-    base: ConvBase,
-    features: FeatureDataModule,
-    data: GroupedFoldDataModule,
-) -> dict[str, float]:
-    """The run's fresh ``heads`` (task, metric name) trained again on its saved ``base`` with
-    ``transfer`` settings, their metrics (and the fresh emotion head's artifact) logged to the run,
-    as the job logs them."""
-    if not heads:
-        log.warning("Run %s (model=%s) has no fresh heads on its base; nothing to re-fit.", run_id, run_cfg.model.name)
-        return {}
-    with tempfile.TemporaryDirectory() as folder:
-        # The heads' checkpoints go to a scratch folder; the run's own are left as they are.
-        refit_cfg = OmegaConf.merge(run_cfg, {"transfer": transfer, "paths": {"output_dir": folder}})
-        logger = RunLogger(tracking_uri=client.tracking_uri, run_id=run_id)
-        job = Job(refit_cfg, data, logger, PhaseClock(), networks)
-        testable = [(task, name) for task, name in heads if task in data.testable_tasks]
-        metrics, fitted = fit_fresh_heads(job, base, features, testable)
-        if "emotion" in fitted:
-            logger.log_network(fitted["emotion"], EMOTION_HEAD_ARTIFACT, class_names=data.class_names("emotion"))
-    client.set_tag(run_id, "transfer.refit", OmegaConf.to_yaml(transfer).strip().replace("\n", ", "))
-    return metrics

@@ -89,27 +89,35 @@ def mlflow_run(cfg: DictConfig, reopen: Run | None = None, model_metrics: Sequen
         resumes = int(run.data.tags.get("anonemo.resumed", "0")) + 1
         client.set_tag(run.info.run_id, "anonemo.resumed", str(resumes))
     logger = RunLogger(experiment_name=cfg.logger.experiment_name, tracking_uri=uri, run_id=run.info.run_id)
-    # Lightning's logger calls mlflow.set_tracking_uri, which writes MLFLOW_TRACKING_URI into the
-    # environment; restore the caller's value so the next job in this process finds its own store.
-    caller_uri = os.environ.get("MLFLOW_TRACKING_URI")
     terminate_as_interrupt()
-    try:
-        if reopen is None:  # a reopened run has them already (the same config, by its hash)
-            logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
-            logger.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        yield logger
-    except KeyboardInterrupt:
-        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-        raise
-    except BaseException as error:
-        if received_signal() is not None:
+    with callers_tracking_uri():
+        try:
+            if reopen is None:  # a reopened run has them already (the same config, by its hash)
+                logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
+                logger.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            yield logger
+        except KeyboardInterrupt:
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-            raise KeyboardInterrupt(f"terminated by signal {received_signal()}") from error
-        client.set_tag(run.info.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
-        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
-        raise
-    else:
-        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+            raise
+        except BaseException as error:
+            if received_signal() is not None:
+                client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+                raise KeyboardInterrupt(f"terminated by signal {received_signal()}") from error
+            client.set_tag(run.info.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+            raise
+        else:
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+@contextmanager
+def callers_tracking_uri() -> Iterator[None]:
+    """Lightning's logger calls ``mlflow.set_tracking_uri``, which writes MLFLOW_TRACKING_URI into
+    the environment: inside, a :class:`RunLogger` may; after, the caller's value is back, so that
+    the next job in this process finds its own store."""
+    caller_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
     finally:
         if caller_uri is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
