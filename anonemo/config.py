@@ -30,10 +30,10 @@ def build(node: DictConfig, option: str) -> Any:
 def source_default(key: str, *, _root_: DictConfig) -> Any:
     """``${anonemo.source_default:image_size}``: the value the dataset's loader says fits the data
     under ``dataset.root`` (CK+'s pre-cropped copy: 48 pixels, no face crop)."""
-    source = _root_.dataset.source
-    defaults = get_class(source._target_).layout_defaults(source.root)
+    dataset = _root_.dataset
+    defaults = get_class(dataset.loader).layout_defaults(dataset.root)
     if key not in defaults:
-        raise ConfigError(f"${{anonemo.source_default:{key}}}: {source._target_} has no default for {key}.")
+        raise ConfigError(f"${{anonemo.source_default:{key}}}: {dataset.loader} has no default for {key}.")
     return defaults[key]
 
 

@@ -42,7 +42,7 @@ def jaffe_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ``XX.EEn.NNN.tiff`` naming, every third one palette-coded like some official files, plus a
     README that matches no naming scheme."""
     root = tmp_path_factory.mktemp("jaffe")
-    faces = SyntheticFaces(num_subjects=len(JAFFE_SUBJECTS), num_emotions=7, images_per_cell=JAFFE_TAKES, seed=3).load()
+    faces = SyntheticFaces(num_subjects=len(JAFFE_SUBJECTS), num_emotions=7, images_per_cell=JAFFE_TAKES, generator_seed=3).load()
     for number, (image, subject, emotion) in enumerate(zip(faces.images, faces.subjects, faces.emotions)):
         take = number % JAFFE_TAKES + 1
         name = f"{JAFFE_SUBJECTS[subject]}.{JAFFE_CODES[emotion]}{take}.{number + 1}.tiff"
@@ -64,7 +64,7 @@ CKPLUS_FRAMES = 5
 def ckplus_sequences() -> list[tuple[str, str, int | None, list[np.ndarray]]]:
     """(subject, sequence, emotion code or None for an unlabelled one, frames)."""
     subjects = (*CKPLUS_SUBJECTS, CKPLUS_LONE_SUBJECT)
-    faces = SyntheticFaces(num_subjects=len(subjects), num_emotions=7, images_per_cell=CKPLUS_FRAMES, seed=5).load()
+    faces = SyntheticFaces(num_subjects=len(subjects), num_emotions=7, images_per_cell=CKPLUS_FRAMES, generator_seed=5).load()
     emotion_of_code = {1: 4, 5: 1, 7: 3}  # the synthetic generator's anger, happy, surprise
 
     def frames(subject: int, emotion: int) -> list[np.ndarray]:

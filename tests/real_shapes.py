@@ -26,7 +26,7 @@ DRAWN_AS = {"anger": "anger", "contempt": "neutral", "disgust": "disgust", "fear
 
 def faces_of(people: int, seed: int) -> dict[tuple[int, str], np.ndarray]:
     """One synthetic face per person and synthetic expression."""
-    generator = SyntheticFaces(num_subjects=people, num_emotions=7, images_per_cell=1, seed=seed)
+    generator = SyntheticFaces(num_subjects=people, num_emotions=7, images_per_cell=1, generator_seed=seed)
     faces = generator.load()
     return {(int(s), generator.emotion_names[e]): image for s, e, image in zip(faces.subjects, faces.emotions, faces.images)}
 

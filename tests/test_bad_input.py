@@ -50,7 +50,7 @@ def folder_job(tmp_path, yale_root, rows=None, header="path,subject,emotion"):
 # the message's telling part ({tmp} is tmp_path)). Every case runs the real job from its config.
 CATALOGUE = [
     ("dataset root not set", lambda t, y, j: ["dataset=yale", "dataset.root=null"],
-     DatasetError, "dataset.root is not set for dataset=yale"),
+     DatasetError, "dataset.root is not set (Yale faces)"),
     ("dataset root missing", lambda t, y, j: ["dataset=jaffe", f"dataset.root={t}/no/such/jaffe"],
      DatasetError, "dataset.root={tmp}/no/such/jaffe does not exist"),
     ("empty folder", lambda t, y, j: ["dataset=yale", f"dataset.root={yale_folder(t, {})}"],
@@ -90,8 +90,10 @@ CATALOGUE = [
      ConfigError, "erasure=leace removes 3 directions (4 training identities, less one), and this model's base features vary in only 2"),
     ("unknown face crop", lambda t, y, j: ["dataset=yale", f"dataset.root={y}", "dataset.face_crop.method=dlib"],
      ConfigError, "dataset.face_crop.method='dlib' is not known"),
-    ("a dataset source that is no loader", lambda t, y, j: ["dataset.source._target_=collections.OrderedDict"],
-     ConfigError, "dataset.source: collections.OrderedDict built a OrderedDict, not a dataset loader"),
+    ("a dataset loader that is none", lambda t, y, j: ["dataset.loader=collections.OrderedDict"],
+     ConfigError, "dataset.loader: collections.OrderedDict built a OrderedDict, not a dataset loader"),
+    ("a dataset loader that does not exist", lambda t, y, j: ["dataset.loader=anonemo.data.yale.YaleFace"],
+     ConfigError, "dataset.loader='anonemo.data.yale.YaleFace' names no class that can be imported"),
     ("unknown task", lambda t, y, j: ["model.task=age"], ConfigError, "model.task='age' is not known"),
     ("unknown fresh head", lambda t, y, j: ["model=emotion2face", "model.fresh_heads=[age]"],
      ConfigError, "model.fresh_heads: age is not a task; use emotion or identity"),

@@ -103,9 +103,9 @@ def _is_palette(path):
 
 
 def test_synthetic_is_deterministic_for_a_seed():
-    a = SyntheticFaces(num_subjects=3, num_emotions=4, images_per_cell=2, seed=5).load()
-    b = SyntheticFaces(num_subjects=3, num_emotions=4, images_per_cell=2, seed=5).load()
-    c = SyntheticFaces(num_subjects=3, num_emotions=4, images_per_cell=2, seed=6).load()
+    a = SyntheticFaces(num_subjects=3, num_emotions=4, images_per_cell=2, generator_seed=5).load()
+    b = SyntheticFaces(num_subjects=3, num_emotions=4, images_per_cell=2, generator_seed=5).load()
+    c = SyntheticFaces(num_subjects=3, num_emotions=4, images_per_cell=2, generator_seed=6).load()
     assert all(np.array_equal(x, y) for x, y in zip(a.images, b.images))
     assert not all(np.array_equal(x, y) for x, y in zip(a.images, c.images))
     assert Counter(zip(a.subjects.tolist(), a.emotions.tolist())) == {(s, e): 2 for s in range(3) for e in range(4)}

@@ -244,8 +244,11 @@ def test_settings_that_do_not_change_results_do_not_split_groups(store):
     make_run(client, experiment, {**base, "fold": 0, "threads": "1", "paths.output_dir": "/a"}, {"Emotion": 40.0})
     make_run(client, experiment, {**base, "fold": 1, "audit.enabled": "True", "logger.run_name": "x"}, {"Emotion": 60.0})
     make_run(client, experiment, {**base, "fold": 2, "seed": "1"}, {"Emotion": 10.0})  # a different seed is a different setting
+    # the same setting logged before loaders read the dataset's keys (a dataset.source node), and after
+    make_run(client, experiment, {**base, "fold": 3, "dataset.source._target_": "anonemo.data.yale.YaleFaces"}, {"Emotion": 50.0})
+    make_run(client, experiment, {**base, "fold": 4, "dataset.loader": "anonemo.data.yale.YaleFaces"}, {"Emotion": 30.0})
     groups = collect_groups(client, [experiment])
-    assert sorted(g.summary("Emotion")[2] for g in groups) == [1, 2]
+    assert sorted(g.summary("Emotion")[2] for g in groups) == [1, 4]
 
 
 def test_a_parent_of_several_configurations_names_each_configurations_fold_means(store):

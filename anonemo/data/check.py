@@ -6,9 +6,11 @@ work, and leaves nothing behind."""
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 
 import numpy as np
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from anonemo.config import build
@@ -137,17 +139,32 @@ def fold_advice(labels: OriginalLabels, cfg: DictConfig, error: FoldsImpossible)
 
 
 def dataset_source(dataset: DictConfig) -> FaceSource:
-    """The loader ``dataset.source`` builds, one per setting in a process: the check and the job
-    share it, so its files are listed (and reported) once."""
-    return _built_source(OmegaConf.to_yaml(dataset.source, resolve=True))
+    """The loader ``dataset.loader`` names, given the keys of the dataset config that its
+    constructor names (``dataset.root``, ``dataset.emotions``, ...); one per setting in a process:
+    the check and the job share it, so its files are listed (and reported) once."""
+    loader = loader_class(dataset)
+    try:
+        parameters = inspect.signature(loader).parameters
+    except ValueError:  # a built-in class has none to read; it is named as no loader below
+        parameters = {}
+    options = {key: dataset[key] for key in parameters if key in dataset}
+    return _built_source(dataset.loader, OmegaConf.to_yaml(OmegaConf.create(options), resolve=True))
+
+
+def loader_class(dataset: DictConfig) -> type:
+    """The class ``dataset.loader`` names."""
+    try:
+        return get_class(dataset.loader)
+    except Exception as error:  # Hydra raises ImportError or ValueError, wrapped in several ways
+        raise ConfigError(f"dataset.loader={dataset.get('loader')!r} names no class that can be imported ({error}): "
+                          "give a loader's full path, e.g. anonemo.data.folder.FolderDataset.") from None
 
 
 @functools.lru_cache(maxsize=4)
-def _built_source(node: str) -> FaceSource:
-    config = OmegaConf.create(node)
-    source = build(config, "dataset")
+def _built_source(loader: str, options: str) -> FaceSource:
+    source = build(OmegaConf.merge({"_target_": loader}, OmegaConf.create(options)), "dataset")
     if not isinstance(source, FaceSource):
-        raise ConfigError(f"dataset.source: {config._target_} built a {type(source).__name__}, not a dataset loader "
+        raise ConfigError(f"dataset.loader: {loader} built a {type(source).__name__}, not a dataset loader "
                           "(labels(), load() and fingerprint(), anonemo.data.records.FaceSource; docs/architecture.md).")
     return source
 

@@ -40,7 +40,6 @@ def layout(paths: list[str]) -> str | None:
 
 class CKPlus(ImageFileSource):
     title = "CK+"
-    config_name = "ckplus"
     emotion_order = CODES
     how_to_get = (
         "CK+ may not be redistributed: request it from its authors (Lucey et al. 2010, "
@@ -110,7 +109,7 @@ class CKPlus(ImageFileSource):
         """The image size and face crop that fit the layout under ``root`` (the official one's when
         the root is not set or not readable: the job then says what is wrong with it)."""
         try:
-            found = layout([f.path for f in list_dataset_files(root, cls.config_name, cls.how_to_get)])
+            found = layout([f.path for f in list_dataset_files(root, cls.title, cls.how_to_get)])
         except DatasetError:
             found = None
         return LAYOUT_DEFAULTS[found or "official"]

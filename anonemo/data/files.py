@@ -33,10 +33,11 @@ class DatasetFile:
         return PurePosixPath(self.path).name
 
 
-def list_dataset_files(root: str | Path | None, dataset: str, how_to_get: str) -> list[DatasetFile]:
-    """All regular, non-hidden files under ``root`` (a folder, searched recursively, or a .zip)."""
+def list_dataset_files(root: str | Path | None, title: str, how_to_get: str) -> list[DatasetFile]:
+    """All regular, non-hidden files under ``root`` (a folder, searched recursively, or a .zip) of
+    the dataset called ``title``."""
     if root is None or str(root).strip() == "":
-        raise DatasetError(f"dataset.root is not set for dataset={dataset}. {how_to_get}")
+        raise DatasetError(f"dataset.root is not set ({title}). {how_to_get}")
     path = Path(root).expanduser()
     if not path.exists():
         raise DatasetError(f"dataset.root={root} does not exist. {how_to_get}")
@@ -107,7 +108,6 @@ class ImageFileSource:
     """
 
     title: str  # human-readable dataset name
-    config_name: str  # the value of `dataset=` that selects it
     how_to_get: str  # where the data comes from and which override to set
     emotion_order: tuple[str, ...] = ()  # the class order of the emotions found, when none are asked for
 
@@ -122,7 +122,7 @@ class ImageFileSource:
         raise NotImplementedError
 
     def files(self) -> list[DatasetFile]:
-        return list_dataset_files(self.root, self.config_name, self.how_to_get)
+        return list_dataset_files(self.root, self.title, self.how_to_get)
 
     def selected(self) -> tuple[list[LabelledFile], dict[str, str]]:
         """The files used, and the emotion classes (code -> name, in class order)."""
@@ -181,7 +181,7 @@ class ImageFileSource:
         """A hash of the labels, names and bytes of every file used: changes whenever the pixels or
         labels can."""
         files, classes = self.selected()
-        digest = hashlib.sha256(self.config_name.encode())
+        digest = hashlib.sha256(f"{type(self).__module__}.{type(self).__qualname__}".encode())
         for f in files:
             digest.update(f"{self.source_name(f.file)}|{f.subject}|{f.emotion}|{f.group}|".encode())
             digest.update(hashlib.sha256(f.file.read()).digest())

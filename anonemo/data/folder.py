@@ -25,7 +25,6 @@ OPTIONAL_COLUMNS = ("group",)
 
 class FolderDataset(ImageFileSource):
     title = "Folder dataset"
-    config_name = "folder"
     how_to_get = (
         "Point dataset.root at the folder (or .zip) of face images and give either "
         "dataset.manifest=labels.csv (columns path, subject, emotion and optionally group; paths "

@@ -11,7 +11,6 @@ class JaffeFaces(FileNameLabels):
     """JAFFE: ``XX.EEn.NNN.tiff`` (poser initials, emotion code + take, running number)."""
 
     title = "JAFFE"
-    config_name = "jaffe"
     naming = "XX.EEn.NNN.tiff"
     how_to_get = (
         "JAFFE may not be redistributed: request it from its authors (Lyons, Kamachi & Gyoba, "

@@ -145,7 +145,7 @@ class OriginalLabels:
 
 @runtime_checkable
 class FaceSource(Protocol):
-    """What ``dataset.source`` builds: a dataset loader (``anonemo.data.synthetic.SyntheticFaces``,
+    """What ``dataset.loader`` names: a dataset loader (``anonemo.data.synthetic.SyntheticFaces``,
     every ``anonemo.data.files.ImageFileSource``)."""
 
     def labels(self) -> OriginalLabels:

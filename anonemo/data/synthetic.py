@@ -80,7 +80,7 @@ class SyntheticFaces:
     num_subjects: int = 10
     num_emotions: int = 7
     images_per_cell: int = 6
-    seed: int = 0
+    generator_seed: int = 0
     intensity_range: tuple[float, float] = (0.5, 1.1)
     expression_noise: float = 0.1
 
@@ -113,7 +113,7 @@ class SyntheticFaces:
         )
 
     def load(self) -> FaceRecords:
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(self.generator_seed)
         traits = [SubjectTraits.draw(rng) for _ in range(self.num_subjects)]
         labels = self.labels()
         images = [self._render(traits[s], np.array(EMOTION_PROTOTYPES[self.emotion_names[e]]), rng)

@@ -11,7 +11,6 @@ class YaleFaces(FileNameLabels):
     """The Yale Face Database: ``subjectNN.<condition>`` GIFs, usually without an extension."""
 
     title = "Yale faces"
-    config_name = "yale"
     naming = "subjectNN.<condition>"
     how_to_get = (
         "Download the Yale Face Database (yalefaces: 15 subjects, 165 GIF files named like "

@@ -15,7 +15,8 @@ from anonemo.tracking.identity import RESULT_NEUTRAL
 
 # Parameters that differ between runs without changing their results (the audit only adds
 # measurements of the trained base).
-NOT_GROUPED = ("fold", "audit.", *RESULT_NEUTRAL)
+# The loader goes with dataset.name; runs before loaders read the dataset's keys restated them under dataset.source.
+NOT_GROUPED = ("fold", "audit.", "dataset.loader", "dataset.source.", *RESULT_NEUTRAL)
 
 
 @dataclass
