@@ -48,7 +48,7 @@ paper-jaffe: install
 	$(BIN)/python -m anonemo.train $(SWEEP) experiment=paper_jaffe $(ARGS)
 
 bench: install  # throughput against a plain PyTorch loop, fold 0 of each model on Yale, hybrid_standardised per round (docs/performance.md)
-	$(BIN)/python -m anonemo.bench dataset=yale $(ARGS)
+	$(BIN)/python -m benchmarks dataset=yale $(ARGS)
 
 report: install
 	$(BIN)/python -m anonemo.report $(ARGS)

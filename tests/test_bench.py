@@ -21,7 +21,7 @@ def test_bench_compares_both_paths_and_times_a_fold(tmp_path):
     result = cli(
         *TINY_SYNTHETIC, "trainer.enable_progress_bar=false", "audit.enabled=false", f"paths.output_dir={tmp_path}",
         "bench.repeats=2", "bench.epochs=1", "bench.fold_models=[emotion2face]", f"bench.output={output}", "bench.contention=1",
-        f"bench.rounds.overrides=[{','.join(repr(o) for o in ROUNDS)}]", "bench.rounds.pairs=1", module="anonemo.bench",
+        f"bench.rounds.overrides=[{','.join(repr(o) for o in ROUNDS)}]", "bench.rounds.pairs=1", module="benchmarks",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     for path in ("single_task", "adversarial"):

@@ -1,0 +1,1 @@
+"""The benchmark (``make bench``, ``python -m benchmarks``); not part of the installed package."""
