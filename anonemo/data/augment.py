@@ -52,7 +52,5 @@ class Augmentation:
         return replace(
             originals,
             images=np.concatenate([originals.images, np.stack(augmented)]) if augmented else originals.images,
-            subjects=originals.subjects[order],
-            emotions=originals.emotions[order],
             sources=originals.sources[order],
         )

@@ -23,13 +23,13 @@ from anonemo.data.augment import Augmentation
 from anonemo.data.check import check_image_size, dataset_source, kept_originals, min_groups_per_subject
 from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.preprocess import FaceCropper, preprocess
-from anonemo.data.records import FaceRecords
+from anonemo.data.records import FaceRecords, OriginalLabels
 
 log = logging.getLogger(__name__)
 
 # Bump whenever a code change alters the pixels the pipeline produces or what the cache holds, so
 # old caches are not reused.
-PIXEL_PIPELINE_VERSION = 2
+PIXEL_PIPELINE_VERSION = 3
 
 
 def face_cropper(dataset: DictConfig) -> FaceCropper:
@@ -94,9 +94,9 @@ def _write_cache(path: Path, faces: FaceRecords) -> None:
         np.savez(
             tmp,
             images=faces.images,
-            subjects=faces.subjects,
-            emotions=faces.emotions,
             sources=faces.sources,
+            subjects=faces.labels.subjects,  # per original
+            emotions=faces.labels.emotions,
             source_groups=faces.source_groups,
             subject_names=np.array(faces.subject_names),
             emotion_names=np.array(faces.emotion_names),
@@ -110,16 +110,10 @@ def _write_cache(path: Path, faces: FaceRecords) -> None:
 
 def _read_cache(path: Path) -> FaceRecords:
     with np.load(path) as data:
-        return FaceRecords(
-            images=data["images"],
-            subjects=data["subjects"],
-            emotions=data["emotions"],
-            sources=data["sources"],
-            source_groups=data["source_groups"],
-            subject_names=tuple(str(s) for s in data["subject_names"]),
-            emotion_names=tuple(str(s) for s in data["emotion_names"]),
-            source_names=tuple(str(s) for s in data["source_names"]),
-        )
+        labels = OriginalLabels(data["subjects"], data["emotions"], data["source_groups"],
+                                tuple(str(s) for s in data["subject_names"]), tuple(str(s) for s in data["emotion_names"]),
+                                tuple(str(s) for s in data["source_names"]))
+        return FaceRecords(data["images"], data["sources"], labels)
 
 
 def fold_data(cfg: DictConfig) -> GroupedFoldDataModule:

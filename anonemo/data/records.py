@@ -20,79 +20,11 @@ def group_names(source_groups: np.ndarray, source_names: Sequence[str]) -> tuple
 
 
 @dataclass(frozen=True)
-class FaceRecords:
-    """Grayscale face images with subject, emotion and source-image labels.
-
-    ``images`` is a list of 2-D uint8 arrays of any size as loaded from disk, and one stacked
-    ``(N, S, S)`` uint8 array once preprocessed. ``sources[i]`` is the index of the original
-    photograph that image ``i`` is (a copy of): originals have ``sources == arange(N)`` and
-    augmented copies repeat their original's index. ``source_groups[o]`` is original ``o``'s group:
-    originals of one group (the frames of one video sequence) are near-duplicates, and the folds
-    keep a group, with all its copies, on one side of every split.
-    """
-
-    images: Sequence[np.ndarray] | np.ndarray
-    subjects: np.ndarray
-    emotions: np.ndarray
-    sources: np.ndarray
-    source_groups: np.ndarray
-    subject_names: tuple[str, ...]
-    emotion_names: tuple[str, ...]
-    source_names: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        n = len(self.images)
-        for name in ("subjects", "emotions", "sources"):
-            if len(getattr(self, name)) != n:
-                raise ValueError(f"FaceRecords.{name} has {len(getattr(self, name))} entries for {n} images")
-        if len(self.source_groups) != len(self.source_names):
-            raise ValueError(f"FaceRecords.source_groups has {len(self.source_groups)} entries for "
-                             f"{len(self.source_names)} originals")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def groups(self) -> np.ndarray:
-        """The group of every image: what the folds keep on one side."""
-        return self.source_groups[self.sources]
-
-    def fold_names(self) -> dict[str, tuple[str, ...]]:
-        """Label index -> name for ``subject``, ``emotion`` and ``group``, for the folds' messages."""
-        return {"subject": self.subject_names, "emotion": self.emotion_names,
-                "group": group_names(self.source_groups, self.source_names)}
-
-    @property
-    def num_subjects(self) -> int:
-        return len(self.subject_names)
-
-    @property
-    def num_emotions(self) -> int:
-        return len(self.emotion_names)
-
-    def originals_where(self, keep: np.ndarray) -> FaceRecords:
-        """The originals ``keep`` marks (records not yet augmented), subjects and groups renumbered
-        in their order."""
-        labels = OriginalLabels(self.subjects, self.emotions, self.source_groups, self.subject_names,
-                                self.emotion_names, self.source_names).where(keep)
-        return labels.with_images([self.images[i] for i in np.flatnonzero(keep)])
-
-    def with_subjects_first(self, first: Sequence[int]) -> FaceRecords:
-        """The same records with subjects renumbered so that ``first`` (in order) are 0..k-1 and
-        the others follow in their order: the identity classes of a fold's training people."""
-        first = list(first)
-        order = first + [s for s in range(self.num_subjects) if s not in set(first)]
-        rank = np.empty(self.num_subjects, dtype=np.int64)
-        rank[order] = np.arange(self.num_subjects)
-        return dataclasses.replace(self, subjects=rank[self.subjects],
-                                   subject_names=tuple(self.subject_names[s] for s in order))
-
-
-@dataclass(frozen=True)
 class OriginalLabels:
     """The labels of a dataset's original images, known without decoding a pixel (from file names,
     a manifest or label files, or the generator's plan): what a job checks its folds on before any
-    work. ``groups``: as ``FaceRecords.source_groups``."""
+    work, and what :class:`FaceRecords` label their images with. ``groups[o]`` is original ``o``'s
+    group: originals of one group (the frames of one video sequence) are near-duplicates."""
 
     subjects: np.ndarray
     emotions: np.ndarray
@@ -139,8 +71,94 @@ class OriginalLabels:
         """The records of these originals, once decoded or drawn, in the same order."""
         if len(images) != len(self.subjects):
             raise ValueError(f"{len(images)} images for {len(self.subjects)} labelled originals")
-        return FaceRecords(list(images), self.subjects, self.emotions, np.arange(len(images)), self.groups,
-                           self.subject_names, self.emotion_names, self.source_names)
+        return FaceRecords(list(images), np.arange(len(images)), self)
+
+
+@dataclass(frozen=True)
+class FaceRecords:
+    """Grayscale face images, each a copy of one original whose labels ``labels`` holds.
+
+    ``images`` is a list of 2-D uint8 arrays of any size as loaded from disk, and one stacked
+    ``(N, S, S)`` uint8 array once preprocessed. ``sources[i]`` is the index of the original
+    photograph that image ``i`` is (a copy of): originals have ``sources == arange(N)`` and
+    augmented copies repeat their original's index. An image's subject, emotion and group are its
+    original's (``subjects``, ``emotions``, ``groups``); originals of one group (the frames of one
+    video sequence) are near-duplicates, and the folds keep a group, with all its copies, on one
+    side of every split.
+    """
+
+    images: Sequence[np.ndarray] | np.ndarray
+    sources: np.ndarray
+    labels: OriginalLabels
+
+    def __post_init__(self) -> None:
+        if len(self.sources) != len(self.images):
+            raise ValueError(f"FaceRecords.sources has {len(self.sources)} entries for {len(self.images)} images")
+        if len(self.sources) and not 0 <= self.sources.min() <= self.sources.max() < len(self.labels.subjects):
+            raise ValueError(f"FaceRecords.sources name originals outside the {len(self.labels.subjects)} labelled ones")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def subjects(self) -> np.ndarray:
+        """The subject of every image."""
+        return self.labels.subjects[self.sources]
+
+    @property
+    def emotions(self) -> np.ndarray:
+        """The emotion of every image."""
+        return self.labels.emotions[self.sources]
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The group of every image: what the folds keep on one side."""
+        return self.labels.groups[self.sources]
+
+    @property
+    def source_groups(self) -> np.ndarray:
+        """The group of every original."""
+        return self.labels.groups
+
+    @property
+    def subject_names(self) -> tuple[str, ...]:
+        return self.labels.subject_names
+
+    @property
+    def emotion_names(self) -> tuple[str, ...]:
+        return self.labels.emotion_names
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        return self.labels.source_names
+
+    def fold_names(self) -> dict[str, tuple[str, ...]]:
+        """Label index -> name for ``subject``, ``emotion`` and ``group``, for the folds' messages."""
+        return self.labels.fold_names()
+
+    @property
+    def num_subjects(self) -> int:
+        return len(self.subject_names)
+
+    @property
+    def num_emotions(self) -> int:
+        return len(self.emotion_names)
+
+    def originals_where(self, keep: np.ndarray) -> FaceRecords:
+        """The originals ``keep`` marks (records not yet augmented), subjects and groups renumbered
+        in their order."""
+        return self.labels.where(keep).with_images([self.images[i] for i in np.flatnonzero(keep)])
+
+    def with_subjects_first(self, first: Sequence[int]) -> FaceRecords:
+        """The same records with subjects renumbered so that ``first`` (in order) are 0..k-1 and
+        the others follow in their order: the identity classes of a fold's training people."""
+        first = list(first)
+        order = first + [s for s in range(self.num_subjects) if s not in set(first)]
+        rank = np.empty(self.num_subjects, dtype=np.int64)
+        rank[order] = np.arange(self.num_subjects)
+        labels = dataclasses.replace(self.labels, subjects=rank[self.labels.subjects],
+                                     subject_names=tuple(self.subject_names[s] for s in order))
+        return dataclasses.replace(self, labels=labels)
 
 
 @runtime_checkable
