@@ -105,7 +105,7 @@ def plain_single_task(w: Workload, epochs: int) -> list[float]:
 
 def plain_adversarial(w: Workload, epochs: int) -> list[float]:
     """Eq. (2): W_i frozen, W_c and W_e minimise Le - beta*Li, with the paper's Hybrid's beta."""
-    beta = paper_hybrid(epochs).beta
+    beta = paper_hybrid(epochs).settings.beta
     base, emotion_head = w.base_and_head(w.num_emotions)
     identity_head = w.base_and_head(w.num_subjects)[1]
     for module in (base, emotion_head, identity_head):

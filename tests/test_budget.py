@@ -17,13 +17,12 @@ from anonemo.metrics import (
     ROUND_BUDGET_SIGNAL,
     ROUND_BUDGET_SLACK,
 )
-from anonemo.models.adversary import Adversary
 from anonemo.models.hybrid import HybridModule, HybridSchedule
 from anonemo.models.networks import Networks
 from anonemo.models.budget import (BETA_RANGE, CEILING_FACTOR, MAX_GROWTH, REFERENCE_EPOCHS, RISE_POINTS, SMOOTHING,
                                    STEP_POINTS, EmotionBudget, emotion_reading, expected_accuracy)
 from anonemo.tracking.store import tracking_uri
-from test_hybrid import ADAM, PAPER_WEIGHTS
+from test_hybrid import settings
 
 
 def test_the_budget_reads_accuracy_on_the_training_side_and_expected_accuracy_on_validation():
@@ -164,8 +163,8 @@ def test_constrained_hybrid_starts_from_its_reference_and_sets_each_rounds_beta_
 def test_a_model_that_overspent_in_its_last_round_ends_with_the_last_round_within_the_budget():
     net = Networks(image_size=32, conv_channels=(4, 8, 8), fc_hidden=(16,), bottleneck=8, dropout=0.0)
     base = net.base()
-    module = HybridModule(base, net.head(8, 3), [net.head(8, 4)], HybridSchedule(init_epochs=1, rounds=5), ADAM, ADAM,
-                          Adversary(), **PAPER_WEIGHTS | {"budget": EmotionBudget(2)})
+    module = HybridModule(base, net.head(8, 3), [net.head(8, 4)], settings(HybridSchedule(init_epochs=1, rounds=5),
+                                                                            max_emotion_loss=2), refit_batch_size=64, seed=0)
     start(module.budget, 0.3, both(90.0, 60.0))
     module.last_slack = module.budget.step(1, 0.3, both(90.0, 60.0))[1][ROUND_BUDGET_SLACK]
     module.within_budget = (1, {k: v.clone() for k, v in module.state_dict().items()})

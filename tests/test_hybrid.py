@@ -21,10 +21,9 @@ from anonemo.errors import ConfigError
 from anonemo.models.adversary import Adversary, head_widths
 from anonemo.models.classifiers import SingleTaskModule, TransferModule
 from anonemo.metrics import ROUND_TIMES
-from anonemo.models.hybrid import HybridModule, HybridSchedule, Phase, TrainingDivergedError, guarded_beta
+from anonemo.models.hybrid import HybridModule, HybridSchedule, HybridSettings, Phase, TrainingDivergedError, guarded_beta
 from anonemo.models.networks import ClassifierHead, Networks, load_base, load_network
 from anonemo.optim import adam
-from anonemo.models.budget import EmotionBudget
 from anonemo.models.rounds import RoundEnd
 from anonemo.tracking.artifacts import BASE_ARTIFACT, EMOTION_HEAD_ARTIFACT
 from anonemo.tracking.store import tracking_uri
@@ -43,18 +42,26 @@ def data():
 ADAM = functools.partial(adam, lr=1e-3, weight_decay=1e-4)
 
 
-# conf/model/hybrid.yaml's values, which these tests change one at a time
-PAPER_WEIGHTS = dict(alpha=0.5, beta=1.0, emotion_guard=0.0, budget=None, max_feature_growth=1000.0, refit_batch_size=64,
-                     seed=0)
+# conf/model/hybrid.yaml's values (and refit_batch_size and seed), which these tests change one at a time
+PAPER_SETTINGS = dict(optimizer=ADAM, identity_optimizer=ADAM, alpha=0.5, beta=1.0, emotion_guard=0.0,
+                      max_emotion_loss=None, max_feature_growth=1000.0)
 
 
-def hybrid(schedule, adversary=Adversary(), optimizer=ADAM, **kwargs):
+def settings(schedule, adversary=Adversary(), **changes):
+    """The paper's HybridSettings with ``schedule``'s epochs and ``changes``."""
+    epochs = dict(init_epochs=schedule.init_epochs, max_init_epochs=schedule.max_init_epochs or schedule.init_epochs,
+                  rounds=schedule.rounds, refit_epochs=schedule.refit_epochs)
+    return HybridSettings(adversary=adversary, **PAPER_SETTINGS | epochs | changes)
+
+
+def hybrid(schedule, adversary=Adversary(), **changes):
     """A Hybrid of small networks for 3 emotions and 4 subjects, built as the recipe builds it."""
     base = SMALL_NET.base()
     emotion_head = SMALL_NET.head(base.out_features, 3)
     identity_heads = [SMALL_NET.head(base.out_features, 4, hidden=head_widths(name, SMALL_NET.fc_hidden),
                                      standardise=adversary.standardise) for name in adversary.heads]
-    return HybridModule(base, emotion_head, identity_heads, schedule, optimizer, ADAM, adversary, **PAPER_WEIGHTS | kwargs)
+    return HybridModule(base, emotion_head, identity_heads, settings(schedule, adversary, **changes),
+                        refit_batch_size=64, seed=0)
 
 
 def fit_with_rounds(module, data, callbacks=()):
@@ -96,7 +103,7 @@ def test_an_initialisation_of_variable_length_ends_where_it_is_told_and_the_roun
 def test_a_budget_ends_the_initialisation_on_its_plateau_and_training_stops_after_the_last_round(data):
     torch.manual_seed(0)
     module = hybrid(HybridSchedule(init_epochs=2, rounds=2, refit_epochs=1, max_init_epochs=40),
-                    budget=EmotionBudget(2))
+                    max_emotion_loss=2)
     rounds = RoundEnd(data.side("train"), data.side("val"))
     trainer = quiet_trainer(module.schedule.total_epochs, [rounds])
     trainer.fit(module, datamodule=data)
@@ -114,8 +121,9 @@ def test_the_refit_with_its_masks_on_a_helper_thread_fits_the_same_identity_head
     net = Networks(image_size=32, conv_channels=(4, 8, 8), fc_hidden=(32, 16), dropout=0.3)
     base = net.base()
     heads = [net.head(base.out_features, 4, hidden=head_widths(name, net.fc_hidden)) for name in ("paper", "wide")]
-    module = HybridModule(base, net.head(base.out_features, 3), heads, HybridSchedule(init_epochs=1, rounds=1, refit_epochs=3),
-                          ADAM, ADAM, Adversary(heads=("paper", "wide")), **PAPER_WEIGHTS)
+    module = HybridModule(base, net.head(base.out_features, 3), heads,
+                          settings(HybridSchedule(init_epochs=1, rounds=1, refit_epochs=3), Adversary(heads=("paper", "wide"))),
+                          refit_batch_size=64, seed=0)
     quiet_trainer(1).fit(module, datamodule=data)  # attaches the trainer and its optimizers
     features, identities = extract_features(module.base, data.side("train").tensors["image"]), data.labels("train", "identity")
     optimizer = module.optimizers()[1].optimizer

@@ -91,6 +91,44 @@ class HybridSchedule:
         return Phase("adversarial", epoch - self.init_end + 1, True)
 
 
+@dataclass(frozen=True)
+class HybridSettings:
+    """Algorithm 1's options as the model config states them (``conf/model/hybrid.yaml`` holds
+    every default): what the Hybrid recipe receives and its module is built with, checked here once."""
+
+    adversary: Adversary
+    optimizer: Optimizer  # W_c and W_e
+    identity_optimizer: Optimizer  # W_i
+    alpha: float  # weight of Li in the multi-task initialisation (eq. 1)
+    beta: float  # weight of the adversarial identity term (eq. 2); the first round's under a budget
+    init_epochs: int
+    max_init_epochs: int  # with max_emotion_loss: the initialisation goes on while its validation emotion rises
+    rounds: int
+    refit_epochs: int
+    emotion_guard: float  # not used under a budget
+    max_emotion_loss: float | None  # points of emotion beta may cost; None: fixed beta
+    max_feature_growth: float
+
+    def __post_init__(self) -> None:
+        for option in ("alpha", "beta"):
+            if getattr(self, option) < 0:
+                raise ConfigError(f"model.{option}={getattr(self, option)} must be non-negative (the paper uses alpha=0.5, beta=1).")
+        if not 0 <= self.emotion_guard <= 100:
+            raise ConfigError(f"model.emotion_guard={self.emotion_guard} must be between 0 (off) and 100 accuracy points.")
+        if self.max_feature_growth <= 0:
+            raise ConfigError(f"model.max_feature_growth={self.max_feature_growth} must be positive (default 1000).")
+        self.schedule()
+        self.budget()
+
+    def schedule(self) -> HybridSchedule:
+        """A fresh schedule: the initialisation's length is decided during training."""
+        return HybridSchedule(self.init_epochs, self.rounds, self.refit_epochs,
+                              max_init_epochs=None if self.max_emotion_loss is None else self.max_init_epochs)
+
+    def budget(self) -> EmotionBudget | None:
+        return None if self.max_emotion_loss is None else EmotionBudget(self.max_emotion_loss)
+
+
 def guarded_beta(beta: float, ceiling: float, emotion_acc: float, floor: float) -> float:
     """The emotion guard's step: the adversarial weight for the next round. Halved when the emotion
     head's training-side accuracy (%) fell below ``floor``, else grown by a quarter, up to
@@ -108,8 +146,7 @@ class HybridModule(pl.LightningModule):
     adversarial steps by toggling the ``main`` optimizer, which stops their weights from changing
     while they still pass gradients back to W_c. What the base is trained against is
     :class:`~anonemo.models.adversary.Adversary`. With ``objective="grl"`` the adversarial epochs
-    update both optimizers in one pass instead. The recipe (:class:`~anonemo.recipes.hybrid.Hybrid`)
-    builds it from the model config, which holds every default (``conf/model/hybrid.yaml``: the paper's).
+    update both optimizers in one pass instead.
 
     Step 6 of Algorithm 1, the re-fit of W_i on the frozen base's features after each round, is
     :meth:`refit_identity_heads`; :class:`~anonemo.models.rounds.RoundEnd` calls it with the
@@ -120,9 +157,10 @@ class HybridModule(pl.LightningModule):
     ``emotion_guard`` points below its value after initialisation (``round/beta`` logs it). Until
     that happens, training is exactly that of a fixed ``beta``.
 
-    With a ``budget``, after each round the budget sets the next round's beta from the validation
-    emotion against the initialisation's (:class:`~anonemo.models.budget.EmotionBudget`); ``beta``
-    is the first round's.
+    With ``max_emotion_loss`` set, after each round its budget sets the next round's beta from the
+    validation emotion against the initialisation's (:class:`~anonemo.models.budget.EmotionBudget`);
+    ``beta`` is the first round's and the guard is not used. Every option comes from
+    :class:`HybridSettings`, as the recipe received them from the model config.
     """
 
     def __init__(
@@ -130,16 +168,7 @@ class HybridModule(pl.LightningModule):
         base: ConvBase,
         emotion_head: ClassifierHead,
         identity_heads: Sequence[ClassifierHead],
-        schedule: HybridSchedule,
-        optimizer: Optimizer,
-        identity_optimizer: Optimizer,
-        adversary: Adversary,
-        *,
-        alpha: float,
-        beta: float,
-        emotion_guard: float,
-        budget: EmotionBudget | None,
-        max_feature_growth: float,
+        settings: HybridSettings,
         refit_batch_size: int,
         seed: int,
     ):
@@ -147,12 +176,13 @@ class HybridModule(pl.LightningModule):
         self.automatic_optimization = False
         self.base, self.emotion_head = base, emotion_head
         self.identity_heads = nn.ModuleList(identity_heads)
-        self.schedule, self.adversary = schedule, adversary
-        self.make_optimizer, self.make_identity_optimizer = optimizer, identity_optimizer
-        self.alpha, self.beta = alpha, beta
-        self.emotion_guard, self.budget, self.max_feature_growth = emotion_guard, budget, max_feature_growth
+        self.schedule, self.adversary, self.budget = settings.schedule(), settings.adversary, settings.budget()
+        self.make_optimizer, self.make_identity_optimizer = settings.optimizer, settings.identity_optimizer
+        self.alpha, self.beta = settings.alpha, settings.beta
+        self.emotion_guard = 0.0 if self.budget is not None else settings.emotion_guard
+        self.max_feature_growth = settings.max_feature_growth
         self.refit_batch_size, self.seed = refit_batch_size, seed
-        self.round_beta = beta  # the adversarial weight of the current round (see emotion_guard)
+        self.round_beta = self.beta  # the adversarial weight of the current round (see emotion_guard)
         self.train_emotion_loss, self.train_loss = EpochMean(), EpochMean()
         self.reference_scale: float | None = None  # mean |W_c features| after initialisation
         self.initial_emotion_acc: float | None = None  # the emotion head's, after initialisation
