@@ -19,19 +19,21 @@ from anonemo.tracking.artifacts import EMOTION_HEAD_ARTIFACT
 
 def evaluate_frozen_base(job: Job, base: ConvBase, features: FeatureDataModule | None,
                          heads: Sequence[tuple[str, str]], emotion_head: ClassifierHead | None,
-                         attackers: Sequence[Attacker], attack_features: bool = True) -> dict[str, float]:
+                         attackers: Sequence[Attacker], attack_features: bool = True,
+                         emotion_head_logged: bool = False) -> dict[str, float]:
     """The fresh ``heads`` (task, metric name) that the fold can test, trained on ``base``'s cached
     ``features``; the emotion head (a fresh one replaces ``emotion_head``) logged as the one that
-    goes with the base; then the audit by ``attackers`` (none: no audit) of the features (unless
-    ``attack_features`` is false) and, with ``job.cfg.audit.emotion_output``, of the emotion head's
-    output. Returns the metrics, logged to the job's run."""
-    data, logger, metrics = job.data, job.logger, {}
+    goes with the base, unless it is ``emotion_head`` and that is the run's logged one
+    (``emotion_head_logged``); then the audit by ``attackers`` (none: no audit) of the features
+    (unless ``attack_features`` is false) and, with ``job.cfg.audit.emotion_output``, of the emotion
+    head's output. Returns the metrics, logged to the job's run."""
+    data, logger, metrics, fitted = job.data, job.logger, {}, {}
     testable = [(task, name) for task, name in heads if task in data.testable_tasks]
     if testable:
         with job.clock.phase("frozen_base"):
             metrics, fitted = fit_fresh_heads(job, base, features, testable)
         emotion_head = fitted.get("emotion", emotion_head)
-    if emotion_head is not None:  # what anonemo.export ships with the base
+    if emotion_head is not None and ("emotion" in fitted or not emotion_head_logged):  # what anonemo.export ships
         logger.log_network(emotion_head, EMOTION_HEAD_ARTIFACT, class_names=data.class_names("emotion"))
     if attackers:
         with job.clock.phase("frozen_base"):

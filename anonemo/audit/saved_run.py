@@ -84,7 +84,8 @@ def reaudit_run(
         # The heads' checkpoints go to a scratch folder; the run's own are left as they are.
         OmegaConf.update(run_cfg, "paths.output_dir", folder, merge=False)
         job = Job(run_cfg, data, RunLogger(tracking_uri=client.tracking_uri, run_id=run_id), PhaseClock(), networks)
-        metrics = evaluate_frozen_base(job, base, features, heads, emotion_head, suite, attack_features=audit)
+        metrics = evaluate_frozen_base(job, base, features, heads, emotion_head, suite, attack_features=audit,
+                                       emotion_head_logged=True)
     if heads:
         client.set_tag(run_id, "transfer.refit", OmegaConf.to_yaml(transfer).strip().replace("\n", ", "))
     client.set_tag(run_id, "audit.reaudited_s", f"{time.perf_counter() - started:.1f}")
