@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from hydra.core.hydra_config import HydraConfig
 
 from anonemo.cli import in_multirun
+
+log = logging.getLogger(__name__)
 
 
 def usable_cores() -> int:
@@ -40,7 +44,37 @@ def configure_threads(threads: int | None) -> int:
         launcher = HydraConfig.get().launcher if in_multirun() else {}
         threads = launcher.get("cpus_per_task") or max(1, usable_cores() // parallel_jobs())
     torch.set_num_threads(int(threads))
+    warn_if_cores_are_taken(int(threads))
     return int(threads)
+
+
+def other_runnable_threads(samples: int = 5, interval_s: float = 0.02) -> int | None:
+    """Threads of other processes running or waiting for a core now: the fewest over a few readings
+    of Linux's runnable count (``/proc/loadavg``), less the thread reading it; None where there is none."""
+    counts = []
+    for _ in range(samples):
+        try:
+            with open("/proc/loadavg") as loadavg:
+                counts.append(int(loadavg.read().split()[3].split("/")[0]))
+        except (OSError, ValueError, IndexError):
+            return None
+        time.sleep(interval_s)
+    return max(0, min(counts) - 1)
+
+
+def warn_if_cores_are_taken(threads: int) -> None:
+    """A job of several threads beside busy processes waits, at every parallel region, for the thread
+    that shares its core; the thread count is part of what a job computes, so it is only named here."""
+    cores = usable_cores()
+    if threads < 2 or cores != os.cpu_count():  # given a share of a larger machine (taskset, SLURM): its own cores
+        return
+    others = other_runnable_threads()
+    if others and threads + others > cores:
+        log.warning(
+            "%d thread(s) of other processes are running on this machine's %d cores: this job's %d torch threads "
+            "will wait, at every parallel step, for those sharing a core with them (docs/performance.md, \"Busy "
+            "machines\"). threads=%d is faster here, with other numbers than threads=%d (each deterministic).",
+            others, cores, threads, max(1, cores - others), threads)
 
 
 @contextmanager

@@ -2,20 +2,25 @@
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from anonemo.errors import ConfigError
+from anonemo.evaluation import round_curves_figure
 from anonemo.job import run
 from anonemo.metrics import (
     BUDGET_SHIPPED_ROUND,
+    EMOTION_ACC,
+    EXPECTED_EMOTION,
     ROUND_BETA,
     ROUND_BUDGET_CEILING,
     ROUND_BUDGET_REFERENCE,
     ROUND_BUDGET_SIGNAL,
     ROUND_BUDGET_SLACK,
+    round_curve,
 )
 from anonemo.models.hybrid import HybridModule, HybridSchedule
 from anonemo.models.networks import Networks
@@ -159,7 +164,6 @@ def test_constrained_hybrid_starts_from_its_reference_and_sets_each_rounds_beta_
     assert not math.isnan(metrics["Hybrid2Emotion"])
 
 
-
 def test_a_model_that_overspent_in_its_last_round_ends_with_the_last_round_within_the_budget():
     net = Networks(image_size=32, conv_channels=(4, 8, 8), fc_hidden=(16,), bottleneck=8, dropout=0.0)
     base = net.base()
@@ -176,3 +180,19 @@ def test_a_model_that_overspent_in_its_last_round_ends_with_the_last_round_withi
     module.last_slack = -0.5
     assert module.restore_within_budget() == 1
     assert all(torch.equal(kept[k], v) for k, v in module.state_dict().items())
+
+
+def test_the_round_figure_draws_a_first_beta_of_0_on_its_beta_axis():
+    reading = {round_curve(EMOTION_ACC, "train"): 90.0, round_curve(EXPECTED_EMOTION, "val"): 60.0}
+    budget_state = {f"{key}/{side}": value for side, value in (("train", 90.0), ("val", 60.0))
+                    for key in (ROUND_BUDGET_REFERENCE, ROUND_BUDGET_SIGNAL)}
+    slack = {f"{ROUND_BUDGET_SLACK}/train": 4.0, f"{ROUND_BUDGET_SLACK}/val": 4.0, ROUND_BUDGET_SLACK: 4.0}
+    history = [{"round": r, **reading, **budget_state, **slack, **({ROUND_BETA: beta} if r else {})}
+               for r, beta in ((0, None), (1, 0.0), (2, 0.3))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a log scale warns about, and drops, a beta of 0
+        figure = round_curves_figure(history, "fold 0")
+    (beta_axis,) = [axes for axes in figure.axes if axes.get_ylabel() == "beta"]
+    (steps,) = beta_axis.get_lines()
+    assert list(steps.get_ydata()) == [0.0, 0.3]
+    assert beta_axis.get_yscale() == "symlog"

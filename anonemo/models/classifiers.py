@@ -43,8 +43,6 @@ class EpochMean(Metric):
         return self.total / self.count
 
 
-
-
 class ClassifierModule(pl.LightningModule):
     """Cross-entropy training of ``head`` for one task, on ``base``; subclasses say what the head reads.
 

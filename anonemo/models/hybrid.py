@@ -136,8 +136,6 @@ def guarded_beta(beta: float, ceiling: float, emotion_acc: float, floor: float) 
     return beta / 2 if emotion_acc < floor else min(ceiling, beta * 1.25)
 
 
-
-
 class HybridModule(pl.LightningModule):
     """Shared base W_c, emotion head W_e and identity head(s) W_i, trained by Algorithm 1.
 

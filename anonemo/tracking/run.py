@@ -26,7 +26,6 @@ from anonemo.tracking.sweep import PARENT_RUN_ENV
 log = logging.getLogger(__name__)
 
 
-
 class RunLogger(MLFlowLogger):
     """Lightning's MLflow logger bound to a run that anonemo opens and closes.
 
