@@ -25,7 +25,8 @@ class TensorBatches(Dataset):
     """Named tensors of equal length, indexed by whole batches.
 
     Indexing takes a list of indices and slices every tensor once, so a batch costs one gather
-    instead of ``batch_size`` item lookups and a collate.
+    instead of ``batch_size`` item lookups and a collate. The list becomes one index tensor first:
+    indexing with a Python list converts it again for every tensor.
     """
 
     def __init__(self, **tensors: torch.Tensor):
@@ -38,7 +39,8 @@ class TensorBatches(Dataset):
         return len(next(iter(self.tensors.values())))
 
     def __getitem__(self, batch: list[int]) -> dict[str, torch.Tensor]:
-        return {name: tensor[batch] for name, tensor in self.tensors.items()}
+        index = torch.as_tensor(batch, dtype=torch.long)
+        return {name: tensor[index] for name, tensor in self.tensors.items()}
 
 
 def face_tensors(faces: FaceRecords, indices: np.ndarray) -> TensorBatches:
