@@ -1,7 +1,7 @@
 """Training throughput of anonemo's real path against a minimal hand-written PyTorch loop.
 
 In one process, on the same fold's training images (in memory), network, batch size and
-precision, alternated ``bench.repeats`` times:
+precision, alternated ``bench.repeats`` times (each implementation first in every other repeat):
 
 - ``single_task``: a hand-written loop (forward, cross-entropy, backward, Adam step) and the
   Emotion CNN (:class:`~anonemo.models.classifiers.SingleTaskModule`) under the Lightning Trainer;
@@ -191,12 +191,17 @@ def peak_memory_mb(device: torch.device) -> float:
 def measure_throughput(cfg: DictConfig, data: GroupedFoldDataModule, device: torch.device) -> dict:
     """Per path and implementation: images/s of each repeat's warm epoch, medians and ratios."""
     w = Workload(cfg, data, device)
+    # The Trainer sets this for the whole process: the plain loop's first repeat runs under it too.
+    deterministic = cfg.trainer.deterministic
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
     images = len(w.images)
     results: dict = {path: {"plain": [], "anonemo": []} for path in PATHS}
     memory: dict = {path: {"plain": 0.0, "anonemo": 0.0} for path in PATHS}
     for repeat in range(cfg.bench.repeats):
         for path in PATHS:
-            for implementation in ("plain", "anonemo"):  # alternated, so drifts hit both alike
+            # alternated, each first in every other repeat: drifts and the place in a pair hit both alike
+            order = ("plain", "anonemo") if repeat % 2 == 0 else ("anonemo", "plain")
+            for implementation in order:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 torch.manual_seed(repeat)
