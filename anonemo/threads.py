@@ -73,7 +73,8 @@ def warn_if_cores_are_taken(threads: int) -> None:
         log.warning(
             "%d thread(s) of other processes are running on this machine's %d cores: this job's %d torch threads "
             "will wait, at every parallel step, for those sharing a core with them (docs/performance.md, \"Busy "
-            "machines\"). threads=%d is faster here, with other numbers than threads=%d (each deterministic).",
+            "machines\"). threads=%d fits the free cores, and is usually faster; its numbers differ from threads=%d's "
+            "(each deterministic).",
             others, cores, threads, max(1, cores - others), threads)
 
 

@@ -16,8 +16,8 @@ def test_busy_processes_are_counted_as_other_runnable_threads():
 
 
 @pytest.mark.parametrize(("job_threads", "others", "usable", "cpu_count", "advice"), [
-    (2, 1, 2, 2, "threads=1 is faster here, with other numbers than threads=2"),
-    (4, 2, 4, 4, "threads=2 is faster here, with other numbers than threads=4"),
+    (2, 1, 2, 2, "threads=1 fits the free cores, and is usually faster; its numbers differ from threads=2's"),
+    (4, 2, 4, 4, "threads=2 fits the free cores, and is usually faster; its numbers differ from threads=4's"),
     (2, 0, 2, 2, None),   # a quiet machine
     (1, 3, 2, 2, None),   # one thread has nothing to wait for
     (2, 9, 2, 64, None),  # the job was given 2 of 64 cores (taskset, SLURM): the others' load is elsewhere
