@@ -148,3 +148,14 @@ def masks_drawn_ahead(model: nn.Module, forward: Callable[[torch.Tensor], object
             hook.remove()
         if helper_thread:
             masks.close()
+
+
+def fit_steps(model: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], batches: Sequence[torch.Tensor],
+              optimizer: torch.optim.Optimizer, helper_thread: bool) -> None:
+    """One ``optimizer`` step per batch of ``batches`` on ``loss_of(batch)``, with ``model``'s dropout
+    masks drawn ahead (:func:`masks_drawn_ahead`)."""
+    with masks_drawn_ahead(model, loss_of, batches, helper_thread):
+        for batch in batches:
+            optimizer.zero_grad()
+            loss_of(batch).backward()
+            optimizer.step()

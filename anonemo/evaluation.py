@@ -131,9 +131,10 @@ def round_curves_figure(history: list[dict[str, float]], title: str) -> plt.Figu
         constraint.xaxis.set_major_locator(MaxNLocator(integer=True))
         weight = constraint.twinx()
         betas = curve(ROUND_BETA)
-        weight.step(*zip(*betas), where="mid", color="tab:green", label="beta of the round")
+        weight.step(*zip(*betas), where="mid", color="tab:green", marker=".", label="beta of the round")
         # Logarithmic above the smallest positive beta, linear below it: a first round at beta=0 stays drawable.
         weight.set_yscale("symlog", linthresh=min((b for _, b in betas if b > 0), default=1.0))
+        weight.set_ylim(bottom=0)
         weight.set_ylabel("beta", color="tab:green")
         lines, extra = constraint.get_legend_handles_labels(), weight.get_legend_handles_labels()
         constraint.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=6, loc="best")

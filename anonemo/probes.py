@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anonemo.dropout_ahead import masks_drawn_ahead
+from anonemo.dropout_ahead import fit_steps
 from anonemo.evaluation import accuracy
 from anonemo.optim import adam
 
@@ -86,6 +86,7 @@ class NeuralAttacker(Attacker):
         optimizer = adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         generator = torch.Generator().manual_seed(seed)
         best, best_state, waited = -1.0, None, 0
+
         def loss_of(batch: torch.Tensor) -> torch.Tensor:
             with self._autocast():
                 return F.cross_entropy(self.model(x[batch]), train.labels[batch])
@@ -94,12 +95,7 @@ class NeuralAttacker(Attacker):
             self.model.train()
             batches = torch.randperm(len(x), generator=generator).split(self.batch_size)
             # A job of several threads draws the dropout masks beside the steps: the same masks.
-            with masks_drawn_ahead(self.model, loss_of, batches, helper_thread=torch.get_num_threads() > 1):
-                for batch in batches:
-                    loss = loss_of(batch)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
+            fit_steps(self.model, loss_of, batches, optimizer, helper_thread=torch.get_num_threads() > 1)
             score = accuracy(self._predict_standardised(x_val), val.labels)
             if score > best:
                 best, best_state, waited = score, copy.deepcopy(self.model.state_dict()), 0

@@ -195,4 +195,4 @@ def test_the_round_figure_draws_a_first_beta_of_0_on_its_beta_axis():
     (beta_axis,) = [axes for axes in figure.axes if axes.get_ylabel() == "beta"]
     (steps,) = beta_axis.get_lines()
     assert list(steps.get_ydata()) == [0.0, 0.3]
-    assert beta_axis.get_yscale() == "symlog"
+    assert beta_axis.get_yscale() == "symlog" and beta_axis.get_ylim()[0] == 0

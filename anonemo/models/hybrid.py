@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anonemo.dropout_ahead import masks_drawn_ahead
+from anonemo.dropout_ahead import fit_steps
 from anonemo.errors import AnonemoError, ConfigError
 from anonemo.evaluation import accuracy
 from anonemo.metrics import EMOTION_ACC, EXPECTED_EMOTION, IDENTITY_ACC, ROUND_BUDGET_SLACK, round_curve
@@ -263,7 +263,7 @@ class HybridModule(pl.LightningModule):
         ``features``, under the Trainer's precision (its autocast, as in the training steps); first
         restarted (``adversary.restart_every``) and given the features' statistics
         (``adversary.standardise``). The heads' dropout masks are drawn ahead, on a helper thread
-        if ``helper_thread`` (:func:`~anonemo.dropout_ahead.masks_drawn_ahead`: the same masks)."""
+        if ``helper_thread`` (:func:`~anonemo.dropout_ahead.fit_steps`: the same masks)."""
         _, identity = self.optimizers()
         if self.adversary.restarts_before_refit(round_):
             self.restart_identity_heads(identity.optimizer)
@@ -280,12 +280,8 @@ class HybridModule(pl.LightningModule):
                 return self.identity_loss(features[batch], identities[batch])
 
         # The torch optimizer itself: Lightning's per-step hooks cost more than a step of these heads.
-        optimizer = identity.optimizer
-        with self.toggled_optimizer(identity), masks_drawn_ahead(self.identity_heads, loss_of, batches, helper_thread):
-            for batch in batches:
-                optimizer.zero_grad()
-                loss_of(batch).backward()
-                optimizer.step()
+        with self.toggled_optimizer(identity):
+            fit_steps(self.identity_heads, loss_of, batches, identity.optimizer, helper_thread)
 
     def end_round(self, round_: int, feature_scale: float, emotion: dict[str, float]) -> dict[str, float]:
         """What the algorithm keeps of a round's measurements: after the initialisation (round 0) the
