@@ -36,6 +36,7 @@ from anonemo.probes import Attacker
 from anonemo.recipes.base import Job, Recipe, Trained
 from anonemo.recipes.fresh_heads import Headline, final_base_heads, headline
 from anonemo.summary import result_summary
+from anonemo.memory import keep_freed_memory
 from anonemo.threads import configure_threads
 from anonemo.timing import PhaseClock
 from anonemo.tracking.artifacts import BASE_ARTIFACT
@@ -101,6 +102,7 @@ def plan(cfg: DictConfig) -> Plan:
     # Weights and activations that decay into the subnormal range make CPU arithmetic several
     # times slower (an adversarial base that collapsed); flush them to 0.
     torch.set_flush_denormal(True)
+    keep_freed_memory()
     threads = configure_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     with clock.phase("data"):

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from anonemo.cli import check_override_keys, user_errors_reported
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError
+from anonemo.memory import keep_freed_memory
 from anonemo.metrics import ROUND_TIMES
 from anonemo.threads import configure_threads
 from benchmarks.jobs import BESIDE_BUSY, time_full_folds, time_rounds
@@ -89,6 +90,7 @@ def main(cfg: DictConfig) -> None:
         if cfg.bench.contention < 0:
             raise ConfigError(f"bench.contention={cfg.bench.contention} must be 0 (alone only) or a number of busy processes.")
         torch.set_flush_denormal(True)
+        keep_freed_memory()
         threads = configure_threads(cfg.threads)
         pl.seed_everything(cfg.seed, verbose=False)
         data = fold_data(cfg)

@@ -61,6 +61,8 @@ class ClassifierModule(pl.LightningModule):
         self.train_metrics = classification_metrics(num_classes, f"{metric_prefix}train/")
         self.val_metrics = classification_metrics(num_classes, f"{metric_prefix}val/")
         self.train_loss, self.val_loss = EpochMean(), EpochMean()
+        # each step's predicted classes and targets, scored at the epoch's end (_log_epoch)
+        self.epoch_predictions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"train": [], "val": []}
         self.base, self.head = base, head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -74,14 +76,18 @@ class ClassifierModule(pl.LightningModule):
         logits = self.logits(batch)
         targets = batch[self.task]
         loss = F.cross_entropy(logits, targets)
-        # Accumulated here, logged once per epoch (_log_epoch): a Lightning self.log call per step
-        # and metric is a sizeable share of a CPU step (docs/performance.md).
-        getattr(self, f"{stage}_metrics").update(logits.detach(), targets)
+        # Scored and logged once per epoch (_log_epoch): a Lightning self.log call or a metrics
+        # update per step is a sizeable share of a CPU step (docs/performance.md).
+        self.epoch_predictions[stage].append((logits.detach().argmax(dim=1), targets))
         getattr(self, f"{stage}_loss").update(loss.detach(), len(targets))
         return loss
 
     def _log_epoch(self, stage: str) -> None:
         metrics, loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
+        predicted, targets = zip(*self.epoch_predictions[stage])
+        self.epoch_predictions[stage].clear()
+        # the same counts as an update per step: the metrics sum confusion counts over updates
+        metrics.update(torch.cat(predicted), torch.cat(targets))
         scores = metrics.compute() | {f"{self.metric_prefix}{stage}/loss": loss.compute()}
         # The progress bar shows what early stopping watches; one column keeps it on one line at 80 columns.
         shown = f"{self.metric_prefix}val/acc"
