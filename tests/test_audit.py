@@ -1,6 +1,7 @@
 """The identity audit's attackers: they find a planted signal, sit at chance on noise, and never
 tune on the test fold."""
 
+import warnings
 import pytest
 import torch
 from torch import nn
@@ -165,7 +166,10 @@ def test_reaudit_of_a_saved_run_reproduces_its_audit_and_fresh_heads(tiny_config
     # the model's headline, as its recipe declares it: the Emotion CNN's own metric and its fresh head's
     assert logged.data.tags["anonemo.headline"] == "Emotion,Emotion2Face"
     assert logged.data.tags["anonemo.emotion_metric"] == "Emotion"
-    again = reaudit_run(client, logged.info.run_id, cfg.audit.attackers, transfer=cfg.transfer, emotion_output=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = reaudit_run(client, logged.info.run_id, cfg.audit.attackers, transfer=cfg.transfer, emotion_output=True)
+    assert not [w for w in caught if "eval mode" in str(w.message)]  # the reloaded base's mode is no concern of the head's
     audited = {k: v for k, v in metrics.items() if k.startswith("audit/")}
     assert {k: v for k, v in again.items() if k.startswith("audit/")} == pytest.approx(audited)
     assert len(audited) >= 10 and again["Emotion2Face"] == pytest.approx(metrics["Emotion2Face"])

@@ -3,6 +3,7 @@ what a base still holds, trained on its cached features with their own early sto
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -75,7 +76,10 @@ def fit_fresh_head(
     module = TransferModule(base, head, task, instantiate(transfer.optimizer), metric_prefix=f"{name}/")
     trainer = job.selecting_trainer(phase=name, monitor=f"{name}/val/acc", patience=transfer.patience,
                                     max_epochs=transfer.max_epochs)
-    with one_thread():
+    with one_thread(), warnings.catch_warnings():
+        # A base loaded for a re-audit is in eval mode; the head trains on its cached features, so the
+        # base's mode changes nothing and Lightning's warning about it would only alarm.
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
         trainer.fit(module, datamodule=features)
         result = job.test_once(trainer, module, features.test_dataloader(), task,
                                trainer.checkpoint_callback.best_model_path)
