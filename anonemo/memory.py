@@ -9,7 +9,7 @@ import sys
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit systems
-USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
+MALLOC_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_")
 
 
 def keep_freed_memory() -> bool:
@@ -18,9 +18,11 @@ def keep_freed_memory() -> bool:
     By default glibc gives a training step's freed activations back (``munmap``, heap trimming),
     and the next step takes thousands of page faults to get them again (docs/performance.md, "Page
     faults"). Where the memory comes from changes no number. Returns whether the settings were made:
-    not outside Linux, not with another C library, and not where the user set glibc's own variables.
+    not outside Linux, not with another C library, and not where the user set glibc's malloc
+    variables or tunables.
     """
-    if sys.platform != "linux" or any(name in os.environ for name in USER_SETTINGS):
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if sys.platform != "linux" or "glibc.malloc." in tunables or any(name in os.environ for name in MALLOC_VARIABLES):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -44,6 +44,8 @@ def test_kept_memory_spares_a_training_step_its_page_faults():
     assert faults_per_step() < 50
 
 
-def test_the_users_own_allocator_settings_are_left_alone(monkeypatch):
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+@pytest.mark.parametrize(("variable", "value"), [("MALLOC_MMAP_THRESHOLD_", "65536"),
+                                                 ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")])
+def test_the_users_own_allocator_settings_are_left_alone(monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
     assert not memory.keep_freed_memory()
