@@ -36,8 +36,7 @@ from anonemo.probes import Attacker
 from anonemo.recipes.base import Job, Recipe, Trained
 from anonemo.recipes.fresh_heads import Headline, final_base_heads, headline
 from anonemo.summary import result_summary
-from anonemo.memory import keep_freed_memory
-from anonemo.threads import configure_threads
+from anonemo.threads import configure_cpu
 from anonemo.timing import PhaseClock
 from anonemo.tracking.artifacts import BASE_ARTIFACT
 from anonemo.tracking.identity import finished_run, unfinished_run
@@ -99,11 +98,7 @@ def plan(cfg: DictConfig) -> Plan:
     if cfg.resume:
         log.info("Resume: %s", f"continuing run {reopen.info.run_id} ({reopen.info.status})" if reopen
                  else "no unfinished run with these settings; starting a new one")
-    # Weights and activations that decay into the subnormal range make CPU arithmetic several
-    # times slower (an adversarial base that collapsed); flush them to 0.
-    torch.set_flush_denormal(True)
-    keep_freed_memory()
-    threads = configure_threads(cfg.threads)
+    threads = configure_cpu(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     with clock.phase("data"):
         data = fold_data(cfg)

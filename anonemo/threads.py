@@ -1,4 +1,5 @@
-"""CPU threads per job: a parallel sweep's jobs share the machine's cores."""
+"""A job's CPU settings: its torch threads (a parallel sweep's jobs share the machine's cores),
+subnormal numbers flushed and freed memory kept."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from hydra.core.hydra_config import HydraConfig
 
 from anonemo.cli import in_multirun
+from anonemo.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,17 @@ def parallel_jobs() -> int:
     if n_jobs is not None:
         return usable_cores() if n_jobs < 0 else max(1, int(n_jobs))
     return 1
+
+
+def configure_cpu(threads: int | None) -> int:
+    """The process's CPU settings for a job or the benchmark; returns its torch thread count."""
+    import torch
+
+    # Weights and activations that decay into the subnormal range make CPU arithmetic several
+    # times slower (an adversarial base that collapsed); flush them to 0.
+    torch.set_flush_denormal(True)
+    keep_freed_memory()
+    return configure_threads(threads)
 
 
 def configure_threads(threads: int | None) -> int:

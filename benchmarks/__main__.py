@@ -24,9 +24,8 @@ from omegaconf import DictConfig
 from anonemo.cli import check_override_keys, user_errors_reported
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError
-from anonemo.memory import keep_freed_memory
 from anonemo.metrics import ROUND_TIMES
-from anonemo.threads import configure_threads
+from anonemo.threads import configure_cpu
 from benchmarks.jobs import BESIDE_BUSY, time_full_folds, time_rounds
 from benchmarks.load import busy_processes, load_conditions
 from benchmarks.throughput import measure_throughput
@@ -89,9 +88,7 @@ def main(cfg: DictConfig) -> None:
                 raise ConfigError(f"bench.{option}={cfg.bench[option]} must be at least 1.")
         if cfg.bench.contention < 0:
             raise ConfigError(f"bench.contention={cfg.bench.contention} must be 0 (alone only) or a number of busy processes.")
-        torch.set_flush_denormal(True)
-        keep_freed_memory()
-        threads = configure_threads(cfg.threads)
+        threads = configure_cpu(cfg.threads)
         pl.seed_everything(cfg.seed, verbose=False)
         data = fold_data(cfg)
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])

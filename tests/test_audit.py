@@ -2,6 +2,7 @@
 tune on the test fold."""
 
 import warnings
+
 import pytest
 import torch
 from torch import nn

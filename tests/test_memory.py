@@ -10,7 +10,7 @@ from anonemo import memory
 # Training steps of the paper's base on 64x64 faces, in a fresh interpreter; prints the median page
 # faults of a step after the warm-up (a kept heap still grows now and then, into pages touched once).
 STEPS = """
-import resource, statistics, sys, torch
+import resource, statistics, torch
 from anonemo.memory import keep_freed_memory
 from anonemo.models.networks import ClassifierHead, ConvBase
 assert keep_freed_memory()
