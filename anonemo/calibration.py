@@ -1,12 +1,13 @@
-"""Choosing the recommended Hybrid's β (or emotion budget) for a dataset from validation sides
-only (``python -m anonemo.calibrate``).
+"""Choosing an in-training method's β (or emotion budget) for a dataset from validation sides
+only (``python -m anonemo.calibrate``; the recommended Hybrid by default, any ``model=`` whose
+recipe is ``weighted``).
 
 The grid is two sweeps of ordinary jobs on ``calibrate.folds``: the reference model (the Emotion
 CNN) and the Hybrid at every value of ``calibrate.grid`` of the model option ``calibrate.option``
 (``beta``, a fixed β: the budget is off; or ``max_emotion_loss``, an emotion budget). Each job is
-found again by its config hash,
-so a re-run reuses what finished. The choice reads only validation-side numbers: the Hybrid's
-fresh emotion head (``Hybrid2Emotion/val_acc``), the reference's selected epoch
+found again by its config hash, so a re-run reuses what finished. The choice reads only
+validation-side numbers: the method's fresh emotion head as its recipe declares it
+(``Hybrid2Emotion/val_acc``, ``HSIC2Emotion/val_acc``), the reference's selected epoch
 (``Emotion/val_acc``) and the validation side's leakage: the strongest audit attacker
 (``audit/identity/max/val``) under the paper's protocol, the linkage audit's AUC
 (``audit/linkage/auc/val``) under ``cv.protocol=subject_disjoint``, whose validation people were
@@ -118,8 +119,11 @@ def check_options(cfg: DictConfig) -> None:
         raise ConfigError(f"calibrate.folds={list(options.folds)} must list folds in 0..{cfg.cv.n_splits - 1}.")
     if options.max_emotion_loss < 0:
         raise ConfigError(f"calibrate.max_emotion_loss={options.max_emotion_loss} must be non-negative (points).")
-    if "beta" not in cfg.model or "max_emotion_loss" not in cfg.model:
-        raise ConfigError(f"model={cfg.model.name} has no β to calibrate: use a Hybrid (model=hybrid_standardised).")
+    from anonemo.config import build
+
+    if not build(cfg.model, "model").weighted:
+        raise ConfigError(f"model={cfg.model.name} has no β to calibrate: use an in-training method "
+                          "(model=hybrid_standardised, grl, maxent, hsic).")
 
 
 def calibrated_emotion_metric(cfg: DictConfig) -> str:

@@ -18,6 +18,12 @@ def transfer_metric(source: str, task: str) -> str:
     return f"{source}2{TASK_METRIC[task]}"
 
 
+def is_transfer_metric(name: str, task: str) -> bool:
+    """Whether ``name`` is a fresh ``task`` head's metric (``<source>2Face`` for identity)."""
+    source, _, measured = name.partition("2")
+    return bool(source) and measured == TASK_METRIC[task] and "/" not in name
+
+
 EMOTION, FACE = TASK_METRIC["emotion"], TASK_METRIC["identity"]
 EMOTION2FACE = transfer_metric(EMOTION, "identity")
 HYBRID2EMOTION, HYBRID2FACE = transfer_metric(HYBRID, "emotion"), transfer_metric(HYBRID, "identity")

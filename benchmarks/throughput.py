@@ -134,7 +134,7 @@ class EpochTimer(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         synchronize(self.device)
-        if not isinstance(module, HybridModule) or module.schedule.phase(trainer.current_epoch).kind == "adversarial":
+        if not isinstance(module, HybridModule) or module.phase(trainer.current_epoch).kind == "adversarial":
             self.seconds.append(time.perf_counter() - self.started)
 
 

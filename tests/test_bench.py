@@ -13,7 +13,7 @@ from test_bad_input import cli
 from anonemo.metrics import ROUND_TIMES
 
 # The rounds' job keeps the command's tiny sizes; the benchmark's JAFFE-sized set is replaced.
-ROUNDS = ("dataset.adversarial_rounds=2", "model.init_epochs=1", "model.refit_epochs=2")
+ROUNDS = ("model.rounds=2", "model.init_epochs=1", "model.privacy.refit_epochs=2")
 
 
 def test_bench_compares_both_paths_and_times_a_fold(tmp_path):

@@ -28,7 +28,7 @@ GROUPS = {"dataset": "dataset", "model": "model", "network": "network", "erasure
           "transfer": "transfer", "logger": "logger", "paths": "paths", "experiment": "experiment",
           "hparams_search": "hparams_search", "hydra/launcher": "hydra/launcher",
           "attackers": "attackers@audit.attackers", "optimizer": "optimizer@model.optimizer",
-          "face_crop": "face_crop@dataset.face_crop"}
+          "face_crop": "face_crop@dataset.face_crop", "privacy": "privacy@model.privacy"}
 OPTIONS = [(GROUPS[group], path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 LAUNCHERS = ("basic", "joblib", "submitit_local")  # Hydra's own options, beside this project's
 
@@ -52,7 +52,8 @@ def test_every_config_group_on_disk_is_tested():
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_resolves_and_builds(tmp_path, group, option):
-    cfg = make_config(tmp_path, f"{group}={option}")
+    # a privacy term is an option of the in-training models' config (conf/model/hybrid.yaml)
+    cfg = make_config(tmp_path, *["model=hybrid"] * group.startswith("privacy"), f"{group}={option}")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     built = {path: build(node, path) for path, node in target_nodes(cfg)
              if path != "trainer" and not path.startswith("audit.attackers.")}

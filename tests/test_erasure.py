@@ -147,7 +147,7 @@ def test_the_saved_and_exported_base_carries_its_erasure(leace_run):
 
 def test_any_models_final_base_can_be_erased_the_hybrid_included(tiny_config):
     metrics = run(tiny_config("model=hybrid", "erasure=leace", "model.init_epochs=2", "model.rounds=1",
-                              "model.refit_epochs=1", "transfer.max_epochs=3", "audit.enabled=false"))
+                              "model.privacy.refit_epochs=1", "transfer.max_epochs=3", "audit.enabled=false"))
     # the Hybrid's own heads are scored on its base as trained; the fresh heads read the erased base
     assert {"Hybrid/emotion_head", "Erased2Emotion", "Erased2Face"} <= metrics.keys()
     assert "Hybrid2Emotion" not in metrics and metrics["erasure/rank"] == 3

@@ -169,7 +169,7 @@ def test_folds_for_ckplus48s_shape_are_cut_where_the_stratified_shuffle_finds_no
 
 
 TINY_REAL = ("dataset.image_size=16", "trainer.max_epochs=1", "model.init_epochs=1", "model.rounds=1",
-             "model.refit_epochs=1", "transfer.max_epochs=1")
+             "model.privacy.refit_epochs=1", "transfer.max_epochs=1")
 
 
 KEPT_UNDER_PAPER = {"ckplus48": 97, "kdef": 70, "rafd": 67}

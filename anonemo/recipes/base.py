@@ -110,6 +110,7 @@ class Recipe(ABC):
     base once it is frozen (``Emotion2Face``: a fresh identity head on the Emotion CNN's base)."""
 
     label: str
+    weighted = False  # whether the model has a privacy weight β (model.beta, model.max_emotion_loss) to calibrate
 
     @property
     def own_metrics(self) -> dict[str, str]:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from anonemo.metrics import ERASED2EMOTION, ERASED2FACE, HEADLINE_TAG, PAPER_METRICS, ROUND_CURVES, chance_of
+from anonemo.metrics import (EMOTION, EMOTION_METRIC_TAG, ERASED2EMOTION, ERASED2FACE, HEADLINE_TAG, HYBRID2EMOTION,
+                             PAPER_METRICS, ROUND_CURVES, chance_of, is_transfer_metric)
 from anonemo.tracking.identity import RESULT_NEUTRAL
 
 # Parameters that differ between runs without changing their results (the audit only adds
@@ -43,6 +44,22 @@ class RunGroup:
                                  for name in run.data.tags.get(HEADLINE_TAG, "").split(",") if name)
         return tuple(declared) or tuple(name for name in (*PAPER_METRICS, ERASED2EMOTION, ERASED2FACE)
                                         if self.summary(name))
+
+    @property
+    def fresh_emotion_metric(self) -> str | None:
+        """A fresh emotion head's metric on the group's final base, as its recipe declared it (the
+        runs' ``anonemo.emotion_metric`` tag: Hybrid2Emotion, HSIC2Emotion, Erased2Emotion); None
+        for a model measured by its own emotion head (the Emotion CNN, the reference) or none."""
+        declared = {run.data.tags.get(EMOTION_METRIC_TAG) for run in self.runs.values()} - {None, "", EMOTION}
+        if not declared:  # runs logged before the tag
+            declared = {name for name in (HYBRID2EMOTION, ERASED2EMOTION) if self.summary(name)}
+        return next(iter(sorted(declared)), None)
+
+    @property
+    def fresh_identity_metric(self) -> str | None:
+        """The fresh identity head's metric on the group's final base (Hybrid2Face, HSIC2Face,
+        Erased2Face, Emotion2Face), from its declared headline."""
+        return next((name for name in self.model_metrics if is_transfer_metric(name, "identity")), None)
 
     def add(self, run: Run) -> None:
         fold = int(run.data.params.get("fold", -1))

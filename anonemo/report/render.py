@@ -111,38 +111,50 @@ def write_csv(groups: list[RunGroup], path: Path) -> None:
 
 
 def utility_of(group: RunGroup) -> str | None:
-    """The emotion accuracy of a fresh head on the group's final base: Hybrid2Emotion, or
-    Erased2Emotion after an erasure; None for a model without one."""
-    return next((metric for metric in (names.HYBRID2EMOTION, names.ERASED2EMOTION) if group.summary(metric)), None)
+    """The emotion accuracy of a fresh head on the group's final base, as its recipe declared it
+    (Hybrid2Emotion, GRL2Emotion, Erased2Emotion after an erasure); None for the reference."""
+    metric = group.fresh_emotion_metric
+    return metric if metric and group.summary(metric) else None
+
+
+FRESH_IDENTITY_HEAD = "fresh identity head"  # a leakage measure read per group (Hybrid2Face, HSIC2Face, ...)
+
+
+def leakage_metric(group: RunGroup, leakage: str) -> str | None:
+    """The metric that measures ``leakage`` in ``group``: the group's own fresh identity head for
+    ``FRESH_IDENTITY_HEAD``, else ``leakage`` itself."""
+    return group.fresh_identity_metric if leakage == FRESH_IDENTITY_HEAD else leakage
 
 
 def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = False,
                     leakage: str | None = None) -> plt.Figure | None:
-    """Utility (Hybrid2Emotion, or Erased2Emotion for a base with a post-hoc erasure) against
-    identity leakage, one point per Hybrid or erased setting (labelled with its experiment too when
-    ``by_experiment``: the front across several sweeps).
+    """Utility (each point's declared fresh emotion head: Hybrid2Emotion, HSIC2Emotion, or
+    Erased2Emotion for a base with a post-hoc erasure) against identity leakage, one point per
+    in-training or erased setting (labelled with its experiment too when ``by_experiment``: the
+    front across several sweeps).
 
-    Leakage is ``leakage`` where every Hybrid setting logged it (``audit/linkage/auc``: the
-    linkage front), by default the strongest audit attacker (``audit/identity/max``) when every
-    Hybrid setting was audited, else the paper's single-head Hybrid2Face.
+    Leakage is ``leakage`` where every setting logged it (``audit/linkage/auc``: the linkage
+    front), by default the strongest audit attacker (``audit/identity/max``) when every setting
+    was audited, else each setting's own fresh identity head (the paper's Hybrid2Face).
     """
-    hybrids = [g for g in groups if utility_of(g)]
+    points = [g for g in groups if utility_of(g)]
     if leakage is None:
-        audited = all(g.summary(names.IDENTITY_MAX) for g in hybrids)
-        leakage = names.IDENTITY_MAX if audited else names.HYBRID2FACE
-    # Unseen people's runs (cv.protocol=subject_disjoint) have a linkage AUC and no Hybrid2Face.
-    if not hybrids or not all(g.summary(leakage) for g in hybrids):
+        audited = all(g.summary(names.IDENTITY_MAX) for g in points)
+        leakage = names.IDENTITY_MAX if audited else FRESH_IDENTITY_HEAD
+    # Unseen people's runs (cv.protocol=subject_disjoint) have a linkage AUC and no fresh identity head.
+    if not points or not all(leakage_metric(g, leakage) and g.summary(leakage_metric(g, leakage)) for g in points):
         return None
     top = 1 if leakage == names.LINKAGE_AUC else 100  # an AUC, or an accuracy in %
     number = ".2f" if top == 1 else ".1f"
     labels = settings_labels(groups)
     # Points named in a legend beside the axes, with their values: across sweeps, and wherever
-    # there are enough of them to lie close together (erasure baselines beside the Hybrids).
-    in_legend = by_experiment or len(hybrids) > 3
+    # there are enough of them to lie close together (erasure baselines beside in-training methods).
+    in_legend = by_experiment or len(points) > 3
     figure, axes = plt.subplots(figsize=(10, 5) if in_legend else (6.5, 5))
-    for g in hybrids:
-        (x, dx, _), (y, dy, n) = g.summary(leakage), g.summary(utility_of(g))
-        below = g.below_chance_folds(leakage) if leakage in CHANCE_BOUNDED_AUDITS else 0
+    for g in points:
+        measured = leakage_metric(g, leakage)
+        (x, dx, _), (y, dy, n) = g.summary(measured), g.summary(utility_of(g))
+        below = g.below_chance_folds(measured) if measured in CHANCE_BOUNDED_AUDITS else 0
         label = (f"{g.experiment}: " * by_experiment + f"{g.model} {labels[id(g)]}".strip()
                  + f" ({n} fold{'s' * (n > 1)}{f', {below} below chance' if below else ''})")
         # A point with folds below chance is drawn hollow: below chance is not privacy.
@@ -154,25 +166,25 @@ def tradeoff_figure(groups: list[RunGroup], title: str, by_experiment: bool = Fa
             axes.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     # References: the Emotion CNN's accuracy, and the leakage of its base by the same measure.
     base_leakage = {names.IDENTITY_MAX: ("Emotion CNN's base, strongest attacker", names.IDENTITY_MAX),
-                    names.HYBRID2FACE: (names.EMOTION2FACE, names.EMOTION2FACE)}.get(leakage, (f"Emotion CNN's base, {leakage}", leakage))
+                    FRESH_IDENTITY_HEAD: (names.EMOTION2FACE, names.EMOTION2FACE)}.get(leakage, (f"Emotion CNN's base, {leakage}", leakage))
     references = [("Emotion CNN, emotion", names.EMOTION, axes.axhline, "tab:green"),
                   (*base_leakage, axes.axvline, "tab:red")]
     for label, metric, draw, color in references:
         reference = emotion_baseline(groups, metric)
         if reference:
-            draw(reference[0], color=color, linestyle="-.", linewidth=1, label=f"{label} {reference[0]:{number if metric == leakage else '.1f'}}")
-    for metric, draw in ((utility_of(hybrids[0]), axes.axhline), (leakage, axes.axvline)):
-        chance = next((g.chance(metric) for g in hybrids if g.chance(metric) is not None), None)
+            draw(reference[0], color=color, linestyle="-.", linewidth=1, label=f"{label} {reference[0]:{number if metric == leakage_metric(points[0], leakage) else '.1f'}}")
+    for metric, draw in ((utility_of(points[0]), axes.axhline), (leakage_metric(points[0], leakage), axes.axvline)):
+        chance = next((g.chance(metric) for g in points if g.chance(metric) is not None), None)
         if chance is not None:
-            draw(chance, color="gray", linestyle=":", linewidth=1, label=f"chance ({metric}) {chance:{number if metric == leakage else '.1f'}}")
-    nulls = [g.summary(names.IDENTITY_MAX_NULL)[0] for g in hybrids
+            draw(chance, color="gray", linestyle=":", linewidth=1, label=f"chance ({metric}) {chance:{number if metric != utility_of(points[0]) else '.1f'}}")
+    nulls = [g.summary(names.IDENTITY_MAX_NULL)[0] for g in points
              if leakage == names.IDENTITY_MAX and g.summary(names.IDENTITY_MAX_NULL)]
     if nulls:  # what the strongest attacker reads off features without identity
         null = statistics.fmean(nulls)
         axes.axvline(null, color="gray", linestyle="--", linewidth=1, label=f"strongest attacker, permuted identities {null:.1f}")
     unit = "same-person ROC-AUC" if top == 1 else "accuracy (%)"
     axes.set_xlabel(f"identity leakage: {leakage} {unit}  ← more private")
-    axes.set_ylabel("utility: Hybrid2Emotion or Erased2Emotion accuracy (%)")
+    axes.set_ylabel("utility: a fresh emotion head on the final base, accuracy (%)")
     axes.set_xlim(-0.02 * top, 1.02 * top)  # lines at 0 or 100% stay off the frame
     axes.set_ylim(-2, 102)
     axes.set_title(title)
@@ -217,7 +229,7 @@ def build_report(
              f"tradeoff_linkage_{name}.png")
         hybrids = [(group, history) for group in members if (history := mean_round_history(client, group))]
         for index, (group, history) in enumerate(hybrids):
-            title = f"{name}: Hybrid rounds, mean of {len(group.runs)} folds"
+            title = f"{name}: {group.model} rounds, mean of {len(group.runs)} folds"
             save(round_curves_figure(history, title), f"rounds_{name}_{index}.png")
     # A trade-off swept over several experiments (one per beta, say) is drawn as one front per dataset.
     for dataset, members in by_dataset.items():
