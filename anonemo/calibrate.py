@@ -54,7 +54,7 @@ def main(cfg: DictConfig) -> None:
 
 def finished_metrics(shared: list[str], cfg: DictConfig, value: float | None, fold: int) -> dict[str, float] | None:
     """The metrics of the FINISHED run of one grid job, found by its config hash."""
-    from anonemo.tracking.identity import finished_run
+    from anonemo.tracking.job_key import finished_run
 
     overrides = grid_job_overrides(cfg, shared, None if value is None else float_value(value), str(fold))
     if GlobalHydra.instance().is_initialized():  # inside this command: its conf/ is Hydra's

@@ -32,7 +32,7 @@ def user_errors_reported(discard_run_dir: bool = False) -> Iterator[None]:
     a mistake leaves nothing behind.
 
     Inside a Hydra multirun the job just ends there: the sweep goes on with the other jobs (an exit
-    would end it) and exits non-zero at the end (see :mod:`anonemo.tracking.sweep`). Ctrl-C or
+    would end it) and exits non-zero at the end (see :mod:`anonemo.sweep`). Ctrl-C or
     SIGTERM exits with status 130.
     """
     try:

@@ -150,7 +150,7 @@ def masks_drawn_ahead(model: nn.Module, forward: Callable[[torch.Tensor], object
             masks.close()
 
 
-def fit_steps(model: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], batches: Sequence[torch.Tensor],
+def fit_with_masks_ahead(model: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], batches: Sequence[torch.Tensor],
               optimizer: torch.optim.Optimizer, helper_thread: bool) -> None:
     """One ``optimizer`` step per batch of ``batches`` on ``loss_of(batch)``, with ``model``'s dropout
     masks drawn ahead (:func:`masks_drawn_ahead`)."""

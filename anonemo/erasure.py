@@ -5,7 +5,7 @@ LEACE (Belrose et al., NeurIPS 2023, the ``concept-erasure`` package) is the lea
 erasure after which no linear classifier of the fitted labels beats a constant; INLP (Ravfogel et
 al., ACL 2020) projects out the row spaces of linear identity probes until a new probe is at
 chance on the validation side. Both are fitted on standardised features, as the audit reads them,
-and folded back into one map on the base's raw features (:class:`AffineErasure`), which the base
+and folded back into one map on the base's raw features (:class:`~anonemo.models.networks.AffineErasure`), which the base
 then applies as its last layer (``ConvBase.with_erasure``): saved, re-audited and exported with it.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,35 +22,10 @@ from anonemo.data.datamodule import GroupedFoldDataModule
 from anonemo.data.features import FeatureDataModule
 from anonemo.errors import ConfigError
 from anonemo.metrics import ERASURE_RANK
-from anonemo.models.networks import ConvBase, erase_affine
+from anonemo.models.networks import AffineErasure, ConvBase
 from anonemo.probes import Split, Standardiser, as_split, logistic_probe
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AffineErasure:
-    """The erasure's parameters; applied by :func:`~anonemo.models.networks.erase_affine`."""
-
-    center: torch.Tensor
-    left: torch.Tensor
-    right: torch.Tensor
-
-    @property
-    def rank(self) -> int:
-        return self.left.shape[1]
-
-    @classmethod
-    def of_standardised(cls, standardiser: Standardiser, center: torch.Tensor, left: torch.Tensor,
-                        right: torch.Tensor) -> AffineErasure:
-        """The erasure ``(center, left, right)`` of standardised features ``z = (x - mean) / std``
-        as the same map on raw features ``x`` (its output back on the raw scale)."""
-        mean, std = standardiser.mean.double(), standardiser.std.double()
-        return cls((mean + std * center.double()).float(), (std[:, None] * left.double()).float(),
-                   (right.double() / std[None, :]).float())
-
-    def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        return erase_affine(features, self.center, self.left, self.right)
 
 
 class Erasure(ABC):

@@ -29,17 +29,17 @@ from anonemo.data.folds import UNSEEN_PEOPLE_NOTE, fold_protocol
 from anonemo.data.pipeline import fold_data
 from anonemo.errors import ConfigError, require_permutations
 from anonemo.evaluation import score
-from anonemo.frozen_base import evaluate_frozen_base
+from anonemo.audit.frozen_base import evaluate_frozen_base
 from anonemo.erasure import Erasure, erase
 from anonemo.models.networks import Networks
 from anonemo.probes import Attacker
-from anonemo.recipes.base import Job, Recipe, Trained
+from anonemo.recipes.base import JobContext, Recipe, Trained
 from anonemo.recipes.fresh_heads import Headline, final_base_heads, headline
 from anonemo.summary import result_summary
 from anonemo.threads import configure_cpu
 from anonemo.timing import PhaseClock
 from anonemo.tracking.artifacts import BASE_ARTIFACT
-from anonemo.tracking.identity import finished_run, unfinished_run
+from anonemo.tracking.job_key import finished_run, unfinished_run
 from anonemo.tracking.links import run_link
 from anonemo.tracking.run import mlflow_run
 from anonemo.tracking.store import check_reachable, tracking_uri
@@ -154,7 +154,7 @@ def execute(plan: Plan) -> dict[str, float]:
         logger.log_hyperparams(plan.data.summary())
         logger.client.set_tag(logger.run_id, names.HEADLINE_TAG, ",".join(model.metrics))
         logger.client.set_tag(logger.run_id, names.EMOTION_METRIC_TAG, model.emotion or "")
-        metrics = train_and_evaluate(recipe, Job(cfg, plan.data, logger, clock, plan.networks), plan.erasure,
+        metrics = train_and_evaluate(recipe, JobContext(cfg, plan.data, logger, clock, plan.networks), plan.erasure,
                                      plan.attackers)
         timings = clock.metrics()
         logger.log_metrics(timings)
@@ -166,11 +166,11 @@ def execute(plan: Plan) -> dict[str, float]:
     return metrics
 
 
-def train_and_evaluate(recipe: Recipe, job: Job, erasure: Erasure | None = None,
+def train_and_evaluate(recipe: Recipe, job: JobContext, erasure: Erasure | None = None,
                        attackers: Sequence[Attacker] = ()) -> dict[str, float]:
     """The recipe's training, its own heads scored on the frozen base's features, an ``erasure``
     fitted on it (which then belongs to the base), the saved base, then what every frozen base
-    goes through (:func:`~anonemo.frozen_base.evaluate_frozen_base`: fresh heads, the audit by
+    goes through (:func:`~anonemo.audit.frozen_base.evaluate_frozen_base`: fresh heads, the audit by
     ``attackers``, none: no audit)."""
     data, logger = job.data, job.logger
     trained = recipe.train(job)
@@ -190,7 +190,7 @@ def train_and_evaluate(recipe: Recipe, job: Job, erasure: Erasure | None = None,
     return metrics | evaluate_frozen_base(job, base, features, heads, trained.emotion_head, attackers)
 
 
-def score_own_heads(trained: Trained, features: FeatureDataModule, job: Job) -> dict[str, float]:
+def score_own_heads(trained: Trained, features: FeatureDataModule, job: JobContext) -> dict[str, float]:
     """Test-fold accuracy of each of the recipe's own heads (eval mode) on the frozen features,
     for the tasks the fold can test."""
     metrics = {}

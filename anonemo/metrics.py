@@ -13,24 +13,24 @@ TASK_METRIC = {"emotion": "Emotion", "identity": "Face"}
 HYBRID = "Hybrid"
 
 
-def transfer_metric(source: str, task: str) -> str:
+def fresh_head_metric(source: str, task: str) -> str:
     """A fresh ``task`` head on the frozen base of the model called ``source``: ``Emotion2Face``."""
     return f"{source}2{TASK_METRIC[task]}"
 
 
-def is_transfer_metric(name: str, task: str) -> bool:
+def is_fresh_head_metric(name: str, task: str) -> bool:
     """Whether ``name`` is a fresh ``task`` head's metric (``<source>2Face`` for identity)."""
     source, _, measured = name.partition("2")
     return bool(source) and measured == TASK_METRIC[task] and "/" not in name
 
 
 EMOTION, FACE = TASK_METRIC["emotion"], TASK_METRIC["identity"]
-EMOTION2FACE = transfer_metric(EMOTION, "identity")
-HYBRID2EMOTION, HYBRID2FACE = transfer_metric(HYBRID, "emotion"), transfer_metric(HYBRID, "identity")
+EMOTION2FACE = fresh_head_metric(EMOTION, "identity")
+HYBRID2EMOTION, HYBRID2FACE = fresh_head_metric(HYBRID, "emotion"), fresh_head_metric(HYBRID, "identity")
 PAPER_METRICS = (FACE, EMOTION, EMOTION2FACE, HYBRID2EMOTION, HYBRID2FACE)
 # Fresh heads on a base after a post-hoc erasure (``erasure=leace``): Erased2Emotion, Erased2Face.
 ERASED = "Erased"
-ERASED2EMOTION, ERASED2FACE = transfer_metric(ERASED, "emotion"), transfer_metric(ERASED, "identity")
+ERASED2EMOTION, ERASED2FACE = fresh_head_metric(ERASED, "emotion"), fresh_head_metric(ERASED, "identity")
 ERASURE_RANK = "erasure/rank"
 
 

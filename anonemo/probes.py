@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anonemo.dropout_ahead import fit_steps
+from anonemo.dropout_ahead import fit_with_masks_ahead
 from anonemo.evaluation import accuracy
 from anonemo.optim import adam
 
@@ -95,7 +95,7 @@ class NeuralAttacker(Attacker):
             self.model.train()
             batches = torch.randperm(len(x), generator=generator).split(self.batch_size)
             # A job of several threads draws the dropout masks beside the steps: the same masks.
-            fit_steps(self.model, loss_of, batches, optimizer, helper_thread=torch.get_num_threads() > 1)
+            fit_with_masks_ahead(self.model, loss_of, batches, optimizer, helper_thread=torch.get_num_threads() > 1)
             score = accuracy(self._predict_standardised(x_val), val.labels)
             if score > best:
                 best, best_state, waited = score, copy.deepcopy(self.model.state_dict()), 0

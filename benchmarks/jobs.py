@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from anonemo.job import run
 from anonemo.metrics import ROUND_TIMES
-from anonemo.tracking.identity import finished_run
+from anonemo.tracking.job_key import finished_run
 from anonemo.tracking.store import tracking_uri
 from benchmarks.load import busy_processes
 

@@ -35,7 +35,7 @@ from anonemo.models.classifiers import SingleTaskModule
 from anonemo.models.hybrid import HybridModule
 from anonemo.models.networks import ClassifierHead, ConvBase, Networks
 from anonemo.optim import Optimizer
-from anonemo.recipes.base import Job
+from anonemo.recipes.base import JobContext
 from anonemo.recipes.hybrid import Hybrid
 from anonemo.timing import PhaseClock
 
@@ -172,7 +172,7 @@ def paper_hybrid(epochs: int) -> Hybrid:
 def anonemo_adversarial(w: Workload, epochs: int) -> list[float]:
     """The paper's Hybrid for one initialisation epoch and ``epochs`` adversarial ones; its round
     ends (re-fits, scoring) are not part of the loop."""
-    module = paper_hybrid(epochs).module(Job(w.cfg, w.data, None, PhaseClock(), w.networks))
+    module = paper_hybrid(epochs).module(JobContext(w.cfg, w.data, None, PhaseClock(), w.networks))
     return lightning_epochs(w, module, 1 + epochs)
 
 

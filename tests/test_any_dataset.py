@@ -150,7 +150,7 @@ def test_ckplus_trains_the_recommended_hybrid_end_to_end(ckplus_root, ckplus48_r
     root = ckplus_root if layout == "official" else ckplus48_root
     metrics = run(make_config(tmp_path, "dataset=ckplus", f"dataset.root={root}", "model=hybrid_standardised", "fold=0",
                               *TINY, "dataset.image_size=32", "augment.total=180", "cv.n_splits=3", "cv.val_fraction=0.34",
-                              "model.init_epochs=2", "model.rounds=2", "model.privacy.refit_epochs=2", "transfer.max_epochs=3"))
+                              "model.init_epochs=2", "model.rounds=2", "model.privacy.refit_epochs=2", "fresh_head.max_epochs=3"))
     # the fixture's 3 emotions, read from its label files (or folders), and its people with two sequences or more
     assert metrics["Hybrid2Emotion/chance"] == pytest.approx(100 / len(CKPLUS_EMOTIONS))
     assert metrics["audit/identity/chance"] == pytest.approx(100 / len(CKPLUS_SUBJECTS))

@@ -159,8 +159,8 @@ def test_permutation_null_separates_identity_from_none():
 
 def test_reaudit_of_a_saved_run_reproduces_its_audit_and_fresh_heads(tiny_config):
     """The logged base and config rebuild the same fold: re-auditing, and re-fitting the fresh
-    head with the same transfer settings, give the run's numbers; other settings replace them."""
-    cfg = tiny_config("model=emotion2face", "transfer.max_epochs=3")
+    head with the same fresh-head settings, give the run's numbers; other settings replace them."""
+    cfg = tiny_config("model=emotion2face", "fresh_head.max_epochs=3")
     metrics = run(cfg)
     client = MlflowClient(tracking_uri(cfg))
     (logged,) = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])
@@ -169,21 +169,21 @@ def test_reaudit_of_a_saved_run_reproduces_its_audit_and_fresh_heads(tiny_config
     assert logged.data.tags["anonemo.emotion_metric"] == "Emotion"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        again = reaudit_run(client, logged.info.run_id, cfg.audit.attackers, transfer=cfg.transfer, emotion_output=True)
+        again = reaudit_run(client, logged.info.run_id, cfg.audit.attackers, fresh_head=cfg.fresh_head, emotion_output=True)
     assert not [w for w in caught if "eval mode" in str(w.message)]  # the reloaded base's mode is no concern of the head's
     audited = {k: v for k, v in metrics.items() if k.startswith("audit/")}
     assert {k: v for k, v in again.items() if k.startswith("audit/")} == pytest.approx(audited)
     assert len(audited) >= 10 and again["Emotion2Face"] == pytest.approx(metrics["Emotion2Face"])
     assert "audit/emotion_output/identity/max" in audited  # the Emotion CNN's head, saved and reloaded
     assert 0 <= audited["audit/linkage/auc"] <= 1 and audited["audit/linkage/pairs"] > 0  # the linkage audit, in every job
-    raw = OmegaConf.merge(cfg.transfer, {"standardise": False, "max_epochs": 1})
-    refitted = reaudit_run(client, logged.info.run_id, cfg.audit.attackers, transfer=raw)
+    raw = OmegaConf.merge(cfg.fresh_head, {"standardise": False, "max_epochs": 1})
+    refitted = reaudit_run(client, logged.info.run_id, cfg.audit.attackers, fresh_head=raw)
     logged_now = client.get_run(logged.info.run_id).data
     assert logged_now.metrics["Emotion2Face"] == refitted["Emotion2Face"]
     # Each re-fit logs its number once, after the training run's own: three entries, newest last.
     history = sorted(client.get_metric_history(logged.info.run_id, "Emotion2Face"), key=lambda m: m.timestamp)
     assert len(history) == 3 and history[-1].value == refitted["Emotion2Face"]
-    assert "standardise: false" in logged_now.tags["transfer.refit"]
+    assert "standardise: false" in logged_now.tags["fresh_head.refit"]
     assert "audit.reaudited_s" in client.get_run(logged.info.run_id).data.tags
     with_null = reaudit_run(client, logged.info.run_id, cfg.audit.attackers, null_permutations=2)
     assert round(3 * with_null["audit/identity/max/p_value"], 6) in (1, 2, 3)  # (1 + k) / (1 + 2)
@@ -232,7 +232,7 @@ def test_reaudit_with_every_part_switched_off_says_so_before_any_work(tmp_path):
     result = cli("run_id=0123456789abcdef", "attack_features=false", "emotion_output=false", f"paths.output_dir={tmp_path}",
                  module="anonemo.audit")
     assert result.returncode == 2
-    assert "attack_features=false, refit_transfer=false and emotion_output=false leave nothing to do" in result.stderr
+    assert "attack_features=false, refit_fresh_heads=false and emotion_output=false leave nothing to do" in result.stderr
     assert "Traceback" not in result.stderr
 
 

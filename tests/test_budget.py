@@ -9,7 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from anonemo.errors import ConfigError
-from anonemo.evaluation import round_curves_figure
+from anonemo.models.rounds import round_curves_figure
 from anonemo.job import run
 from anonemo.metrics import (
     BUDGET_SHIPPED_ROUND,
@@ -141,7 +141,7 @@ def test_a_budget_outside_0_to_100_points_is_refused(tiny_config, loss):
 def test_constrained_hybrid_starts_from_its_reference_and_sets_each_rounds_beta_by_the_budget(tiny_config):
     rounds = 4
     cfg = tiny_config("model=hybrid_standardised", "model.max_emotion_loss=2", "model.init_epochs=3",
-                      f"model.rounds={rounds}", "model.privacy.refit_epochs=2", "transfer.max_epochs=3",
+                      f"model.rounds={rounds}", "model.privacy.refit_epochs=2", "fresh_head.max_epochs=3",
                       "audit.enabled=false")
     metrics = run(cfg)
     client = MlflowClient(tracking_uri(cfg))

@@ -15,7 +15,7 @@ from anonemo.calibration import (CLOSED_SET_LEAKAGE, LINKAGE_LEAKAGE, REFERENCE_
                                  check_options, choose, collect, grid, table)
 from anonemo.errors import ConfigError
 
-TINY_GRID = (*TINY_SYNTHETIC, "model.init_epochs=2", "model.rounds=2", "model.privacy.refit_epochs=2", "transfer.max_epochs=3",
+TINY_GRID = (*TINY_SYNTHETIC, "model.init_epochs=2", "model.rounds=2", "model.privacy.refit_epochs=2", "fresh_head.max_epochs=3",
              "calibrate.grid=[0.3,2.0]", "calibrate.folds=[0,1]")
 
 
@@ -109,7 +109,7 @@ def test_calibrate_runs_the_grid_and_writes_the_choice(tmp_path):
         ("emotion", None), ("emotion", None), *[("hybrid_standardised", b) for b in ("0.3", "0.3", "2.0", "2.0")]]
     # the jobs are found again by their settings: what the choice was read from
     cfg = calibrate_config(*TINY_GRID, f"paths.output_dir={tmp_path}")
-    shared = [*TINY_SYNTHETIC, "model.init_epochs=2", "model.rounds=2", "model.privacy.refit_epochs=2", "transfer.max_epochs=3",
+    shared = [*TINY_SYNTHETIC, "model.init_epochs=2", "model.rounds=2", "model.privacy.refit_epochs=2", "fresh_head.max_epochs=3",
               f"paths.output_dir={tmp_path}", "logger.experiment_name=calibrate_synthetic"]
     found = finished_metrics(shared, cfg, 0.3, 1)
     assert found is not None and HYBRID2EMOTION_VAL in found and CLOSED_SET_LEAKAGE.metric in found

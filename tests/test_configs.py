@@ -25,7 +25,7 @@ from anonemo.recipes.base import Recipe
 # Every config group of conf/, and the command-line key that picks one of its options in a training job
 # (hydra/launcher and hparams_search choose how jobs run; attackers and optimizer sit under other keys).
 GROUPS = {"dataset": "dataset", "model": "model", "network": "network", "erasure": "erasure", "trainer": "trainer",
-          "transfer": "transfer", "logger": "logger", "paths": "paths", "experiment": "experiment",
+          "fresh_head": "fresh_head", "logger": "logger", "paths": "paths", "experiment": "experiment",
           "hparams_search": "hparams_search", "hydra/launcher": "hydra/launcher",
           "attackers": "attackers@audit.attackers", "optimizer": "optimizer@model.optimizer",
           "face_crop": "face_crop@dataset.face_crop", "privacy": "privacy@model.privacy"}
@@ -60,7 +60,7 @@ def test_option_composes_resolves_and_builds(tmp_path, group, option):
     assert all(isinstance(attacker, Attacker) for attacker in build_attackers(cfg.audit.attackers))
     assert isinstance(built["model"], Recipe) and isinstance(built["network"], Networks)
     assert built["model"].name == cfg.model.name
-    assert {"model", "network", "transfer.optimizer"} <= set(built)
+    assert {"model", "network", "fresh_head.optimizer"} <= set(built)
     assert isinstance(dataset_source(cfg.dataset), FaceSource)
     if group == "erasure" or option.startswith("emotion_"):
         assert isinstance(built["erasure"], Erasure)  # an erasure option, or a model that brings one

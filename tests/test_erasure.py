@@ -116,7 +116,7 @@ def leace_run(tmp_path_factory):
     """A tiny model=emotion_leace job, exported."""
     from conftest import run_and_export
 
-    return run_and_export(tmp_path_factory.mktemp("leace"), "model=emotion_leace", "transfer.max_epochs=3")
+    return run_and_export(tmp_path_factory.mktemp("leace"), "model=emotion_leace", "fresh_head.max_epochs=3")
 
 
 def test_an_erasure_run_logs_erased_heads_and_audits_the_erased_base(leace_run):
@@ -147,7 +147,7 @@ def test_the_saved_and_exported_base_carries_its_erasure(leace_run):
 
 def test_any_models_final_base_can_be_erased_the_hybrid_included(tiny_config):
     metrics = run(tiny_config("model=hybrid", "erasure=leace", "model.init_epochs=2", "model.rounds=1",
-                              "model.privacy.refit_epochs=1", "transfer.max_epochs=3", "audit.enabled=false"))
+                              "model.privacy.refit_epochs=1", "fresh_head.max_epochs=3", "audit.enabled=false"))
     # the Hybrid's own heads are scored on its base as trained; the fresh heads read the erased base
     assert {"Hybrid/emotion_head", "Erased2Emotion", "Erased2Face"} <= metrics.keys()
     assert "Hybrid2Emotion" not in metrics and metrics["erasure/rank"] == 3

@@ -31,7 +31,7 @@ def exported(tmp_path_factory):
     from conftest import run_and_export
 
     return run_and_export(tmp_path_factory.mktemp("export"), "model=hybrid", "model.init_epochs=2", "model.rounds=1",
-                          "model.privacy.refit_epochs=1", "transfer.max_epochs=3", "audit.enabled=false",
+                          "model.privacy.refit_epochs=1", "fresh_head.max_epochs=3", "audit.enabled=false",
                           registered_name="anonemo-test")
 
 

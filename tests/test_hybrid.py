@@ -1,4 +1,4 @@
-"""Algorithm 1 (the Hybrid model), the transfer heads, and the jobs that use them."""
+"""Algorithm 1 (the Hybrid model), fresh heads, and the jobs that use them."""
 
 import copy
 import functools
@@ -18,7 +18,7 @@ from anonemo.data.features import FeatureDataModule, extract_features
 from anonemo.data.preprocess import FaceCropper, preprocess
 from anonemo.data.synthetic import SyntheticFaces
 from anonemo.errors import ConfigError
-from anonemo.models.classifiers import SingleTaskModule, TransferModule
+from anonemo.models.classifiers import SingleTaskModule, FreshHeadModule
 from anonemo.metrics import ROUND_TIMES
 from anonemo.models.hybrid import HybridModule, HybridSchedule, HybridSettings, Phase, TrainingDivergedError
 from anonemo.models.networks import ClassifierHead, Networks, load_base, load_network
@@ -121,7 +121,7 @@ def test_the_refit_with_its_masks_on_a_helper_thread_fits_the_same_identity_head
     the same re-fit with the masks drawn inline: the same heads, the generator left in the same state."""
     torch.manual_seed(0)
     net = Networks(image_size=32, conv_channels=(4, 8, 8), fc_hidden=(32, 16), dropout=0.3)
-    module = hybrid(data, 1, 1, RefittedAdversary(heads=("paper", "wide"), refit_epochs=3), net=net)
+    module = hybrid(data, 1, 1, RefittedAdversary(heads=("paper", "mlp_1024_512"), refit_epochs=3), net=net)
     quiet_trainer(1).fit(module, datamodule=data)  # attaches the trainer and its optimizers
     features, identities = extract_features(module.base, data.side("train").tensors["image"]), data.labels("train", "identity")
     optimizer = module.optimizers()[1].optimizer
@@ -356,24 +356,24 @@ def test_unknown_identity_head_and_feature_norm_are_named():
         Networks(image_size=32, feature_norm="group")
 
 
-def test_transfer_heads_start_fresh_on_a_frozen_base(data):
+def test_fresh_heads_start_fresh_on_a_frozen_base(data):
     torch.manual_seed(0)
     base = SMALL_NET.base()
     source = SingleTaskModule(base, SMALL_NET.head(base.out_features, 3), "emotion", ADAM)
     base_before = copy.deepcopy(source.base.state_dict())
-    transfer = TransferModule(source.base, SMALL_NET.head(base.out_features, 4), "identity", ADAM, metric_prefix="T/")
-    assert transfer.base is source.base
-    assert not any(p.requires_grad for p in transfer.base.parameters())
-    assert not any(p is q for p in transfer.head.parameters() for q in source.head.parameters())
+    fresh = FreshHeadModule(source.base, SMALL_NET.head(base.out_features, 4), "identity", ADAM, metric_prefix="T/")
+    assert fresh.base is source.base
+    assert not any(p.requires_grad for p in fresh.base.parameters())
+    assert not any(p is q for p in fresh.head.parameters() for q in source.head.parameters())
     source_first = next(source.head.parameters())
-    transfer_first = next(transfer.head.parameters())
-    assert source_first.shape[1] == transfer_first.shape[1] and not torch.equal(source_first, transfer_first)
+    fresh_first = next(fresh.head.parameters())
+    assert source_first.shape[1] == fresh_first.shape[1] and not torch.equal(source_first, fresh_first)
 
     features = FeatureDataModule(source.base, data)
-    head_before = copy.deepcopy(transfer.head.state_dict())
-    quiet_trainer(3).fit(transfer, datamodule=features)
+    head_before = copy.deepcopy(fresh.head.state_dict())
+    quiet_trainer(3).fit(fresh, datamodule=features)
     assert all(torch.equal(v, source.base.state_dict()[k]) for k, v in base_before.items())
-    assert any(not torch.equal(v, transfer.head.state_dict()[k]) for k, v in head_before.items())
+    assert any(not torch.equal(v, fresh.head.state_dict()[k]) for k, v in head_before.items())
     # the cached features are exactly what the frozen base computes from the images
     images = data.side("train").tensors["image"][:5]
     with torch.no_grad():
@@ -381,7 +381,7 @@ def test_transfer_heads_start_fresh_on_a_frozen_base(data):
 
 
 def test_standardised_head_reads_a_low_spread_signal_that_a_raw_head_misses():
-    """transfer.standardise: the label sits in a feature of tiny spread beside loud uninformative
+    """fresh_head.standardise: the label sits in a feature of tiny spread beside loud uninformative
     ones (as emotion did in adversarially trained bases). The raw head cannot learn it in the
     steps given, the head on training-side standardised inputs does; both see the same data."""
     torch.manual_seed(0)
@@ -421,7 +421,7 @@ def run_history(cfg, key):
     return client, logged, [m.step for m in client.get_metric_history(logged.info.run_id, key)]
 
 
-TINY_HYBRID = ("model=hybrid", "model.init_epochs=2", "model.rounds=3", "model.privacy.refit_epochs=2", "transfer.max_epochs=3")
+TINY_HYBRID = ("model=hybrid", "model.init_epochs=2", "model.rounds=3", "model.privacy.refit_epochs=2", "fresh_head.max_epochs=3")
 
 
 def test_hybrid_job_logs_the_papers_numbers_and_round_curves(tiny_config):
@@ -445,7 +445,7 @@ def test_hybrid_job_logs_the_papers_numbers_and_round_curves(tiny_config):
 
 
 def test_emotion2face_job_logs_both_numbers(tiny_config):
-    cfg = tiny_config("model=emotion2face", "transfer.max_epochs=3")
+    cfg = tiny_config("model=emotion2face", "fresh_head.max_epochs=3")
     metrics = run(cfg)
     _, logged, _ = run_history(cfg, "Emotion2Face")
     assert {"Emotion", "Emotion2Face", "Emotion2Face/chance"} <= set(logged.data.metrics)
@@ -466,13 +466,13 @@ def test_diverged_hybrid_stops_and_keeps_partial_metrics(tiny_config):
 
 def test_recommended_hybrid_runs_and_saves_its_bottleneck_base_and_standardising_head(tiny_config, tmp_path):
     cfg = tiny_config("model=hybrid_standardised", "model.init_epochs=2", "model.rounds=2", "model.privacy.refit_epochs=2",
-                      "transfer.max_epochs=3")
+                      "fresh_head.max_epochs=3")
     assert cfg.model._target_ == "anonemo.recipes.hybrid.Hybrid" and cfg.model.privacy.objective == "confusion"
-    assert cfg.model.privacy.standardise and cfg.transfer.standardise
+    assert cfg.model.privacy.standardise and cfg.fresh_head.standardise
     metrics = run(cfg)
     client, logged, rounds = run_history(cfg, "round/refit_identity_acc/val")
     assert logged.info.status == "FINISHED" and rounds == [1, 2]
-    assert logged.data.params["model.privacy.heads"] == "['paper', 'linear', 'wide']"
+    assert logged.data.params["model.privacy.heads"] == "['paper', 'linear', 'mlp_1024_512']"
     assert 0 <= metrics["audit/identity/max"] <= 100
     base = load_base(client.download_artifacts(logged.info.run_id, BASE_ARTIFACT.as_posix(), str(tmp_path)))
     with torch.no_grad():

@@ -147,7 +147,7 @@ def test_every_privacy_term_trains_under_every_weight_controller(data, term, wei
 
 @pytest.mark.parametrize(("model", "label"), [("grl", "GRL"), ("maxent", "MaxEnt"), ("hsic", "HSIC")])
 def test_each_method_is_a_model_option_whose_metrics_carry_its_label(tiny_config, model, label):
-    cfg = tiny_config(f"model={model}", "model.init_epochs=2", "model.rounds=2", "transfer.max_epochs=3",
+    cfg = tiny_config(f"model={model}", "model.init_epochs=2", "model.rounds=2", "fresh_head.max_epochs=3",
                       "audit.enabled=false")
     assert build(cfg.model, "model").label == label
     metrics = run(cfg)

@@ -169,7 +169,7 @@ def test_folds_for_ckplus48s_shape_are_cut_where_the_stratified_shuffle_finds_no
 
 
 TINY_REAL = ("dataset.image_size=16", "trainer.max_epochs=1", "model.init_epochs=1", "model.rounds=1",
-             "model.privacy.refit_epochs=1", "transfer.max_epochs=1")
+             "model.privacy.refit_epochs=1", "fresh_head.max_epochs=1")
 
 
 KEPT_UNDER_PAPER = {"ckplus48": 97, "kdef": 70, "rafd": 67}
@@ -184,7 +184,7 @@ def test_real_shapes_train_both_models_end_to_end_under_both_protocols(shaped_ro
     name = request.node.callspec.params["shaped_root"]
     total = {"ckplus48": 1000, "kdef": 2000, "rafd": 1100}[name]
     for model in ("emotion", "hybrid_standardised"):
-        overrides = [o for o in TINY_REAL if model != "emotion" or not o.startswith(("model.", "transfer."))]
+        overrides = [o for o in TINY_REAL if model != "emotion" or not o.startswith(("model.", "fresh_head."))]
         metrics = run(make_config(tmp_path / model, *shaped(name, shaped_root), f"model={model}",
                                   f"cv.protocol={protocol}", f"augment.total={total}", *overrides))
         assert 0 <= metrics["Emotion" if model == "emotion" else "Hybrid2Emotion"] <= 100

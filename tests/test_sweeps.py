@@ -324,7 +324,7 @@ def test_submitit_local_launcher_runs_a_job(tmp_path):
 
 
 def test_optuna_search_optimises_a_validation_objective(tmp_path):
-    result = cli("-m", "hparams_search=hybrid_optuna", *TINY_JOB, "model.init_epochs=1", "transfer.max_epochs=2",
+    result = cli("-m", "hparams_search=hybrid_optuna", *TINY_JOB, "model.init_epochs=1", "fresh_head.max_epochs=2",
                  f"paths.output_dir={tmp_path}", "hydra.sweeper.n_trials=2", "model.rounds=range(1,2)")
     assert result.returncode == 0, result.stderr[-2000:]
     (results,) = (tmp_path / "multirun").glob("*/optimization_results.yaml")

@@ -1,4 +1,4 @@
-"""``python -m anonemo.audit run_id=ID [refit_transfer=true]``: re-audit the saved base of a
+"""``python -m anonemo.audit run_id=ID [refit_fresh_heads=true]``: re-audit the saved base of a
 finished run (and re-fit its fresh heads)."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ def main(cfg: DictConfig) -> None:
         if not cfg.run_id:
             raise ConfigError("run_id is required: python -m anonemo.audit run_id=<MLflow run id>.")
         require_permutations(cfg.null_permutations, "null_permutations")
-        if not (cfg.attack_features or cfg.refit_transfer or cfg.emotion_output):
+        if not (cfg.attack_features or cfg.refit_fresh_heads or cfg.emotion_output):
             raise ConfigError(
-                "attack_features=false, refit_transfer=false and emotion_output=false leave nothing to do: set one to true."
+                "attack_features=false, refit_fresh_heads=false and emotion_output=false leave nothing to do: set one to true."
             )
         # Imported once the options are known to be valid: torch, Lightning and MLflow take ~10 s.
         from mlflow.tracking import MlflowClient
@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> None:
 
         client = MlflowClient(resolve_tracking_uri(cfg.tracking_uri, cfg.paths.output_dir))
         metrics = reaudit_run(client, str(cfg.run_id), cfg.audit.attackers, cfg.dataset_root, cfg.null_permutations,
-                              cfg.transfer if cfg.refit_transfer else None, audit=cfg.attack_features,
+                              cfg.fresh_head if cfg.refit_fresh_heads else None, audit=cfg.attack_features,
                               emotion_output=cfg.emotion_output)
         print(f"Run {cfg.run_id} (test fold, %):")
         refitted = [name for name in metrics if "/" not in name]  # the fresh heads' test accuracies

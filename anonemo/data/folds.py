@@ -359,14 +359,13 @@ def fold_split(
     rules = fold_protocol(protocol)
     check_fold_options(fold, n_splits, val_fraction)
     units = fold_units(subjects, emotions, groups, rules, names or {})
-    test_fold = plan_folds(units, n_splits, seed, rules)
     labels = {"subject": subjects, "emotion": emotions, "group": groups}
     everything = np.arange(len(groups))
     shuffled = _covering_folds(labels, rules, everything, n_splits, seed, units)
     if shuffled is not None:
         train_val, test = shuffled[fold]
-    else:
-        in_test = test_fold[units.of_item] == fold
+    else:  # the search the job's early check ran (check_fold_protocol), needed only here
+        in_test = plan_folds(units, n_splits, seed, rules)[units.of_item] == fold
         train_val, test = everything[~in_test], everything[in_test]
     # Never fewer than min_val_units units per validation fold where there are enough to carve from.
     count = len(np.unique(labels[rules.unit][train_val]))

@@ -44,8 +44,8 @@ def load_originals(dataset: DictConfig) -> FaceRecords:
 
 def load_faces(dataset: DictConfig, augment: DictConfig, cache_dir: str | Path, min_groups_per_subject: int = 1) -> FaceRecords:
     """The originals of people with at least ``min_groups_per_subject`` groups, plus augmented
-    copies (``augment.total`` images in all), from cache if possible."""
-    check_image_size(dataset.image_size)
+    copies (``augment.total`` images in all), from cache if possible. The image size was checked
+    with the job's data (:func:`~anonemo.data.check.check_job_data`) or the finished run's."""
     source = dataset_source(dataset)
     keep = kept_originals(source.labels(), min_groups_per_subject)
     augmentation = Augmentation(

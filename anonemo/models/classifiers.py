@@ -124,7 +124,7 @@ class SingleTaskModule(ClassifierModule):
         return self(batch["image"])
 
 
-class TransferModule(ClassifierModule):
+class FreshHeadModule(ClassifierModule):
     """A frozen, given ``base`` and a fresh ``head`` trained for one task.
 
     Emotion2Face, Hybrid2Emotion and Hybrid2Face. The base never changes, so the head trains on

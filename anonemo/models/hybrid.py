@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anonemo.data.features import is_bf16
-from anonemo.dropout_ahead import fit_steps
+from anonemo.dropout_ahead import fit_with_masks_ahead
 from anonemo.errors import AnonemoError, ConfigError
 from anonemo.metrics import ROUND_BETA, ROUND_FEATURE_SCALE, ROUND_TIMES
 from anonemo.models.classifiers import EpochMean
@@ -297,7 +297,7 @@ class HybridModule(pl.LightningModule):
         ``features``, under the Trainer's precision (its autocast, as in the training steps); first
         restarted (``privacy.restart_every``) and given the features' statistics
         (``privacy.standardise``). The heads' dropout masks are drawn ahead, on a helper thread
-        if ``helper_thread`` (:func:`~anonemo.dropout_ahead.fit_steps`: the same masks)."""
+        if ``helper_thread`` (:func:`~anonemo.dropout_ahead.fit_with_masks_ahead`: the same masks)."""
         _, identity = self.main_and_identity_optimizers()
         if self.privacy.restarts_before_refit(round_):
             self.restart_identity_heads(identity.optimizer)
@@ -315,7 +315,7 @@ class HybridModule(pl.LightningModule):
 
         # The torch optimizer itself: Lightning's per-step hooks cost more than a step of these heads.
         with self.toggled_optimizer(identity):
-            fit_steps(self.identity_heads, loss_of, batches, identity.optimizer, helper_thread)
+            fit_with_masks_ahead(self.identity_heads, loss_of, batches, identity.optimizer, helper_thread)
 
     def restore_last_kept_round(self) -> int:
         """For a constrained weight: the round whose weights the model ends with. When the last round

@@ -6,17 +6,12 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from anonemo.errors import ConfigError, ModelFileError
 from anonemo.probes import Standardiser
-
-if TYPE_CHECKING:
-    from anonemo.erasure import AffineErasure
-
 
 FEATURE_NORMS = ("none", "layer")
 
@@ -25,6 +20,31 @@ def erase_affine(features: torch.Tensor, center: torch.Tensor, left: torch.Tenso
     """``features - ((features - center) @ right.T) @ left.T``: identity minus a rank-k map, with
     ``left`` (d, k) and ``right`` (k, d), as LEACE writes its eraser."""
     return features - ((features - center) @ right.T) @ left.T
+
+
+@dataclass(frozen=True)
+class AffineErasure:
+    """The erasure's parameters; applied by :func:`erase_affine`."""
+
+    center: torch.Tensor
+    left: torch.Tensor
+    right: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return self.left.shape[1]
+
+    @classmethod
+    def of_standardised(cls, standardiser: Standardiser, center: torch.Tensor, left: torch.Tensor,
+                        right: torch.Tensor) -> AffineErasure:
+        """The erasure ``(center, left, right)`` of standardised features ``z = (x - mean) / std``
+        as the same map on raw features ``x`` (its output back on the raw scale)."""
+        mean, std = standardiser.mean.double(), standardiser.std.double()
+        return cls((mean + std * center.double()).float(), (std[:, None] * left.double()).float(),
+                   (right.double() / std[None, :]).float())
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return erase_affine(features, self.center, self.left, self.right)
 
 
 def check_base_shape(channels: Sequence[int], bottleneck: int, feature_norm: str) -> None:

@@ -1,4 +1,4 @@
-"""What every recipe shares: the job it trains in (:class:`Job`), what it hands on
+"""What every recipe shares: the job it trains in (:class:`JobContext`), what it hands on
 (:class:`Trained`), and its fresh heads' names."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from anonemo.data.datamodule import TASKS, GroupedFoldDataModule
 from anonemo.data.features import is_bf16
 from anonemo.errors import ConfigError
 from anonemo.evaluation import ClassificationResult, confusion_figure, score
-from anonemo.metrics import transfer_metric, val_acc
+from anonemo.metrics import fresh_head_metric, val_acc
 from anonemo.models.classifiers import ClassifierModule
 from anonemo.models.networks import ClassifierHead, ConvBase, Networks
 from anonemo.resume import checkpoint_dir, fit_resumably, resumable_callbacks
@@ -38,7 +38,7 @@ class ProgressBar(RichProgressBar):
 
 
 @dataclass
-class Job:
+class JobContext:
     """One job's fold, MLflow run, clock and settings, and the training steps recipes share."""
 
     cfg: DictConfig
@@ -127,7 +127,7 @@ class Recipe(ABC):
 
     def fresh_head_metrics(self) -> list[tuple[str, str]]:
         """(task, metric name) of each fresh head: ``("identity", "Emotion2Face")``."""
-        return [(task, transfer_metric(self.label, task)) for task in self.fresh_heads]
+        return [(task, fresh_head_metric(self.label, task)) for task in self.fresh_heads]
 
     @property
     def hands_on_emotion_head(self) -> bool:
@@ -139,6 +139,6 @@ class Recipe(ABC):
         CNN where the test people were never trained on)."""
 
     @abstractmethod
-    def train(self, job: Job) -> Trained:
+    def train(self, job: JobContext) -> Trained:
         """Train on ``job.data`` (training and validation sides only), score what the recipe
         itself scores on the test fold, and log it to ``job.logger``."""

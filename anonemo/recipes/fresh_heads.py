@@ -12,11 +12,11 @@ from hydra.utils import instantiate
 
 from anonemo.data.datamodule import TASKS
 from anonemo.data.features import FeatureDataModule
-from anonemo.metrics import ERASED, transfer_metric
-from anonemo.models.classifiers import TransferModule
+from anonemo.metrics import ERASED, fresh_head_metric
+from anonemo.models.classifiers import FreshHeadModule
 from anonemo.erasure import Erasure
 from anonemo.models.networks import ClassifierHead, ConvBase
-from anonemo.recipes.base import Job, Recipe
+from anonemo.recipes.base import JobContext, Recipe
 from anonemo.threads import one_thread
 
 
@@ -26,7 +26,7 @@ def final_base_heads(recipe: Recipe, erasure: Erasure | None) -> list[tuple[str,
     head on the erased base (``Erased2Emotion``, ``Erased2Face``)."""
     if erasure is None:
         return recipe.fresh_head_metrics()
-    return [(task, transfer_metric(ERASED, task)) for task in TASKS]
+    return [(task, fresh_head_metric(ERASED, task)) for task in TASKS]
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def headline(recipe: Recipe, erasure: Erasure | None) -> Headline:
 
 
 def fit_fresh_heads(
-    job: Job, base: ConvBase, features: FeatureDataModule, heads: list[tuple[str, str]]
+    job: JobContext, base: ConvBase, features: FeatureDataModule, heads: list[tuple[str, str]]
 ) -> tuple[dict[str, float], dict[str, ClassifierHead]]:
     """The metrics of the fresh heads ``heads`` (task, metric name), and the selected heads by task."""
     metrics: dict[str, float] = {}
@@ -60,22 +60,22 @@ def fit_fresh_heads(
 
 
 def fit_fresh_head(
-    job: Job, base: ConvBase, features: FeatureDataModule, task: str, name: str
+    job: JobContext, base: ConvBase, features: FeatureDataModule, task: str, name: str
 ) -> tuple[dict[str, float], ClassifierHead]:
     """A fresh head of the network config's shape on the frozen ``base``, trained on its cached
-    features with the ``transfer`` settings, scored as ``name``; its metrics and the selected head.
+    features with the ``fresh_head`` settings, scored as ``name``; its metrics and the selected head.
 
-    With ``transfer.standardise`` the head reads the features standardised with the training
+    With ``fresh_head.standardise`` the head reads the features standardised with the training
     side's statistics, as the audit's attackers do (docs/algorithm.md, "Fresh heads")."""
-    transfer, data = job.cfg.transfer, job.data
+    settings, data = job.cfg.fresh_head, job.data
     # Its own seed: the same head whether or not the job was resumed before this phase.
     pl.seed_everything((job.cfg.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31, verbose=False)
-    head = job.networks.head(base.out_features, data.num_classes(task), standardise=transfer.standardise)
-    if transfer.standardise:
+    head = job.networks.head(base.out_features, data.num_classes(task), standardise=settings.standardise)
+    if settings.standardise:
         head.set_input_statistics(features.sides["train"].tensors["features"])
-    module = TransferModule(base, head, task, instantiate(transfer.optimizer), metric_prefix=f"{name}/")
-    trainer = job.selecting_trainer(phase=name, monitor=f"{name}/val/acc", patience=transfer.patience,
-                                    max_epochs=transfer.max_epochs)
+    module = FreshHeadModule(base, head, task, instantiate(settings.optimizer), metric_prefix=f"{name}/")
+    trainer = job.selecting_trainer(phase=name, monitor=f"{name}/val/acc", patience=settings.patience,
+                                    max_epochs=settings.max_epochs)
     with one_thread(), warnings.catch_warnings():
         # A base loaded for a re-audit is in eval mode; the head trains on its cached features, so the
         # base's mode changes nothing and Lightning's warning about it would only alarm.

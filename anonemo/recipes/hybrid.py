@@ -8,11 +8,10 @@ import warnings
 from collections.abc import Sequence
 
 from anonemo.errors import ConfigError
-from anonemo.evaluation import round_curves_figure
 from anonemo.metrics import BUDGET_INIT_EPOCHS, BUDGET_SHIPPED_ROUND, own_head_metric
 from anonemo.models.hybrid import HybridModule, HybridSettings
-from anonemo.models.rounds import RoundRecorder
-from anonemo.recipes.base import Job, Recipe, Trained
+from anonemo.models.rounds import RoundRecorder, round_curves_figure
+from anonemo.recipes.base import JobContext, Recipe, Trained
 from anonemo.resume import resumable_callbacks
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ class Hybrid(Recipe):
     def hands_on_emotion_head(self) -> bool:
         return True
 
-    def module(self, job: Job) -> HybridModule:
+    def module(self, job: JobContext) -> HybridModule:
         """W_c, W_e and the privacy term's identity heads (of the network config's shapes), wired by
         Algorithm 1."""
         networks, data = job.networks, job.data
@@ -56,7 +55,7 @@ class Hybrid(Recipe):
         return HybridModule(base, emotion_head, identity_heads, self.settings, rounds, refit_batch_size=data.batch_size,
                             seed=job.cfg.seed)
 
-    def train(self, job: Job) -> Trained:
+    def train(self, job: JobContext) -> Trained:
         hybrid = self.module(job)
         metrics = {}
         schedule = hybrid.schedule

@@ -9,7 +9,7 @@ from anonemo.errors import ConfigError
 from anonemo.metrics import TASK_METRIC
 from anonemo.models.classifiers import SingleTaskModule
 from anonemo.optim import Optimizer
-from anonemo.recipes.base import Job, Recipe, Trained
+from anonemo.recipes.base import JobContext, Recipe, Trained
 
 
 class SingleTask(Recipe):
@@ -40,7 +40,7 @@ class SingleTask(Recipe):
                 "for unseen people)."
             )
 
-    def train(self, job: Job) -> Trained:
+    def train(self, job: JobContext) -> Trained:
         data, metric = job.data, self.label
         base = job.networks.base()
         module = SingleTaskModule(base, job.networks.head(base.out_features, data.num_classes(self.task)), self.task,

@@ -11,8 +11,8 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from anonemo.metrics import (EMOTION, EMOTION_METRIC_TAG, ERASED2EMOTION, ERASED2FACE, HEADLINE_TAG, HYBRID2EMOTION,
-                             PAPER_METRICS, ROUND_CURVES, chance_of, is_transfer_metric)
-from anonemo.tracking.identity import RESULT_NEUTRAL
+                             PAPER_METRICS, ROUND_CURVES, chance_of, is_fresh_head_metric)
+from anonemo.tracking.job_key import RESULT_NEUTRAL
 
 # Parameters that differ between runs without changing their results (the audit only adds
 # measurements of the trained base).
@@ -59,7 +59,7 @@ class RunGroup:
     def fresh_identity_metric(self) -> str | None:
         """The fresh identity head's metric on the group's final base (Hybrid2Face, HSIC2Face,
         Erased2Face, Emotion2Face), from its declared headline."""
-        return next((name for name in self.model_metrics if is_transfer_metric(name, "identity")), None)
+        return next((name for name in self.model_metrics if is_fresh_head_metric(name, "identity")), None)
 
     def add(self, run: Run) -> None:
         fold = int(run.data.params.get("fold", -1))

@@ -15,7 +15,8 @@ from rich.table import Table
 
 from anonemo import metrics as names
 from anonemo.errors import ConfigError
-from anonemo.evaluation import plt, round_curves_figure
+from anonemo.evaluation import plt
+from anonemo.models.rounds import round_curves_figure
 from anonemo.metrics import CHANCE_BOUNDED_AUDITS, PAPER_METRICS
 from anonemo.report.collect import RunGroup, collect_groups, mean_round_history, settings_labels
 from anonemo.report.measures import AUDIT_METRICS, COLUMNS, ERASED_METRICS, PAPER_RESULTS, anonymity, emotion_baseline

@@ -19,11 +19,12 @@ from pytorch_lightning.loggers import MLFlowLogger
 import anonemo
 from anonemo.cli import in_multirun, received_signal, terminate_as_interrupt
 from anonemo.models.networks import ClassifierHead, ConvBase, save_network
-from anonemo.tracking.identity import CONFIG_HASH_TAG, config_hash, flatten, git_commit
+from anonemo.tracking.job_key import CONFIG_HASH_TAG, config_hash, flatten, git_commit
 from anonemo.tracking.store import ensure_experiment, tracking_uri
-from anonemo.tracking.sweep import PARENT_RUN_ENV
 
 log = logging.getLogger(__name__)
+
+PARENT_RUN_ENV = "ANONEMO_MLFLOW_PARENT_RUN_ID"  # how a sweep's jobs learn their parent run (anonemo.sweep)
 
 
 class RunLogger(MLFlowLogger):

@@ -13,7 +13,7 @@ from anonemo.errors import ConfigError
 from anonemo.models.networks import ClassifierHead, Networks
 
 HeadLogits = Callable[[torch.Tensor], list[torch.Tensor]]  # features -> every identity head's logits
-HEADS = ("paper", "linear", "wide")
+HEADS = ("paper", "linear", "mlp_1024_512")
 
 
 class HeadTraining(enum.Enum):
@@ -56,9 +56,9 @@ def identity_loss(logits: Sequence[torch.Tensor], identities: torch.Tensor) -> t
 
 def head_widths(name: str, paper_hidden: Sequence[int]) -> tuple[int, ...]:
     """Hidden-layer widths of an identity head called ``name`` (``paper`` is the network config's;
-    ``wide`` the audit's MLP attacker's first two layers)."""
+    ``mlp_1024_512`` two hidden layers of 1024 and 512, narrower than the audit's ``wide_mlp``)."""
     check_head(name)
-    return {"paper": tuple(paper_hidden), "linear": (), "wide": (1024, 512)}[name]
+    return {"paper": tuple(paper_hidden), "linear": (), "mlp_1024_512": (1024, 512)}[name]
 
 
 def check_head(name: str, option: str = "model.privacy.heads") -> None:

@@ -12,12 +12,12 @@ from anonemo.audit.suite import audit_base
 from anonemo.data.features import FeatureDataModule
 from anonemo.models.networks import ClassifierHead, ConvBase
 from anonemo.probes import Attacker
-from anonemo.recipes.base import Job
+from anonemo.recipes.base import JobContext
 from anonemo.recipes.fresh_heads import fit_fresh_heads
 from anonemo.tracking.artifacts import EMOTION_HEAD_ARTIFACT
 
 
-def evaluate_frozen_base(job: Job, base: ConvBase, features: FeatureDataModule | None,
+def evaluate_frozen_base(job: JobContext, base: ConvBase, features: FeatureDataModule | None,
                          heads: Sequence[tuple[str, str]], emotion_head: ClassifierHead | None,
                          attackers: Sequence[Attacker], attack_features: bool = True,
                          emotion_head_logged: bool = False) -> dict[str, float]:

@@ -22,8 +22,6 @@ from anonemo.tracking.links import run_link
 
 log = logging.getLogger(__name__)
 
-PARENT_RUN_ENV = "ANONEMO_MLFLOW_PARENT_RUN_ID"  # how a sweep's jobs learn their parent run
-
 
 class MlflowSweepCallback(Callback):
     """Opens the sweep's parent run at multirun start and closes it at the end."""
@@ -33,6 +31,7 @@ class MlflowSweepCallback(Callback):
         # single job's mistakes are answered before the ~10 s of importing MLflow and torch.
         from mlflow.tracking import MlflowClient
 
+        from anonemo.tracking.run import PARENT_RUN_ENV
         from anonemo.tracking.store import ensure_experiment, tracking_uri
 
         uri = tracking_uri(config)
@@ -66,6 +65,8 @@ class MlflowSweepCallback(Callback):
             return 0
         from mlflow.entities import RunStatus
         from mlflow.tracking import MlflowClient
+
+        from anonemo.tracking.run import PARENT_RUN_ENV
 
         os.environ.pop(PARENT_RUN_ENV, None)
         client = MlflowClient(self._uri)
