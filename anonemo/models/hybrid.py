@@ -203,11 +203,12 @@ class HybridModule(pl.LightningModule):
         features = self.base(batch["image"])
         emotion_loss = F.cross_entropy(self.emotion_head(features), batch["emotion"])
         heads = self.privacy.head_training
-        if phase.kind == "init":  # eq. (1): every head learns its task with the base
+        if phase.kind == "init" and identity is None:  # a term without heads: the base learns emotion
             loss = emotion_loss
-            if identity is not None:
-                loss = emotion_loss + self.alpha * self.identity_loss(features, identities)
-            self._step(loss, main, *filter(None, [identity]))
+            self._step(loss, main)
+        elif phase.kind == "init":  # eq. (1): every head learns its task with the base
+            loss = emotion_loss + self.alpha * self.identity_loss(features, identities)
+            self._step(loss, main, identity)
         else:  # eq. (2), generalised: the base pays beta times the privacy term
             if heads is HeadTraining.ALTERNATELY:  # the adversary's own step on this batch first
                 with self.toggled_optimizer(identity):
