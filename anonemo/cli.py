@@ -156,6 +156,9 @@ def check_override_keys(config_name: str, arguments: list[str]) -> None:
             except Exception:  # an unknown group option: Hydra names it, with the options there are
                 return
             known |= set(_dotted_keys(OmegaConf.to_container(cfg, resolve=False)))
+        if {"-m", "--multirun"} & set(arguments) and any(len(values) > 1 for values in groups.values()):
+            refuse_keys_of_swept_options(config_name, groups, [g for g, vs in groups.items() if len(vs) > 1],
+                                         [key for key in keys if key in known])
     for key in keys:
         if key not in known:
             parent, _, name = key.rpartition(".")
@@ -166,6 +169,27 @@ def check_override_keys(config_name: str, arguments: list[str]) -> None:
                 f"[bold red]error:[/] {key} is not an option of {config_name}.yaml or its groups.{hint} "
                 f"(A + prefix would add {key} as a new key, which nothing reads.)", soft_wrap=True)
             sys.exit(2)
+
+
+def refuse_keys_of_swept_options(config_name: str, groups: dict[str, list[str]], swept: list[str],
+                                 keys: list[str]) -> None:
+    """A multirun composes its config once before the sweep, with each swept group at its default
+    (``model=emotion`` for ``-m model=grl,hsic``): a key that only the swept options bring
+    (``model.max_emotion_loss``) fails there with Hydra's advice to add it with ``+``. Say what works."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    fixed = [f"{group}={values[0]}" for group, values in groups.items() if group not in swept]
+    cfg = compose(config_name, overrides=fixed, return_hydra_config=True)
+    missing = [key for key in keys if key not in set(_dotted_keys(OmegaConf.to_container(cfg, resolve=False)))]
+    if missing:
+        sweeps = " ".join(f"{group}={','.join(groups[group])}" for group in swept)
+        defaults = " ".join(f"{group}={cfg.hydra.runtime.choices.get(group.split('@')[0])}" for group in swept)
+        Console(stderr=True, highlight=False).print(
+            f"[bold red]error:[/] {', '.join(missing)}: an option of {sweeps}, not of the default {defaults} that Hydra "
+            f"composes a multirun with before its sweep. Write ++{missing[0]}=... (set where the option exists, added "
+            "where not), or run one sweep per option.", soft_wrap=True)
+        sys.exit(2)
 
 
 def _dotted_keys(tree: Any, prefix: str = "") -> Iterator[str]:

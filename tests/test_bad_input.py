@@ -197,6 +197,14 @@ def test_a_mistyped_key_gets_the_nearest_key_not_hydras_plus(tmp_path):
     assert result.returncode == 0 and "dropout: 0.5" in result.stdout, result.stderr
 
 
+def test_a_sweep_over_models_says_how_to_set_an_option_the_default_model_lacks(tmp_path):
+    """Hydra composes a multirun once with model=emotion, where model.max_emotion_loss does not exist."""
+    result = cli("-m", "model=grl,hsic", "model.max_emotion_loss=4", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 2 and "To append to your config use" not in result.stderr
+    assert "not of the default model=emotion" in result.stderr and "++model.max_emotion_loss=" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_cli_rejects_unknown_config_values(tmp_path):
     result = cli("model=hybrid_unknown", f"paths.output_dir={tmp_path}")
     assert result.returncode != 0
