@@ -10,10 +10,10 @@ import time
 import pytorch_lightning as pl
 import torch
 
-from anonemo.data.datamodule import TensorBatches
-from anonemo.data.features import extract_features
 from matplotlib.ticker import MaxNLocator
 
+from anonemo.data.datamodule import TensorBatches
+from anonemo.data.features import extract_features
 from anonemo.evaluation import accuracy, plt
 from anonemo.metrics import (EMOTION_ACC, EXPECTED_EMOTION, IDENTITY_ACC, REFIT_IDENTITY_ACC, ROUND_BETA,
                              ROUND_BUDGET_REFERENCE, ROUND_BUDGET_SIGNAL, ROUND_BUDGET_SLACK, ROUND_FEATURE_SCALE,

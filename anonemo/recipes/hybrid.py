@@ -63,7 +63,7 @@ class Hybrid(Recipe):
                 "validation emotion stops rising)" if schedule.max_init_epochs else
                 f"{schedule.init_epochs} epochs of multi-task initialisation")
         log.info("%s (%s): %s, then %d rounds (alpha=%g, %s, privacy term: %s)", self.label, self.name, init,
-                 schedule.rounds, self.settings.alpha, hybrid.weight, self.settings.privacy.describe())
+                 schedule.rounds, self.settings.alpha, hybrid.weight, self.settings.privacy)
         # No validation loop or checkpoint selection: the module scores each round on both sides.
         trainer = job.trainer(resumable_callbacks(job.checkpoints("hybrid")), max_epochs=schedule.total_epochs,
                               limit_val_batches=0)

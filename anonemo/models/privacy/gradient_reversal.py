@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from anonemo.errors import ConfigError
-from anonemo.models.networks import ClassifierHead, Networks
-from anonemo.models.privacy.term import HeadLogits, HeadTraining, PrivacyTerm, build_heads, check_head
+from anonemo.models.privacy.term import HeadLogits, HeadTraining, OneHeadTerm
 
 SCHEDULES = ("constant", "dann")
 
@@ -37,22 +36,18 @@ def reverse_gradient(features: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class GradientReversal(PrivacyTerm):
-    head: str = "paper"
+class GradientReversal(OneHeadTerm):
     schedule: str = "constant"
     gamma: float = 10.0
 
     head_training = HeadTraining.JOINTLY
 
     def __post_init__(self) -> None:
-        check_head(self.head, "model.privacy.head")
+        super().__post_init__()
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"model.privacy.schedule={self.schedule!r} is not known: use one of {', '.join(SCHEDULES)}.")
         if self.gamma <= 0:
             raise ConfigError(f"model.privacy.gamma={self.gamma} must be positive (DANN uses 10).")
-
-    def identity_heads(self, networks: Networks, in_features: int, identities: int) -> list[ClassifierHead]:
-        return build_heads([self.head], networks, in_features, identities)
 
     def reversal(self, progress: float) -> float:
         """lambda at ``progress`` through the adversarial rounds."""

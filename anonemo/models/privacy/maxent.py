@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from anonemo.models.networks import ClassifierHead, Networks
-from anonemo.models.privacy.term import HeadLogits, HeadTraining, PrivacyTerm, build_heads, check_head
+from anonemo.models.privacy.term import HeadLogits, HeadTraining, OneHeadTerm
 
 
 def entropy_gap(logits: torch.Tensor) -> torch.Tensor:
@@ -23,16 +22,8 @@ def entropy_gap(logits: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class MaxEntAdversary(PrivacyTerm):
-    head: str = "paper"
-
+class MaxEntAdversary(OneHeadTerm):
     head_training = HeadTraining.ALTERNATELY
-
-    def __post_init__(self) -> None:
-        check_head(self.head, "model.privacy.head")
-
-    def identity_heads(self, networks: Networks, in_features: int, identities: int) -> list[ClassifierHead]:
-        return build_heads([self.head], networks, in_features, identities)
 
     def penalty(self, features: torch.Tensor, identities: torch.Tensor, identity_logits: HeadLogits,
                 beta: float, progress: float) -> torch.Tensor:

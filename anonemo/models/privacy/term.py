@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +46,6 @@ class PrivacyTerm(ABC):
         """The base's loss term for a batch of ``features``, weighted by ``beta``; ``progress`` is the
         fraction of the adversarial rounds done (0 at the first step, towards 1 at the last)."""
 
-    def describe(self) -> str:
-        return repr(self)
 
 
 def identity_loss(logits: Sequence[torch.Tensor], identities: torch.Tensor) -> torch.Tensor:
@@ -64,6 +63,19 @@ def head_widths(name: str, paper_hidden: Sequence[int]) -> tuple[int, ...]:
 def check_head(name: str, option: str = "model.privacy.heads") -> None:
     if name not in HEADS:
         raise ConfigError(f"{option}: {name!r} is not a known identity head; use {', '.join(HEADS)}.")
+
+
+@dataclass(frozen=True)
+class OneHeadTerm(PrivacyTerm, ABC):
+    """A term with one identity head, ``head`` by name (gradient reversal, MaxEnt-ARL)."""
+
+    head: str = "paper"
+
+    def __post_init__(self) -> None:
+        check_head(self.head, "model.privacy.head")
+
+    def identity_heads(self, networks: Networks, in_features: int, identities: int) -> list[ClassifierHead]:
+        return build_heads([self.head], networks, in_features, identities)
 
 
 def build_heads(names: Sequence[str], networks: Networks, in_features: int, identities: int,
