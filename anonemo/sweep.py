@@ -27,11 +27,15 @@ class MlflowSweepCallback(Callback):
     """Opens the sweep's parent run at multirun start and closes it at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from anonemo.tracking.run import PARENT_RUN_ENV
+
+        if os.environ.get(PARENT_RUN_ENV):  # a benchmark suite's jobs: the suite owns their parent run
+            log.info("The jobs report to the benchmark suite's parent run %s", os.environ[PARENT_RUN_ENV])
+            return
         # MLflow is imported here, not above: Hydra imports its callbacks for every command, and a
         # single job's mistakes are answered before the ~10 s of importing MLflow and torch.
         from mlflow.tracking import MlflowClient
 
-        from anonemo.tracking.run import PARENT_RUN_ENV
         from anonemo.tracking.store import ensure_experiment, tracking_uri
 
         uri = tracking_uri(config)

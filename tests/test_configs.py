@@ -44,9 +44,10 @@ def target_nodes(node, path=""):
 
 
 def test_every_config_group_on_disk_is_tested():
-    """Each folder of conf/ holding options (but Hydra's own settings, conf/hydra) is a group
+    """Each folder of conf/ holding options (but Hydra's own settings, conf/hydra, and the benchmark's
+    suites and sweeper, which tests/test_benchmark.py plans and the launchers' test builds) is a group
     whose every option the next test builds."""
-    on_disk = {path.parent.relative_to(CONF).as_posix() for path in CONF.rglob("*/*.yaml")} - {"hydra"}
+    on_disk = {path.parent.relative_to(CONF).as_posix() for path in CONF.rglob("*/*.yaml")} - {"hydra", "suite", "hydra/sweeper"}
     assert on_disk == set(GROUPS)
 
 
@@ -76,6 +77,10 @@ def test_launchers_and_the_search_build(tmp_path, launcher):
     plugins = Plugins.instance()  # Hydra builds its plugins itself, outside declarative instantiation
     assert type(plugins._instantiate(cfg.hydra.launcher)).__name__.endswith("Launcher")
     assert type(plugins._instantiate(cfg.hydra.sweeper)).__name__ == "OptunaSweeper"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        planned = compose("train", overrides=["hydra/sweeper=plan", "hydra.sweeper.plan=jobs.json"],
+                          return_hydra_config=True)
+    assert type(plugins._instantiate(planned.hydra.sweeper)).__name__ == "PlanSweeper"  # the benchmark's
     for callback in cfg.hydra.callbacks.values():
         instantiate(callback)
 
@@ -90,7 +95,7 @@ def test_model_options_choose_their_networks(tmp_path):
 
 def test_conf_holds_no_option_outside_a_group():
     assert sorted(p.name for p in Path(CONF).glob("*.yaml")) == [
-        "audit.yaml", "bench.yaml", "calibrate.yaml", "export.yaml", "preview.yaml", "report.yaml", "train.yaml"
+        "audit.yaml", "bench.yaml", "benchmark.yaml", "calibrate.yaml", "export.yaml", "preview.yaml", "report.yaml", "train.yaml"
     ]
 
 
