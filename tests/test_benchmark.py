@@ -144,17 +144,24 @@ def test_quick_suite_plans_what_it_says(composed, monkeypatch):
     planned = build_suite(composed("suite=quick"), dataset_root)
     checked = check_jobs(planned)
     assert [s.name for s in planned.settings] == ["yale/paper", "synthetic40/subject_disjoint"]
+    assert [m.name for m in planned.methods] == ["emotion", "hybrid", "emotion_leace", "hybrid_standardised E=4"]
+    assert len(checked.jobs) == 2 * 4 * 3 and not checked.ruled_out
+    narrowed = build_suite(composed("suite=quick", "datasets=[yale]", "methods=[hybrid]", "folds=2"), dataset_root)
+    assert [m.name for m in narrowed.methods] == ["emotion", "hybrid"] and narrowed.folds == (0, 1)
+
+
+def test_a_method_its_protocol_cannot_run_is_ruled_out_with_the_recipes_reason(composed, monkeypatch):
+    monkeypatch.setenv("ANONEMO_YALE_ROOT", YALE)
+    checked = check_jobs(build_suite(composed("suite=methods", "methods=[emotion_inlp]", "folds=1"), dataset_root))
     # INLP stops on validation faces of training people: ruled out for unseen people, with the reason
     assert {(s.name, m.name) for s, m in checked.ruled_out} == {("synthetic40/subject_disjoint", "emotion_inlp")}
     assert "erasure=inlp" in next(iter(checked.ruled_out.values()))
-    assert len(checked.jobs) == 3 * (8 + 7)
-    narrowed = build_suite(composed("suite=quick", "datasets=[yale]", "methods=[grl]", "folds=2"), dataset_root)
-    assert [m.name for m in narrowed.methods] == ["emotion", "grl E=4"] and narrowed.folds == (0, 1)
+    assert {job.method.name for job in checked.jobs.values()} == {"emotion", "emotion_inlp"}
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
     (["datasets=[yael]"], "suite=quick has no dataset yael; its datasets: yale, synthetic40"),
-    (["methods=[gradient_reversal]"], "has no method gradient_reversal; its methods: hybrid, emotion_leace"),
+    (["methods=[gradient_reversal]"], "has no method gradient_reversal; its methods: hybrid, emotion_leace, hybrid_standardised"),
     (["folds=11"], "folds=11: narrow suite=quick's 3 folds to 1 to 3"),
     ([], "ANONEMO_YALE_ROOT=/path/to/it python -m anonemo.benchmark suite=quick ..., or leave it out with datasets=[synthetic40]"),
 ])
@@ -183,7 +190,7 @@ datasets:
       dataset.image_size=32, augment.total=300, cv.n_splits=4, cv.val_fraction=0.25, trainer.max_epochs=2,
       ++dataset.paper_rounds=2, fresh_head.max_epochs=2, trainer.precision=32-true]
     protocols: [paper]
-methods: [face]
+methods: []
 budgeted: [grl]
 """
 
@@ -198,16 +205,17 @@ def tiny_suite(tmp_path, *arguments):
 def test_a_tiny_suite_reports_paired_differences_reruns_nothing_and_retries_what_failed(tmp_path):
     first = tiny_suite(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "12 jobs (1 settings × 3 methods × 2 folds × 2 seeds" in first.stdout
+    assert "8 jobs (1 settings × 2 methods × 2 folds × 2 seeds" in first.stdout
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("benchmark")
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("anonemo.benchmark") == "tiny"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 12 and all(r.info.status == "FINISHED" for r in children)
+    assert len(children) == 8 and all(r.info.status == "FINISHED" for r in children)
     assert parent.info.status == "FINISHED"
     report = (tmp_path / "benchmark" / "tiny" / "report.md").read_text()
     assert "| grl E=4 (`GRL2Emotion`) | 4/4 |" in report and "| emotion (`Emotion`) | 4/4 |" in report
+    assert "Seed check: the Emotion CNN against itself" in report
     # the paired difference is the mean over folds of each fold's mean over seeds, minus the reference's
     def by_cell(model, metric):
         return {(int(r.data.params["fold"]), int(r.data.params["seed"])): r.data.metrics[metric]
@@ -226,12 +234,12 @@ def test_a_tiny_suite_reports_paired_differences_reruns_nothing_and_retries_what
     client.set_terminated(failed.info.run_id, RunStatus.to_string(RunStatus.FAILED))
     second = tiny_suite(tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "11 finished already, 1 to run" in second.stdout
+    assert "7 finished already, 1 to run" in second.stdout
     assert client.get_run(failed.info.run_id).info.status == "FINISHED"  # resumed, in its own run
 
     report = (tmp_path / "benchmark" / "tiny" / "report.md").read_text()
     third = tiny_suite(tmp_path)
-    assert third.returncode == 0 and "12 finished already, 0 to run" in third.stdout
+    assert third.returncode == 0 and "8 finished already, 0 to run" in third.stdout
     assert (tmp_path / "benchmark" / "tiny" / "report.md").read_text() == report  # the same report
     assert len(client.search_runs([experiment.experiment_id])) == len(runs)  # the same parent run, no new job run
 

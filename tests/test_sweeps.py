@@ -1,5 +1,6 @@
 """Sweeps (Hydra multirun with parent runs, joblib, submitit, optuna) and the report."""
 
+import base64
 import contextlib
 import io
 import json
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -378,7 +380,7 @@ def free_port():
 
 
 @contextlib.contextmanager
-def mlflow_service(arguments, log_path):
+def mlflow_service(arguments, log_path, env=None):
     """``python -m mlflow <arguments>`` on a free local port, as `make ui` starts it (no server-side
     job runner), until it answers; yields its address, then stops its process group."""
     port = free_port()
@@ -387,7 +389,7 @@ def mlflow_service(arguments, log_path):
             [sys.executable, "-m", "mlflow", *arguments, "--host", "127.0.0.1", "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             # `mlflow ui` starts `uvicorn` by name: the environment's bin folder goes on PATH
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            env={**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                  "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"})
         try:
             deadline = time.monotonic() + 120
@@ -431,3 +433,45 @@ def test_parallel_sweep_against_a_real_tracking_server(tmp_path):
         assert any((tmp_path / "server_artifacts").rglob("conv_base.pt"))
         assert not (tmp_path / "jobs" / "mlflow.db").exists()
     assert not answers(f"{uri}/health")
+
+
+def test_a_server_with_authentication_takes_credentials_from_the_environment_and_logs_none(tmp_path, monkeypatch):
+    """docs/tracking.md's shared server: MLflow's basic-auth app, users without permissions on
+    others' experiments. A job without credentials is refused before any work with where they go; with
+    them (in the environment) it logs, and the password is in none of its params, tags or config."""
+    admin_password, password = "admin-Pw-7c1e", "alice-Pw-93fd"
+    (tmp_path / "auth.ini").write_text(
+        f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:///{tmp_path}/users.db\n"
+        f"admin_username = admin\nadmin_password = {admin_password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    server_env = {"MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only"}
+    with mlflow_service(["server", "--app-name", "basic-auth", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+                        tmp_path / "server.log", server_env) as address:
+        uri = address.rstrip("/")
+        for user in ("alice", "bob"):
+            request = urllib.request.Request(
+                f"{uri}/api/2.0/mlflow/users/create", method="POST", headers={"Content-Type": "application/json"},
+                data=json.dumps({"username": user, "password": password}).encode())
+            request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(
+                f"admin:{admin_password}".encode()).decode())
+            urllib.request.urlopen(request, timeout=30).close()
+        job = (*TINY_JOB, "trainer.max_epochs=1", f"paths.output_dir={tmp_path}/jobs", f"logger.tracking_uri={uri}")
+        for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            monkeypatch.delenv(variable, raising=False)
+        refused = cli(*job)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert "refuses this client (401" in refused.stderr and "MLFLOW_TRACKING_USERNAME" in refused.stderr
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        logged = cli(*job)
+        assert logged.returncode == 0, logged.stderr[-2000:]
+        client = MlflowClient(uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+        assert run.info.status == "FINISHED"
+        config = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+        logged_text = json.dumps([run.data.params, run.data.tags]) + Path(config).read_text() + logged.stdout + logged.stderr
+        assert password not in logged_text
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")  # another user reads nothing of alice's
+        with pytest.raises(Exception, match="PERMISSION_DENIED|Permission denied"):
+            MlflowClient(uri).get_run(run.info.run_id)

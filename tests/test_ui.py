@@ -102,3 +102,20 @@ def test_the_chart_link_compares_the_sweeps_by_their_fold_means(ui):
     assert "Emotion/mean" in page and "Emotion/macro_f1" not in page  # the means charted, not the jobs' metrics
     for parent in sweeps:  # one bar per sweep, labelled with its mean
         assert f"{parent.data.metrics['Emotion/mean']:.2f}" in page
+
+
+def test_the_benchmarks_printed_link_opens_its_report_on_the_parent_run(tmp_path):
+    """A tiny suite (the Emotion CNN and GRL, one fold): its last line's link, in the UI, shows the
+    parent run with the paired numbers as metrics and the report page among its artifacts."""
+    from test_benchmark import tiny_suite
+
+    result = tiny_suite(tmp_path, "folds=1", "seeds=[0]")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (link,) = re.findall(r"with the report: (http://127\.0\.0\.1:5000/\S+)", result.stdout)
+    with mlflow_service(["ui", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--default-artifact-root",
+                         str(tmp_path / "mlartifacts")], tmp_path / "ui.log") as address:
+        page = rendered(link.replace(MAKE_UI, address), showing="tiny/paper/grl E4/emotion_diff/mean")
+        assert "benchmark suite=tiny" in page and "tiny/paper/grl E4/emotion_diff/mean" in page
+        report = link.replace(MAKE_UI, address).replace("?workflowType", "/artifacts/report/report.md?workflowType")
+        page = rendered(report, screenshot("ui_benchmark_report.png"), showing="Benchmark suite `tiny`")
+        assert "Benchmark suite `tiny`" in " ".join(page)

@@ -88,10 +88,11 @@ def find_finished(client: MlflowClient, experiment_id: str | None, checked: Chec
             checked.finished[key] = run
 
 
-def estimate_cpu_seconds(client: MlflowClient, checked: Checked, default_s: float) -> tuple[float, int]:
-    """Estimated CPU seconds of the jobs still to run: for each, the median wall time × torch threads of the
-    store's FINISHED runs of the same model on the same dataset and protocol (any experiment),
-    else ``default_s``; and how many jobs had no past timing."""
+def estimate_cpu_seconds(client: MlflowClient, checked: Checked, defaults: dict[str, float]) -> tuple[float, int]:
+    """Estimated CPU seconds of the jobs still to run: for each, the median wall time × torch threads
+    of the store's FINISHED runs of the same model on the same dataset and protocol (any
+    experiment), else ``defaults`` for its model (or ``defaults["other"]``); and how many jobs had
+    no past timing."""
     past: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for experiment in client.search_experiments():
         for run in client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'",
@@ -109,6 +110,6 @@ def estimate_cpu_seconds(client: MlflowClient, checked: Checked, default_s: floa
         if found:
             total += statistics.median(found)
         else:
-            total += default_s
+            total += defaults.get(cfg.model.name, defaults["other"])
             unknown += 1
     return total, unknown

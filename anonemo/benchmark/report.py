@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from anonemo.benchmark.results import EMOTION, IDENTITY, MethodResults, Row, identity_measure  # noqa: E402
+from anonemo.benchmark.results import EMOTION, IDENTITY, MethodResults, Row, front_name  # noqa: E402
 from anonemo.benchmark.stats import Interval, Ranks  # noqa: E402
 from anonemo.benchmark.suite import REFERENCE, Setting, Suite  # noqa: E402
 
@@ -84,7 +84,7 @@ def fronts_figure(setting: Setting, rows: list[Row], chances: dict[str, float | 
     by_model: dict[str, list[Row]] = {}
     for row in rows:
         if row.emotion and row.identity:
-            by_model.setdefault(row.method.model, []).append(row)
+            by_model.setdefault(front_name(row.method), []).append(row)
     for model, found in by_model.items():
         found = sorted(found, key=lambda r: r.method.budget or 0)
         x = [r.emotion.mean for r in found]
@@ -168,7 +168,7 @@ def report_metrics(rows_by_setting: dict[Setting, list[Row]]) -> dict[str, float
 
 def write_report(suite: Suite, command: str, rows_by_setting: dict[Setting, list[Row]], chances, headlines,
                  ratios: dict[Setting, float], found_ranks: Ranks | None, ruled_out: dict, commits: set[str],
-                 output_dir: Path) -> tuple[Path, list[Path], list[str]]:
+                 seed_checks: dict, output_dir: Path) -> tuple[Path, list[Path], list[str]]:
     """The Markdown page and figures under ``output_dir``; its path, every file, and the main table's lines."""
     output_dir.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
@@ -199,6 +199,12 @@ def write_report(suite: Suite, command: str, rows_by_setting: dict[Setting, list
         files.append(fronts_figure(setting, rows, chances[setting], output_dir / f"front_{slug}.png"))
         files.append(differences_figure(setting, rows, output_dir / f"differences_{slug}.png"))
         lines += table + ["", f"![front](front_{slug}.png) ![differences](differences_{slug}.png)", ""]
+        check = seed_checks.get(setting)
+        if check:
+            lines += [f"Seed check: the Emotion CNN against itself, its second seed minus its first, paired by fold: "
+                      f"emotion {interval_text(check[EMOTION], signed=True)}, identity "
+                      f"{interval_text(check[IDENTITY], digits=2 if setting.protocol == 'paper' else 3, signed=True)} "
+                      "(an interval without 0 here would be a difference where there is none).", ""]
         lines += ["Every metric each method declares:", "", *headline_table(headlines[setting], ratios[setting]), ""]
     if ruled_out:
         lines += ["## Not run: the protocol rules them out", ""]

@@ -100,10 +100,12 @@ def holdout_ratio(n_splits: int, val_fraction: float) -> float:
     return (1 / n_splits) / ((1 - 1 / n_splits) * (1 - val_fraction))
 
 
-def front_values(results: dict[tuple[Setting, Method], MethodResults], setting: Setting, model: str
+def front_values(results: dict[tuple[Setting, Method], MethodResults], setting: Setting, method: Method
                  ) -> dict[Cell, float]:
-    """The hypervolume, per (fold, seed), of the front made by ``model``'s runs at all its budgets."""
-    family = [r for (s, m), r in results.items() if s == setting and m.model == model]
+    """The hypervolume, per (fold, seed), of ``method``'s front: its model's runs at all the suite's
+    budgets, or its one point when it runs as configured."""
+    family = [r for (s, m), r in results.items() if s == setting
+              and (m == method or (m.model == method.model and None not in (m.budget, method.budget)))]
     _, ceiling = identity_measure(setting)
     points: dict[Cell, list[tuple[float, float]]] = defaultdict(list)
     for found in family:
@@ -130,7 +132,7 @@ def setting_rows(results: dict[tuple[Setting, Method], MethodResults], setting: 
                  for measure in (EMOTION, IDENTITY)}
     rows = []
     for found in own:
-        hv = front_values(results, setting, found.method.model)
+        hv = front_values(results, setting, found.method)
         rows.append(Row(
             found.method, found.done, found.planned,
             mean_interval(found.values[EMOTION], ratio) if found.values[EMOTION] else None,
@@ -142,8 +144,30 @@ def setting_rows(results: dict[tuple[Setting, Method], MethodResults], setting: 
     return rows
 
 
+def front_name(method: Method) -> str:
+    """A front's name: the model, with "at budgets" when its points are the suite's budgets."""
+    return method.model if method.budget is None else f"{method.model} at budgets"
+
+
 def ranks(rows_by_setting: dict[Setting, list[Row]]) -> Ranks | None:
     """Average ranks of the models by their fronts' mean hypervolume across settings."""
-    scores = {setting.name: {row.method.model: row.hypervolume.mean for row in rows if row.hypervolume}
+    scores = {setting.name: {front_name(row.method): row.hypervolume.mean for row in rows if row.hypervolume}
               for setting, rows in rows_by_setting.items()}
     return average_ranks(scores)
+
+
+def seed_check(results: dict[tuple[Setting, Method], MethodResults], setting: Setting, ratio: float
+               ) -> dict[str, Interval | None] | None:
+    """The Emotion CNN against itself: its second seed minus its first, paired by fold, as every
+    method is paired with it. An interval excluding zero here would say the test sees differences
+    where there are none; None with fewer than two seeds."""
+    reference = results.get((setting, Method(REFERENCE)))
+    if reference is None:
+        return None
+    seeds = sorted({seed for values in reference.values.values() for _, seed in values})
+    if len(seeds) < 2:
+        return None
+    first, second = seeds[:2]
+    return {measure: paired_interval({(f, 0): v for (f, s), v in reference.values[measure].items() if s == second},
+                                     {(f, 0): v for (f, s), v in reference.values[measure].items() if s == first}, ratio)
+            for measure in (EMOTION, IDENTITY)}

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anonemo.benchmark.plan import Checked, check_jobs, dataset_root, estimate_cpu_seconds, find_finished
 from anonemo.benchmark.report import report_metrics, write_report
-from anonemo.benchmark.results import EMOTION, IDENTITY, gather, ranks, setting_rows, holdout_ratio
+from anonemo.benchmark.results import EMOTION, IDENTITY, gather, holdout_ratio, ranks, seed_check, setting_rows
 from anonemo.benchmark.suite import Suite, build_suite
 from anonemo.report.sweep_summary import MLFLOW_BATCH
 from anonemo.tracking.links import run_link
@@ -40,12 +40,12 @@ def run_suite(cfg: DictConfig, command: str) -> None:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(cfg.experiment_name)
     find_finished(client, experiment.experiment_id if experiment else None, checked)
-    cpu_s, unknown = estimate_cpu_seconds(client, checked, cfg.default_job_cpu_s)
+    cpu_s, unknown = estimate_cpu_seconds(client, checked, dict(cfg.default_job_cpu_s))
     to_run = checked.to_run
     print(f"suite={suite.name}: {len(checked.jobs)} jobs ({len(suite.settings)} settings × {len(suite.methods)} methods × "
           f"{len(suite.folds)} folds × {len(suite.seeds)} seeds, less those ruled out); {len(checked.finished)} finished "
           f"already, {len(to_run)} to run, about {cpu_s / 3600:.1f} CPU-hours"
-          + (f" ({unknown} jobs at the default {cfg.default_job_cpu_s} CPU-s: no past timing in the store)" if unknown else ""))
+          + (f" ({unknown} jobs never timed in this store: default_job_cpu_s's figures)" if unknown else ""))
     if cfg.dry_run:
         for job in to_run:
             print("  python -m anonemo.train " + " ".join(job.overrides))
@@ -98,7 +98,7 @@ def launch(cfg: DictConfig, uri: str, parent: str, jobs: list[list[str]]) -> Non
 
 def report(cfg: DictConfig, client: MlflowClient, parent: str, suite: Suite, checked: Checked, command: str) -> None:
     results = gather(suite, checked)
-    rows, chances, headlines, ratios = {}, {}, {}, {}
+    rows, chances, headlines, ratios, checks = {}, {}, {}, {}, {}
     for setting in suite.settings:
         config = next((c for key, c in checked.configs.items() if checked.jobs[key].setting == setting), None)
         if config is None:
@@ -109,9 +109,10 @@ def report(cfg: DictConfig, client: MlflowClient, parent: str, suite: Suite, che
         chances[setting] = {measure: next((f.chance(measure) for f in own if f.chance(measure) is not None), None)
                             for measure in (EMOTION, IDENTITY)}
         headlines[setting] = own
+        checks[setting] = seed_check(results, setting, ratios[setting])
     commits = {commit for found in results.values() for commit in found.commits}
     page, files, main = write_report(suite, command, rows, chances, headlines, ratios, ranks(rows),
-                                     checked.ruled_out, commits, Path(cfg.output_dir))
+                                     checked.ruled_out, commits, checks, Path(cfg.output_dir))
     now = int(time.time() * 1000)
     metrics = [Metric(key, value, now, 0) for key, value in report_metrics(rows).items()]
     for start in range(0, len(metrics), MLFLOW_BATCH):

@@ -352,7 +352,7 @@ def fold_split(
     """Split ``fold`` of ``n_splits`` under ``protocol``; validation is carved from its training
     side by the same rules.
 
-    A stratified shuffle is tried first (it cut every fold recorded in docs/results.md); where it
+    A stratified shuffle is tried first (it cut every fold recorded in docs/history.md); where it
     finds no valid folds, the constructive assignment of :func:`plan_folds` is used.
     ``names`` (``subject``, ``emotion``, ``group``: label index -> name) make messages readable.
     """

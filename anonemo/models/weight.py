@@ -134,7 +134,7 @@ class EmotionGuard(Weight):
         if round_ == 0:
             self.initial_emotion = emotion["train"]
             return {}
-        # At a large beta the adversary can take emotion with identity (docs/results.md, "The emotion guard").
+        # At a large beta the adversary can take emotion with identity (docs/history.md, "The emotion guard").
         floor = self.initial_emotion - self.points
         beta = guarded_beta(self.beta, self.ceiling, emotion["train"], floor)
         if beta < self.beta:

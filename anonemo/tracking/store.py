@@ -53,6 +53,25 @@ def check_reachable(uri: str) -> None:
             f"reached ({error}). Start it (mlflow server ...), fix the address, or unset both to use the "
             "local SQLite store under paths.output_dir."
         ) from error
+    check_credentials(uri)
+
+
+def check_credentials(uri: str) -> None:
+    """A server with authentication on refuses a client without its user's credentials: said here,
+    with where credentials go, rather than as MLflow's traceback from the first logged value."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
+                            params={"max_results": 1}, max_retries=0, timeout=10)
+    if response.status_code in (401, 403):
+        raise TrackingError(
+            f"The MLflow tracking server {uri} refuses this client ({response.status_code}: "
+            f"{'no valid user and password' if response.status_code == 401 else 'this user lacks permission'}). "
+            "Give the command its user's credentials in the environment, MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD, or in ~/.mlflow/credentials (chmod 600); never in a config or an override, "
+            "which are logged with every run (docs/tracking.md, \"A shared server\")."
+        )
 
 
 def ensure_experiment(client: MlflowClient, cfg: DictConfig, uri: str, model_metrics: Sequence[str] = ()) -> str:

@@ -24,7 +24,7 @@ unstandardised head overlooks is one they read. ``refit_epochs``: passes over th
 side's cached features per re-fit.
 
 Options measured and not adopted (a soft kNN adversary, cross-fitted heads) are recorded in
-docs/results.md with the last commit that had them.
+docs/history.md with the last commit that had them.
 """
 
 from __future__ import annotations
