@@ -125,6 +125,7 @@ def test_every_suite_plans_every_method_on_the_same_folds_and_seeds(composed, mo
     for variable in ("ANONEMO_YALE_ROOT", "ANONEMO_JAFFE_ROOT", "ANONEMO_CKPLUS_ROOT"):
         monkeypatch.setenv(variable, str(tmp_path))
     planned = build_suite(composed(f"suite={suite}", "folds=2", "seeds=[0,1]"), dataset_root)  # full: ~100 s whole
+    assert len(planned.folds) * len(planned.seeds) == 4
     checked = check_jobs(planned)
     assert planned.methods[0].model == REFERENCE
     for setting in planned.settings:
