@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from anonemo.benchmark.results import EMOTION, IDENTITY, MethodResults, Row, front_name  # noqa: E402
-from anonemo.benchmark.stats import Interval, Ranks  # noqa: E402
+from anonemo.benchmark.stats import Interval, Ranks, mean_interval  # noqa: E402
 from anonemo.benchmark.suite import REFERENCE, Setting, Suite  # noqa: E402
 
 
@@ -65,8 +65,6 @@ def setting_table(setting: Setting, rows: list[Row], chances: dict[str, float | 
 
 def headline_table(results: list[MethodResults], ratio: float) -> list[str]:
     """Every metric each method's recipe declares (the paper's five, the erasure's, ...), with intervals."""
-    from anonemo.benchmark.stats import mean_interval
-
     lines = ["| method | metric | mean [95 % interval] | folds × seeds |", "|---|---|---|---|"]
     for found in results:
         for measure, values in found.values.items():
